@@ -1,0 +1,1 @@
+"""The API service: auth and tenants, REST, SSE chat, presigned URLs, job orchestration."""

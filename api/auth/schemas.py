@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from haven.db.tables import Role
+
+
+class TokenRead(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_at: datetime
+
+
+class ApiKeyExchange(BaseModel):
+    api_key: str = Field(min_length=8, max_length=200)
+
+
+class MeRead(BaseModel):
+    subject_id: uuid.UUID
+    kind: str
+    tenant_id: uuid.UUID
+    tenant_slug: str
+    role: Role
+    username: str | None

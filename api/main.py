@@ -1,0 +1,54 @@
+"""The API application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from api.admin.router import router as admin_router
+from api.auth.router import router as auth_router
+from api.errors import install_error_handlers
+from api.ops import router as ops_router
+from api.runtime import ApiRuntime
+from api.settings import ApiSettings
+from haven import __version__
+from haven.storage import ensure_bucket
+from haven.telemetry import RequestContextMiddleware, configure_logging, log
+from haven.vectors import make_qdrant
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or ApiSettings()
+    configure_logging(settings.log_level, settings.log_json)
+    runtime = ApiRuntime.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime.qdrant = make_qdrant(settings)
+        try:
+            ensure_bucket(runtime.s3, settings.s3_bucket)
+        except Exception as exc:  # the API still starts; /readyz reports the object store
+            log.warning("api.start.bucket_unavailable", error=str(exc))
+        log.info("api.start", version=__version__, env=settings.env)
+        yield
+        runtime.close()
+
+    app = FastAPI(title="Haven API", version=__version__, lifespan=lifespan)
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID"],
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=runtime.metrics)
+    app.include_router(ops_router)
+    app.include_router(auth_router)
+    app.include_router(admin_router)
+    return app

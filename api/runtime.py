@@ -1,0 +1,60 @@
+"""What the API holds for its lifetime: connections to the stores and the token service.
+
+Built once in ``create_app``; connections open lazily, except the embedded vector store,
+which opens its folder at start-up (see ``haven.vectors``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from minio import Minio
+from prometheus_client import CollectorRegistry
+from qdrant_client import QdrantClient
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.settings import ApiSettings
+from haven.auth.tokens import TokenService
+from haven.db.engine import make_engine, make_session_factory
+from haven.storage import make_client
+from haven.telemetry import RequestMetrics
+
+
+@dataclass
+class ApiRuntime:
+    settings: ApiSettings
+    engine: Engine
+    session_factory: sessionmaker[Session]
+    redis: redis.Redis
+    s3: Minio
+    tokens: TokenService
+    metrics: RequestMetrics
+    registry: CollectorRegistry
+    qdrant: QdrantClient | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: ApiSettings) -> ApiRuntime:
+        engine = make_engine(settings)
+        registry = CollectorRegistry()
+        return cls(
+            settings=settings,
+            engine=engine,
+            session_factory=make_session_factory(engine),
+            redis=redis.Redis.from_url(
+                settings.redis_url, socket_connect_timeout=2, socket_timeout=5
+            ),
+            s3=make_client(settings),
+            tokens=TokenService(settings),
+            metrics=RequestMetrics("api", registry),
+            registry=registry,
+        )
+
+    def close(self) -> None:
+        if self.qdrant is not None:
+            self.qdrant.close()
+        self.redis.close()
+        self.engine.dispose()

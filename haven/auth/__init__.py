@@ -1,0 +1,1 @@
+"""Authentication: who is calling (Principal), tokens, passwords and API keys."""

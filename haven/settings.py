@@ -1,0 +1,131 @@
+"""Settings shared by every Haven service.
+
+Each service has one pydantic-settings class built once at start (``create_app`` / the
+worker's start-up) and passed down. Values come from the environment (``HAVEN_*``) and from
+Swarm secrets in ``/run/secrets`` (a file named after the variable, lower case). Defaults work
+for local development; ``HAVEN_ENV=production`` refuses the development secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
+
+DEV_JWT_KEYS = '{"dev-1": "haven-development-signing-key-dev-1-change-me"}'
+DEV_S3_SECRET = "haven-dev-secret"  # noqa: S105 - the known development value, refused in production
+DEV_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/haven"
+SECRETS_DIR_ENV = "HAVEN_SECRETS_DIR"
+
+
+class HavenSettings(BaseSettings):
+    """Base of every service's settings: environment, logging and the stores it talks to."""
+
+    model_config = SettingsConfigDict(env_prefix="HAVEN_", extra="ignore")
+
+    env: Literal["development", "test", "production"] = "development"
+    log_level: str = "INFO"
+    log_json: bool = True
+    build_version: str = "dev"
+    git_commit: str = "unknown"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Swarm mounts secrets under /run/secrets; read it only when it exists so that
+        # local runs do not warn about a missing folder.
+        secrets_dir = Path(os.environ.get(SECRETS_DIR_ENV, "/run/secrets"))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if secrets_dir.is_dir():
+            sources.append(SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir))
+        return tuple(sources)
+
+
+class StoreSettings(HavenSettings):
+    """Connection settings of the data stores (SPEC §2)."""
+
+    database_url: SecretStr = SecretStr(DEV_DATABASE_URL)
+    database_pool_size: int = 10
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672//")
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: str = "haven"
+    s3_secret_key: SecretStr = SecretStr(DEV_S3_SECRET)
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "haven"
+    models_bucket: str = "models"
+    # Without a URL the vector store is qdrant-client's embedded mode in this folder.
+    qdrant_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("HAVEN_QDRANT_URL", "QDRANT_URL")
+    )
+    qdrant_api_key: SecretStr | None = None
+    qdrant_path: Path = Path("var/qdrant")
+
+    @model_validator(mode="after")
+    def _refuse_development_store_secrets(self) -> StoreSettings:
+        if self.env == "production":
+            if self.s3_secret_key.get_secret_value() == DEV_S3_SECRET:
+                raise ValueError("HAVEN_S3_SECRET_KEY is the development value; set a real one")
+            if self.database_url.get_secret_value() == DEV_DATABASE_URL:
+                raise ValueError("HAVEN_DATABASE_URL is the development default; set a real one")
+        return self
+
+
+class AuthSettings(HavenSettings):
+    """Signing keys of the API's tokens.
+
+    ``jwt_keys`` maps key id to secret. The active key signs; every key in the set verifies,
+    so a rotation is: add the next key, make it active, keep the old one until its tokens
+    have expired, then remove it.
+    """
+
+    jwt_keys: SecretStr = SecretStr(DEV_JWT_KEYS)
+    jwt_active_kid: str = "dev-1"
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    access_token_minutes: int = 60
+    api_key_token_minutes: int = 15
+
+    @field_validator("jwt_keys")
+    @classmethod
+    def _keys_are_a_json_object(cls, value: SecretStr) -> SecretStr:
+        try:
+            keys = json.loads(value.get_secret_value())
+        except json.JSONDecodeError as exc:
+            raise ValueError("HAVEN_JWT_KEYS must be a JSON object {kid: secret}") from exc
+        if not isinstance(keys, dict) or not keys:
+            raise ValueError("HAVEN_JWT_KEYS must be a non-empty JSON object {kid: secret}")
+        for kid, secret in keys.items():
+            if not isinstance(secret, str) or len(secret) < 32:
+                raise ValueError(f"JWT key {kid!r} must be a string of at least 32 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _active_key_exists(self) -> AuthSettings:
+        keys = self.signing_keys()
+        if self.jwt_active_kid not in keys:
+            raise ValueError(f"HAVEN_JWT_ACTIVE_KID {self.jwt_active_kid!r} is not in HAVEN_JWT_KEYS")
+        if self.env == "production" and set(keys.values()) & set(
+            json.loads(DEV_JWT_KEYS).values()
+        ):
+            raise ValueError("HAVEN_JWT_KEYS contains the development key; set real keys")
+        return self
+
+    def signing_keys(self) -> dict[str, str]:
+        keys: dict[str, Any] = json.loads(self.jwt_keys.get_secret_value())
+        return {str(kid): str(secret) for kid, secret in keys.items()}

@@ -1,0 +1,56 @@
+"""The object store (MinIO or any S3 endpoint) through the ``minio`` client.
+
+Tenant content always lives under ``tenant/<id>/...``; ``tenant_key`` is the only way to
+build such a key, so a key without a tenant prefix cannot be made by accident.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import urllib3
+from minio import Minio
+from minio.error import S3Error
+
+from haven.settings import StoreSettings
+
+
+def make_client(settings: StoreSettings) -> Minio:
+    return Minio(
+        settings.s3_endpoint,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key.get_secret_value(),
+        secure=settings.s3_secure,
+        region=settings.s3_region,
+        # Fail within seconds when the store is down instead of minio's long default retries.
+        http_client=urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=3, read=120),
+            retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[502, 503, 504]),
+            maxsize=32,
+        ),
+    )
+
+
+def ensure_bucket(client: Minio, bucket: str) -> None:
+    try:
+        if not client.bucket_exists(bucket):
+            client.make_bucket(bucket)
+    except S3Error as exc:  # another process created it between the two calls
+        if exc.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+            raise
+
+
+def tenant_prefix(tenant_id: uuid.UUID) -> str:
+    return f"tenant/{tenant_id}/"
+
+
+def tenant_key(tenant_id: uuid.UUID, *parts: str) -> str:
+    for part in parts:
+        if not part or part.startswith("/") or ".." in part.split("/"):
+            raise ValueError(f"unsafe object key part {part!r}")
+    return tenant_prefix(tenant_id) + "/".join(parts)
+
+
+def presigned_get(client: Minio, bucket: str, key: str, ttl: timedelta) -> str:
+    return client.presigned_get_object(bucket, key, expires=ttl)
