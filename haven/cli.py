@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from alembic import command
-from alembic.config import Config
 
 from haven.auth.passwords import hash_password
+from haven.cli_support import alembic_config
 from haven.db.engine import make_engine, make_session_factory, transaction
 from haven.db.repositories import AuditLog, PlatformRepository
 from haven.db.tables import Role, Tenant, User
@@ -21,15 +20,13 @@ admin_app = typer.Typer(help="Tenants and users.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
 
-ROOT = Path(__file__).resolve().parents[1]
 
+@app.command("up")
+def up(api_port: Annotated[int, typer.Option(help="port of the API")] = 8080) -> None:
+    """Run Haven locally on its embedded defaults (Ctrl-C stops it)."""
+    from haven.local import run
 
-def alembic_config(database_url: str | None = None) -> Config:
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "migrations"))
-    if database_url:
-        config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    return config
+    run(api_port=api_port)
 
 
 @db_app.command("upgrade")
@@ -100,3 +97,7 @@ def create_user(
             username=username, role=role.value,
         )
         typer.echo(str(user.id))
+
+
+if __name__ == "__main__":
+    app()

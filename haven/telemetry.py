@@ -7,17 +7,20 @@ request carries them, and workers restore them from the task's headers.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from fastapi.routing import iter_route_contexts
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match
+from starlette.routing import compile_path
 from starlette.types import ASGIApp
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -79,12 +82,30 @@ class RequestMetrics:
         self.service = service
 
 
-def route_template(request: Request) -> str:
+@dataclass(frozen=True, slots=True)
+class HttpRoute:
+    path: str  # the template, e.g. /api/v1/admin/users/{user_id}
+    methods: frozenset[str]
+    regex: re.Pattern[str]
+
+
+def http_routes(app: Any) -> list[HttpRoute]:
+    """Every HTTP route of the app with its full path template, routers included."""
+    routes = []
+    for context in iter_route_contexts(app.routes):
+        path = context.path_format or context.path
+        methods = getattr(context.original_route, "methods", None)
+        if path and methods:
+            regex, _, _ = compile_path(path)
+            routes.append(HttpRoute(path, frozenset(methods), regex))
+    return routes
+
+
+def route_template(routes: list[HttpRoute], method: str, path: str) -> str:
     """The matched route's path template, so metrics do not explode with ids."""
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is Match.FULL:
-            return str(getattr(route, "path", request.url.path))
+    for route in routes:
+        if route.regex.match(path) and method in route.methods:
+            return route.path
     return "unmatched"
 
 
@@ -95,6 +116,7 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, metrics: RequestMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._routes: list[HttpRoute] | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -121,7 +143,9 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = route_template(request)
+            if self._routes is None:  # routes are final once the app serves requests
+                self._routes = http_routes(scope["app"])
+            route = route_template(self._routes, request.method, request.url.path)
             status = status_holder["status"]
             self.metrics.requests.labels(
                 self.metrics.service, request.method, route, str(status)

@@ -1,0 +1,47 @@
+# Haven — the two commands a new user needs are `make up` (run it) and `make test` (test it).
+SHELL := /bin/bash
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+# llama-cpp-python compiles llama.cpp (~10 min on 2 cores); the built wheel is kept here.
+WHEELS := $(HOME)/.cache/haven/wheels
+LLAMA_CPP := llama-cpp-python==0.3.36
+RABBITMQ_TEST_VHOST := haven_test
+
+.PHONY: install up test test-services lint format bench clean
+
+install:
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q --upgrade pip==25.3
+	# The CPU build of torch first, so nothing pulls the CUDA build.
+	$(PIP) install -q torch==2.13.0
+	mkdir -p $(WHEELS)
+	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || $(PIP) wheel -q --no-deps -w $(WHEELS) $(LLAMA_CPP)
+	$(PIP) install -q --find-links $(WHEELS) -c constraints.txt -e ".[dev]"
+	bash stack/ci-system-deps.sh
+
+up: install
+	.venv/bin/haven up
+
+test-services:
+	# A vhost of its own for the tests (Redis db 15 and fresh databases are made by the fixtures).
+	rabbitmqctl -q add_vhost $(RABBITMQ_TEST_VHOST) 2>/dev/null || true
+	rabbitmqctl -q set_permissions -p $(RABBITMQ_TEST_VHOST) guest ".*" ".*" ".*"
+
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+format:
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+test: test-services lint
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/pytest
+
+bench:
+	$(PY) -m bench.emb.run
+	$(PY) -m bench.llm.run
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,171 @@
+"""``haven up``: run Haven on this machine on its embedded defaults, in one command.
+
+It prepares the stores (creates and migrates the database, starts a local S3 endpoint when
+none is configured, publishes the default models), then starts the services as child
+processes and stops them all on Ctrl-C. Production runs the same services apart (see
+docker-stack.yml).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+import typer
+from alembic import command
+from sqlalchemy.engine import make_url
+
+from haven.auth.passwords import hash_password
+from haven.cli_support import alembic_config
+from haven.db.engine import make_engine, make_session_factory, transaction
+from haven.db.repositories import AuditLog, PlatformRepository
+from haven.db.tables import Role, Tenant, User
+from haven.settings import StoreSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL_S3_PORT = 9000
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    ready_url: str
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def ensure_database(settings: StoreSettings) -> None:
+    url = make_url(settings.database_url.get_secret_value())
+    admin_dsn = url.set(drivername="postgresql", database="postgres").render_as_string(
+        hide_password=False
+    )
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (url.database,))
+        if exists.fetchone() is None:
+            conn.execute(f'CREATE DATABASE "{url.database}"')
+            typer.echo(f"created database {url.database}")
+    command.upgrade(alembic_config(settings.database_url.get_secret_value()), "head")
+
+
+def bootstrap_admin(settings: StoreSettings) -> None:
+    """On an empty installation, create tenant ``default`` and a platform admin ``admin``."""
+    factory = make_session_factory(make_engine(settings))
+    with transaction(factory) as session:
+        platform = PlatformRepository(session)
+        if platform.tenants():
+            return
+        password = os.environ.get("HAVEN_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+        tenant = platform.add_tenant(Tenant(slug="default", name="Default"))
+        user = User(
+            tenant_id=tenant.id,
+            username="admin",
+            password_hash=hash_password(password),
+            role=Role.ADMIN,
+        )
+        session.add(user)
+        session.flush()
+        audit = AuditLog(session, None, None)
+        audit.record("tenant.create", target_type="tenant", target_id=tenant.id,
+                     tenant_id=tenant.id, slug="default")
+        audit.record("user.create", target_type="user", target_id=user.id,
+                     tenant_id=tenant.id, username="admin", role="admin")
+    typer.secho(
+        f"\nFirst start: sign in as 'admin' with password {password!r} (shown only now).\n",
+        fg=typer.colors.YELLOW,
+    )
+
+
+def _start(service: Service, log_dir: Path) -> None:
+    log = (log_dir / f"{service.name}.log").open("ab")
+    service.process = subprocess.Popen(
+        service.argv, cwd=ROOT, env={**os.environ, **service.env}, stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _wait_ready(service: Service, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert service.process is not None
+        if service.process.poll() is not None:
+            raise RuntimeError(f"{service.name} exited with {service.process.returncode}")
+        try:
+            if httpx.get(service.ready_url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{service.name} was not ready within {timeout:.0f}s ({service.ready_url})")
+
+
+def run(api_port: int = 8080) -> None:
+    log_dir = ROOT / "var" / "log"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    services: list[Service] = []
+    env: dict[str, str] = {}
+
+    if "HAVEN_S3_ENDPOINT" not in os.environ:
+        env["HAVEN_S3_ENDPOINT"] = f"127.0.0.1:{LOCAL_S3_PORT}"
+        os.environ.update(env)
+        if not _port_open(LOCAL_S3_PORT):
+            typer.echo(
+                "No HAVEN_S3_ENDPOINT set: starting a local in-memory S3 endpoint on "
+                f":{LOCAL_S3_PORT} (its contents last until 'haven up' stops; point "
+                "HAVEN_S3_ENDPOINT at MinIO to keep them)."
+            )
+            services.append(Service(
+                "s3",
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(LOCAL_S3_PORT)],
+                f"http://127.0.0.1:{LOCAL_S3_PORT}/moto-api/",
+            ))
+    settings = StoreSettings()
+    ensure_database(settings)
+    bootstrap_admin(settings)
+
+    services.append(Service(
+        "api",
+        [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
+         "--host", "127.0.0.1", "--port", str(api_port)],
+        f"http://127.0.0.1:{api_port}/readyz",
+    ))
+
+    try:
+        for service in services:
+            service.env.update(env)
+            _start(service, log_dir)
+            _wait_ready(service, timeout=300)
+            typer.echo(f"{service.name} ready ({service.ready_url})")
+        typer.secho(
+            f"\nHaven is up: http://127.0.0.1:{api_port}  (API docs at /docs; logs in var/log/)."
+            "\nCtrl-C stops it.",
+            fg=typer.colors.GREEN,
+        )
+        # Blocked only now: the children were started with the default signal mask.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        for service in reversed(services):
+            if service.process and service.process.poll() is None:
+                service.process.terminate()
+        for service in services:
+            if service.process:
+                try:
+                    service.process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    service.process.kill()

@@ -1,0 +1,70 @@
+"""Health, readiness of each dependency, version, metrics and request ids."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from api.settings import ApiSettings
+from tests.fixtures.api import Account
+
+DEPENDENCIES = {"postgres", "redis", "broker", "s3", "vector_store"}
+
+
+def test_readyz_reports_every_dependency(api_client: TestClient) -> None:
+    response = api_client.get("/readyz")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "ready"
+    assert set(body["checks"]) == DEPENDENCIES
+    assert all(check["ok"] for check in body["checks"].values())
+
+
+def test_readyz_names_the_dependency_that_is_down(store_overrides: dict[str, Any]) -> None:
+    settings = ApiSettings(
+        **{**store_overrides, "redis_url": "redis://127.0.0.1:1/0",
+           "broker_url": "amqp://guest:guest@127.0.0.1:1//"}
+    )
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/readyz")
+        assert client.get("/healthz").status_code == 200  # alive, just not ready
+    assert response.status_code == 503
+    body = response.json()
+    assert sorted(body["failed"]) == ["broker", "redis"]
+    assert body["checks"]["postgres"]["ok"] is True
+    assert "error" in body["checks"]["redis"]
+
+
+def test_version(api_client: TestClient) -> None:
+    body = api_client.get("/api/version").json()
+    assert body["service"] == "api"
+    assert {"version", "build", "commit"} <= set(body)
+
+
+def test_request_id_is_taken_or_made(api_client: TestClient) -> None:
+    echoed = api_client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert echoed.headers["X-Request-ID"] == "abc-123"
+    made = api_client.get("/healthz", headers={"X-Request-ID": "bad id\nwith newline"})
+    assert made.headers["X-Request-ID"] != "bad id\nwith newline"
+    assert len(made.headers["X-Request-ID"]) == 32
+
+
+def test_metrics_count_requests_by_route_template(
+    api_client: TestClient, tenant_a: Account
+) -> None:
+    api_client.get(f"/api/v1/admin/users/{tenant_a.user_id}", headers=tenant_a.headers)
+    text = api_client.get("/metrics").text
+    assert (
+        'haven_http_requests_total{method="GET",route="/api/v1/admin/users/{user_id}",'
+        'service="api",status="200"} 1.0'
+    ) in text
+    assert "haven_http_request_duration_seconds_bucket" in text
+    assert str(tenant_a.user_id) not in text
+
+
+def test_unhandled_errors_are_json_without_trace(api_client: TestClient) -> None:
+    response = api_client.post("/api/v1/auth/token", data={"username": "x"})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "body.password"
