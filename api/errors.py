@@ -33,6 +33,4 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("http.unhandled_error", path=request.url.path)
         request_id = getattr(request.state, "request_id", None)
-        return JSONResponse(
-            {"detail": "internal error", "request_id": request_id}, status_code=500
-        )
+        return JSONResponse({"detail": "internal error", "request_id": request_id}, status_code=500)

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from kombu import Connection
+from kombu.connection import Connection
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
@@ -36,7 +36,8 @@ def _check_redis(rt: ApiRuntime) -> None:
 
 def _check_broker(rt: ApiRuntime) -> None:
     url = rt.settings.broker_url.get_secret_value()
-    with Connection(url, connect_timeout=rt.settings.readiness_timeout_seconds) as conn:
+    timeout = rt.settings.readiness_timeout_seconds
+    with Connection(url, connect_timeout=timeout) as conn:  # type: ignore[no-untyped-call]
         conn.ensure_connection(max_retries=1)
 
 

@@ -57,7 +57,10 @@ def create_tenant(
             raise typer.Exit(1)
         tenant = platform.add_tenant(Tenant(slug=slug, name=name or slug))
         AuditLog(session, None, None).record(
-            "tenant.create", target_type="tenant", target_id=tenant.id, tenant_id=tenant.id,
+            "tenant.create",
+            target_type="tenant",
+            target_id=tenant.id,
+            tenant_id=tenant.id,
             slug=slug,
         )
         typer.echo(str(tenant.id))
@@ -69,8 +72,10 @@ def create_user(
     username: Annotated[str, typer.Option()],
     role: Annotated[Role, typer.Option()] = Role.VIEWER,
     password: Annotated[
-        str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True,
-                          envvar="HAVEN_NEW_USER_PASSWORD")
+        str,
+        typer.Option(
+            prompt=True, hide_input=True, confirmation_prompt=True, envvar="HAVEN_NEW_USER_PASSWORD"
+        ),
     ] = "",
 ) -> None:
     """Create a user in a tenant (role admin makes a platform administrator)."""
@@ -93,8 +98,12 @@ def create_user(
         session.add(user)
         session.flush()
         AuditLog(session, None, None).record(
-            "user.create", target_type="user", target_id=user.id, tenant_id=found.id,
-            username=username, role=role.value,
+            "user.create",
+            target_type="user",
+            target_id=user.id,
+            tenant_id=found.id,
+            username=username,
+            role=role.value,
         )
         typer.echo(str(user.id))
 

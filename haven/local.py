@@ -81,10 +81,21 @@ def bootstrap_admin(settings: StoreSettings) -> None:
         session.add(user)
         session.flush()
         audit = AuditLog(session, None, None)
-        audit.record("tenant.create", target_type="tenant", target_id=tenant.id,
-                     tenant_id=tenant.id, slug="default")
-        audit.record("user.create", target_type="user", target_id=user.id,
-                     tenant_id=tenant.id, username="admin", role="admin")
+        audit.record(
+            "tenant.create",
+            target_type="tenant",
+            target_id=tenant.id,
+            tenant_id=tenant.id,
+            slug="default",
+        )
+        audit.record(
+            "user.create",
+            target_type="user",
+            target_id=user.id,
+            tenant_id=tenant.id,
+            username="admin",
+            role="admin",
+        )
     typer.secho(
         f"\nFirst start: sign in as 'admin' with password {password!r} (shown only now).\n",
         fg=typer.colors.YELLOW,
@@ -93,8 +104,11 @@ def bootstrap_admin(settings: StoreSettings) -> None:
 
 def _start(service: Service, log_dir: Path) -> None:
     log = (log_dir / f"{service.name}.log").open("ab")
-    service.process = subprocess.Popen(
-        service.argv, cwd=ROOT, env={**os.environ, **service.env}, stdout=log,
+    service.process = subprocess.Popen(  # noqa: S603 - argv is built here, not from input
+        service.argv,
+        cwd=ROOT,
+        env={**os.environ, **service.env},
+        stdout=log,
         stderr=subprocess.STDOUT,
     )
 
@@ -129,21 +143,42 @@ def run(api_port: int = 8080) -> None:
                 f":{LOCAL_S3_PORT} (its contents last until 'haven up' stops; point "
                 "HAVEN_S3_ENDPOINT at MinIO to keep them)."
             )
-            services.append(Service(
-                "s3",
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(LOCAL_S3_PORT)],
-                f"http://127.0.0.1:{LOCAL_S3_PORT}/moto-api/",
-            ))
+            services.append(
+                Service(
+                    "s3",
+                    [
+                        sys.executable,
+                        "-m",
+                        "moto.server",
+                        "-H",
+                        "127.0.0.1",
+                        "-p",
+                        str(LOCAL_S3_PORT),
+                    ],
+                    f"http://127.0.0.1:{LOCAL_S3_PORT}/moto-api/",
+                )
+            )
     settings = StoreSettings()
     ensure_database(settings)
     bootstrap_admin(settings)
 
-    services.append(Service(
-        "api",
-        [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
-         "--host", "127.0.0.1", "--port", str(api_port)],
-        f"http://127.0.0.1:{api_port}/readyz",
-    ))
+    services.append(
+        Service(
+            "api",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "api.main:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(api_port),
+            ],
+            f"http://127.0.0.1:{api_port}/readyz",
+        )
+    )
 
     try:
         for service in services:

@@ -119,10 +119,10 @@ class AuthSettings(HavenSettings):
     def _active_key_exists(self) -> AuthSettings:
         keys = self.signing_keys()
         if self.jwt_active_kid not in keys:
-            raise ValueError(f"HAVEN_JWT_ACTIVE_KID {self.jwt_active_kid!r} is not in HAVEN_JWT_KEYS")
-        if self.env == "production" and set(keys.values()) & set(
-            json.loads(DEV_JWT_KEYS).values()
-        ):
+            raise ValueError(
+                f"HAVEN_JWT_ACTIVE_KID {self.jwt_active_kid!r} is not in HAVEN_JWT_KEYS"
+            )
+        if self.env == "production" and set(keys.values()) & set(json.loads(DEV_JWT_KEYS).values()):
             raise ValueError("HAVEN_JWT_KEYS contains the development key; set real keys")
         return self
 

@@ -44,8 +44,13 @@ def create_tenant(session: Session, audit: AuditLog, body: TenantCreate) -> Tena
     tenant = platform.add_tenant(
         Tenant(slug=body.slug, name=body.name, token_budget=body.token_budget)
     )
-    audit.record("tenant.create", target_type="tenant", target_id=tenant.id, tenant_id=tenant.id,
-                 slug=tenant.slug)
+    audit.record(
+        "tenant.create",
+        target_type="tenant",
+        target_id=tenant.id,
+        tenant_id=tenant.id,
+        slug=tenant.slug,
+    )
     if body.admin_username and body.admin_password:
         if platform.username_taken(body.admin_username):
             raise HTTPException(
@@ -59,14 +64,18 @@ def create_tenant(session: Session, audit: AuditLog, body: TenantCreate) -> Tena
         )
         session.add(admin)
         session.flush()
-        audit.record("user.create", target_type="user", target_id=admin.id, tenant_id=tenant.id,
-                     username=admin.username, role=admin.role.value)
+        audit.record(
+            "user.create",
+            target_type="user",
+            target_id=admin.id,
+            tenant_id=tenant.id,
+            username=admin.username,
+            role=admin.role.value,
+        )
     return tenant
 
 
-def create_user(
-    session: Session, actor: Principal, audit: AuditLog, body: UserCreate
-) -> User:
+def create_user(session: Session, actor: Principal, audit: AuditLog, body: UserCreate) -> User:
     _check_grantable(actor, body.role)
     if PlatformRepository(session).username_taken(body.username):
         raise HTTPException(status.HTTP_409_CONFLICT, f"username {body.username!r} is taken")
@@ -77,8 +86,14 @@ def create_user(
             role=body.role,
         )
     )
-    audit.record("user.create", target_type="user", target_id=user.id,
-                 tenant_id=actor.tenant_id, username=user.username, role=user.role.value)
+    audit.record(
+        "user.create",
+        target_type="user",
+        target_id=user.id,
+        tenant_id=actor.tenant_id,
+        username=user.username,
+        role=user.role.value,
+    )
     return user
 
 
@@ -99,11 +114,17 @@ def update_user(
         user.is_active = body.is_active
     if body.password is not None:
         user.password_hash = hash_password(body.password)
-        changes["password"] = "changed"
+        changes["password"] = "changed"  # noqa: S105 - a note, not a secret
     session.flush()
     if changes:
-        audit.record("user.update", target_type="user", target_id=user.id,
-                     tenant_id=actor.tenant_id, username=user.username, changes=changes)
+        audit.record(
+            "user.update",
+            target_type="user",
+            target_id=user.id,
+            tenant_id=actor.tenant_id,
+            username=user.username,
+            changes=changes,
+        )
     return user
 
 
@@ -114,8 +135,13 @@ def delete_user(session: Session, actor: Principal, audit: AuditLog, user_id: uu
         raise HTTPException(status.HTTP_409_CONFLICT, "you cannot delete your own account")
     _check_grantable(actor, user.role)
     users.delete(user)
-    audit.record("user.delete", target_type="user", target_id=user_id,
-                 tenant_id=actor.tenant_id, username=user.username)
+    audit.record(
+        "user.delete",
+        target_type="user",
+        target_id=user_id,
+        tenant_id=actor.tenant_id,
+        username=user.username,
+    )
 
 
 def create_api_key(
@@ -137,8 +163,14 @@ def create_api_key(
             expires_at=body.expires_at,
         )
     )
-    audit.record("api_key.create", target_type="api_key", target_id=key.id,
-                 tenant_id=actor.tenant_id, name=key.name, role=key.role.value)
+    audit.record(
+        "api_key.create",
+        target_type="api_key",
+        target_id=key.id,
+        tenant_id=actor.tenant_id,
+        name=key.name,
+        role=key.role.value,
+    )
     return ApiKeyCreated(**ApiKeyRead.model_validate(key).model_dump(), api_key=new.plaintext)
 
 
@@ -149,6 +181,11 @@ def revoke_api_key(
     if key.revoked_at is None:
         key.revoked_at = datetime.now(UTC)
         session.flush()
-        audit.record("api_key.revoke", target_type="api_key", target_id=key.id,
-                     tenant_id=actor.tenant_id, name=key.name)
+        audit.record(
+            "api_key.revoke",
+            target_type="api_key",
+            target_id=key.id,
+            tenant_id=actor.tenant_id,
+            name=key.name,
+        )
     return key

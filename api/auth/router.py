@@ -40,9 +40,7 @@ def issue_token(
 
 
 @router.post("/auth/api-key", response_model=TokenRead)
-def exchange_api_key(
-    body: ApiKeyExchange, session: SessionDep, runtime: RuntimeDep
-) -> TokenRead:
+def exchange_api_key(body: ApiKeyExchange, session: SessionDep, runtime: RuntimeDep) -> TokenRead:
     platform = PlatformRepository(session)
     prefix = api_keys.parse_prefix(body.api_key)
     key = platform.api_key_for_exchange(prefix) if prefix else None
@@ -57,9 +55,7 @@ def exchange_api_key(
     if tenant is None or not tenant.is_active:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "tenant is disabled")
     platform.touch_api_key(key)
-    principal = Principal(
-        subject_id=key.id, tenant_id=key.tenant_id, role=key.role, kind="api_key"
-    )
+    principal = Principal(subject_id=key.id, tenant_id=key.tenant_id, role=key.role, kind="api_key")
     ttl = timedelta(minutes=runtime.settings.api_key_token_minutes)
     token, expires = runtime.tokens.issue(principal, ttl)
     return TokenRead(access_token=token, expires_at=expires)

@@ -10,7 +10,7 @@ from haven.db.tables import Role
 
 class TokenRead(BaseModel):
     access_token: str
-    token_type: str = "bearer"
+    token_type: str = "bearer"  # noqa: S105 - the OAuth2 token type
     expires_at: datetime
 
 

@@ -39,7 +39,7 @@ class TenantRepository(Generic[ModelT]):
         self.principal = principal
         self.tenant_id = principal.tenant_id
 
-    def _select(self) -> Select[tuple[ModelT]]:
+    def _select(self) -> Select[ModelT]:
         return select(self.model).where(self.model.tenant_id == self.tenant_id)
 
     def get(self, object_id: uuid.UUID) -> ModelT | None:
@@ -57,8 +57,10 @@ class TenantRepository(Generic[ModelT]):
         return self.session.execute(stmt).scalars().all()
 
     def count(self) -> int:
-        stmt = select(func.count()).select_from(self.model).where(
-            self.model.tenant_id == self.tenant_id
+        stmt = (
+            select(func.count())
+            .select_from(self.model)
+            .where(self.model.tenant_id == self.tenant_id)
         )
         return int(self.session.execute(stmt).scalar_one())
 
@@ -94,9 +96,7 @@ class AuditRepository(TenantRepository[AuditEntry]):
     label = "audit entry"
 
     def list(self, *, offset: int = 0, limit: int = 50) -> Sequence[AuditEntry]:
-        stmt = (
-            self._select().order_by(AuditEntry.id.desc()).offset(offset).limit(limit)
-        )
+        stmt = self._select().order_by(AuditEntry.id.desc()).offset(offset).limit(limit)
         return self.session.execute(stmt).scalars().all()
 
 
