@@ -19,7 +19,9 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    return config.get_main_option("sqlalchemy.url") or StoreSettings().database_url.get_secret_value()
+    return (
+        config.get_main_option("sqlalchemy.url") or StoreSettings().database_url.get_secret_value()
+    )
 
 
 def _run(connection: Connection) -> None:

@@ -38,9 +38,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture()
-def store_overrides(
-    database_url: str, s3_endpoint: str, tmp_path: Path
-) -> dict[str, Any]:
+def store_overrides(database_url: str, s3_endpoint: str, tmp_path: Path) -> dict[str, Any]:
     """Settings values pointing every store at the test services. Each test gets its own
     S3 bucket and vector-store folder."""
     return {

@@ -104,7 +104,8 @@ def test_invalid_bodies_name_the_field(api_client: TestClient, tenant_a: Account
 
 def test_api_key_exchange_and_revocation(api_client: TestClient, tenant_a: Account) -> None:
     created = api_client.post(
-        "/api/v1/admin/api-keys", json={"name": "uploader", "role": "editor"},
+        "/api/v1/admin/api-keys",
+        json={"name": "uploader", "role": "editor"},
         headers=tenant_a.headers,
     )
     assert created.status_code == 201
@@ -119,7 +120,11 @@ def test_api_key_exchange_and_revocation(api_client: TestClient, tenant_a: Accou
     exchanged = api_client.post("/api/v1/auth/api-key", json={"api_key": plaintext})
     assert exchanged.status_code == 200
     me = api_client.get("/api/v1/me", headers=bearer(exchanged.json()["access_token"])).json()
-    assert (me["kind"], me["role"], me["tenant_id"]) == ("api_key", "editor", str(tenant_a.tenant_id))
+    assert (me["kind"], me["role"], me["tenant_id"]) == (
+        "api_key",
+        "editor",
+        str(tenant_a.tenant_id),
+    )
 
     wrong = plaintext[:-4] + "AAAA"
     assert api_client.post("/api/v1/auth/api-key", json={"api_key": wrong}).status_code == 401

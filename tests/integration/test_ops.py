@@ -24,8 +24,11 @@ def test_readyz_reports_every_dependency(api_client: TestClient) -> None:
 
 def test_readyz_names_the_dependency_that_is_down(store_overrides: dict[str, Any]) -> None:
     settings = ApiSettings(
-        **{**store_overrides, "redis_url": "redis://127.0.0.1:1/0",
-           "broker_url": "amqp://guest:guest@127.0.0.1:1//"}
+        **{
+            **store_overrides,
+            "redis_url": "redis://127.0.0.1:1/0",
+            "broker_url": "amqp://guest:guest@127.0.0.1:1//",
+        }
     )
     with TestClient(create_app(settings)) as client:
         response = client.get("/readyz")

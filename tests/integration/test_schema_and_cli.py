@@ -46,8 +46,16 @@ def test_cli_bootstraps_a_tenant_and_user(database_url: str, api_client: TestCli
 
     username = f"owner@{slug}"
     user = _haven(
-        database_url, "admin", "create-user", "--tenant", slug, "--username", username,
-        "--role", "tenant_admin", HAVEN_NEW_USER_PASSWORD=PASSWORD,
+        database_url,
+        "admin",
+        "create-user",
+        "--tenant",
+        slug,
+        "--username",
+        username,
+        "--role",
+        "tenant_admin",
+        HAVEN_NEW_USER_PASSWORD=PASSWORD,
     )
     assert user.returncode == 0, user.stderr
     token = login(api_client, username)

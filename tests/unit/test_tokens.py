@@ -74,8 +74,15 @@ def test_expired_token_is_refused() -> None:
 def test_wrong_signature_is_refused() -> None:
     svc = service([CUR], CUR)
     forged = jwt.encode(
-        {"sub": str(uuid.uuid4()), "tenant": str(uuid.uuid4()), "roles": ["admin"],
-         "iat": 0, "exp": 9999999999, "jti": "x", "iss": "haven"},
+        {
+            "sub": str(uuid.uuid4()),
+            "tenant": str(uuid.uuid4()),
+            "roles": ["admin"],
+            "iat": 0,
+            "exp": 9999999999,
+            "jti": "x",
+            "iss": "haven",
+        },
         "not-the-key-" + "y" * 40,
         algorithm="HS256",
         headers={"kid": CUR},
@@ -90,8 +97,15 @@ def _b64(data: dict[str, object]) -> str:
 
 def test_alg_none_is_refused() -> None:
     svc = service([CUR], CUR)
-    claims = {"sub": str(uuid.uuid4()), "tenant": str(uuid.uuid4()), "roles": ["admin"],
-              "iat": 0, "exp": 9999999999, "jti": "x", "iss": "haven"}
+    claims = {
+        "sub": str(uuid.uuid4()),
+        "tenant": str(uuid.uuid4()),
+        "roles": ["admin"],
+        "iat": 0,
+        "exp": 9999999999,
+        "jti": "x",
+        "iss": "haven",
+    }
     unsigned = f"{_b64({'alg': 'none', 'kid': CUR, 'typ': 'JWT'})}.{_b64(claims)}."
     with pytest.raises(TokenError, match="algorithm 'none' is not accepted"):
         svc.verify(unsigned)
