@@ -10,6 +10,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from api.outbox import JobOutbox
 from api.runtime import ApiRuntime
 from haven.auth.principal import Principal
 from haven.auth.tokens import TokenError
@@ -25,14 +26,27 @@ def get_runtime(request: Request) -> ApiRuntime:
 RuntimeDep = Annotated[ApiRuntime, Depends(get_runtime)]
 
 
-def get_session(runtime: RuntimeDep) -> Iterator[Session]:
+def get_session(request: Request, runtime: RuntimeDep) -> Iterator[Session]:
     """One transaction per request: committed when the endpoint returns, before the response
-    is sent (scope="function"), rolled back when it raises."""
+    is sent (scope="function"), rolled back when it raises. Jobs the request created are
+    sent to the broker only after the commit, so a worker never looks for a row that does
+    not exist yet."""
+    outbox = JobOutbox()
+    request.state.outbox = outbox
     with transaction(runtime.session_factory) as session:
         yield session
+    outbox.flush(runtime)
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def get_outbox(request: Request, _: SessionDep) -> JobOutbox:
+    outbox: JobOutbox = request.state.outbox
+    return outbox
+
+
+OutboxDep = Annotated[JobOutbox, Depends(get_outbox)]
 
 _bearer = HTTPBearer(auto_error=False)
 

@@ -10,11 +10,15 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api.admin.router import router as admin_router
 from api.auth.router import router as auth_router
+from api.documents.router import router as documents_router
 from api.errors import install_error_handlers
+from api.jobs.router import router as jobs_router
 from api.ops import router as ops_router
+from api.search.router import router as search_router
 from api.runtime import ApiRuntime
 from api.settings import ApiSettings
 from haven import __version__
+from haven.queueing import declare_topology
 from haven.storage import ensure_bucket
 from haven.telemetry import RequestContextMiddleware, configure_logging, log
 from haven.vectors import make_qdrant
@@ -32,8 +36,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             ensure_bucket(runtime.s3, settings.s3_bucket)
         except Exception as exc:  # the API still starts; /readyz reports the object store
             log.warning("api.start.bucket_unavailable", error=str(exc))
+        try:
+            declare_topology(runtime.celery)
+        except Exception as exc:  # the API still starts; /readyz reports the broker
+            log.warning("api.start.broker_unavailable", error=str(exc))
         log.info("api.start", version=__version__, env=settings.env)
         yield
+        await runtime.emb.aclose()
         runtime.close()
 
     app = FastAPI(title="Haven API", version=__version__, lifespan=lifespan)
@@ -51,4 +60,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(ops_router)
     app.include_router(auth_router)
     app.include_router(admin_router)
+    # Multipart bodies above the limit are refused with 413 before they are parsed.
+    app.include_router(documents_router, max_body_size=settings.max_upload_bytes + 64 * 1024)
+    app.include_router(jobs_router)
+    app.include_router(search_router)
     return app

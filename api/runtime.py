@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from celery import Celery
 from minio import Minio
 from prometheus_client import CollectorRegistry
 from qdrant_client import QdrantClient
@@ -18,9 +19,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.settings import ApiSettings
 from haven.auth.tokens import TokenService
+from haven.emb_client import AsyncEmbClient
+from haven.index import ChunkIndex
+from haven.queueing import create_celery
 from haven.db.engine import make_engine, make_session_factory
 from haven.storage import make_client
 from haven.telemetry import RequestMetrics
+from haven.vectors import make_index, release_qdrant
 
 
 @dataclass
@@ -33,6 +38,8 @@ class ApiRuntime:
     tokens: TokenService
     metrics: RequestMetrics
     registry: CollectorRegistry
+    celery: Celery
+    emb: AsyncEmbClient
     qdrant: QdrantClient | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -51,10 +58,18 @@ class ApiRuntime:
             tokens=TokenService(settings),
             metrics=RequestMetrics("api", registry),
             registry=registry,
+            celery=create_celery(settings),
+            emb=AsyncEmbClient(settings.emb_url),
         )
+
+    @property
+    def index(self) -> ChunkIndex:
+        if self.qdrant is None:
+            raise RuntimeError("the vector store is not open yet")
+        return make_index(self.settings, self.qdrant)
 
     def close(self) -> None:
         if self.qdrant is not None:
-            self.qdrant.close()
+            release_qdrant(self.settings, self.qdrant)
         self.redis.close()
         self.engine.dispose()

@@ -76,6 +76,11 @@ class StoreSettings(HavenSettings):
     )
     qdrant_api_key: SecretStr | None = None
     qdrant_path: Path = Path("var/qdrant")
+    qdrant_collection: str = "haven_chunks"
+    # Every task message expires; a job whose message expired is re-sent by the reaper.
+    task_expires_seconds: int = 86400
+    # Attempts a job gets before it fails and its message goes to the dead-letter queue.
+    job_max_attempts: int = 5
 
     @model_validator(mode="after")
     def _refuse_development_store_secrets(self) -> StoreSettings:

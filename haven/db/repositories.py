@@ -16,7 +16,25 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from haven.auth.principal import Principal
-from haven.db.tables import ApiKey, AuditEntry, Base, Tenant, User
+from sqlalchemy import delete, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from haven.db.tables import (
+    ApiKey,
+    AuditEntry,
+    Base,
+    Chunk,
+    DeadLetter,
+    Document,
+    DocumentState,
+    DocumentVersion,
+    Job,
+    JobKind,
+    JobState,
+    Tenant,
+    Upload,
+    User,
+)
 
 
 class NotFound(Exception):
@@ -172,3 +190,178 @@ class PlatformRepository:
     def touch_api_key(self, key: ApiKey) -> None:
         key.last_used_at = datetime.now(UTC)
         self.session.flush()
+
+
+class DocumentRepository(TenantRepository[Document]):
+    model = Document
+    label = "document"
+
+    def list_filtered(
+        self, *, state: DocumentState | None, tag: str | None, offset: int, limit: int
+    ) -> tuple[Sequence[Document], int]:
+        stmt = self._select()
+        if state is not None:
+            stmt = stmt.where(Document.state == state)
+        if tag is not None:
+            stmt = stmt.where(Document.tags.any(tag))
+        total = self.session.execute(
+            select(func.count()).select_from(stmt.subquery())
+        ).scalar_one()
+        rows = self.session.execute(
+            stmt.order_by(Document.created_at.desc(), Document.id).offset(offset).limit(limit)
+        ).scalars().all()
+        return rows, int(total)
+
+    def by_source_id(self, source_id: str) -> Document | None:
+        stmt = self._select().where(Document.source_id == source_id).with_for_update()
+        return self.session.execute(stmt).scalar_one_or_none()
+
+    def by_content(self, sha256: str) -> Document | None:
+        """The document that already holds these exact bytes in this tenant, if any."""
+        stmt = (
+            self._select()
+            .join(DocumentVersion, DocumentVersion.document_id == Document.id)
+            .where(DocumentVersion.tenant_id == self.tenant_id)
+            .where(DocumentVersion.content_sha256 == sha256)
+            .limit(1)
+        )
+        return self.session.execute(stmt).scalar_one_or_none()
+
+    def versions(self, document_id: uuid.UUID) -> Sequence[DocumentVersion]:
+        stmt = (
+            select(DocumentVersion)
+            .where(
+                DocumentVersion.tenant_id == self.tenant_id,
+                DocumentVersion.document_id == document_id,
+            )
+            .order_by(DocumentVersion.version)
+        )
+        return self.session.execute(stmt).scalars().all()
+
+    def add_version(self, document: Document, version: DocumentVersion) -> DocumentVersion:
+        version.tenant_id = self.tenant_id
+        version.document_id = document.id
+        self.session.add(version)
+        self.session.flush()
+        return version
+
+    def chunk_count(self, document_id: uuid.UUID) -> int:
+        stmt = select(func.count()).where(
+            Chunk.tenant_id == self.tenant_id, Chunk.document_id == document_id
+        )
+        return int(self.session.execute(stmt).scalar_one())
+
+
+class ChunkRepository(TenantRepository[Chunk]):
+    model = Chunk
+    label = "chunk"
+
+    def insert_many(self, rows: list[dict[str, Any]]) -> None:
+        """Idempotent: a re-run of the step inserts nothing twice."""
+        if not rows:
+            return
+        for row in rows:
+            row["tenant_id"] = self.tenant_id
+        stmt = pg_insert(Chunk).values(rows).on_conflict_do_nothing(index_elements=["id"])
+        self.session.execute(stmt)
+
+    def delete_version(self, version_id: uuid.UUID) -> None:
+        self.session.execute(
+            delete(Chunk).where(Chunk.tenant_id == self.tenant_id, Chunk.version_id == version_id)
+        )
+
+    def delete_other_versions(self, document_id: uuid.UUID, keep: uuid.UUID) -> None:
+        self.session.execute(
+            delete(Chunk).where(
+                Chunk.tenant_id == self.tenant_id,
+                Chunk.document_id == document_id,
+                Chunk.version_id != keep,
+            )
+        )
+
+    def count_version(self, version_id: uuid.UUID) -> int:
+        stmt = select(func.count()).where(
+            Chunk.tenant_id == self.tenant_id, Chunk.version_id == version_id
+        )
+        return int(self.session.execute(stmt).scalar_one())
+
+    def list(self, *, offset: int = 0, limit: int = 50) -> Sequence[Chunk]:
+        stmt = self._select().order_by(Chunk.position).offset(offset).limit(limit)
+        return self.session.execute(stmt).scalars().all()
+
+
+class JobRepository(TenantRepository[Job]):
+    model = Job
+    label = "job"
+
+    def list_filtered(
+        self, *, state: JobState | None, kind: JobKind | None, offset: int, limit: int
+    ) -> Sequence[Job]:
+        stmt = self._select()
+        if state is not None:
+            stmt = stmt.where(Job.state == state)
+        if kind is not None:
+            stmt = stmt.where(Job.kind == kind)
+        stmt = stmt.order_by(Job.created_at.desc(), Job.id).offset(offset).limit(limit)
+        return self.session.execute(stmt).scalars().all()
+
+    def for_subject(self, subject_id: uuid.UUID) -> Sequence[Job]:
+        stmt = self._select().where(Job.subject_id == subject_id).order_by(Job.created_at)
+        return self.session.execute(stmt).scalars().all()
+
+    def by_idempotency_key(self, key: str) -> Job | None:
+        stmt = self._select().where(Job.idempotency_key == key)
+        return self.session.execute(stmt).scalar_one_or_none()
+
+    def request_cancel(self, job: Job) -> bool:
+        """A queued job is canceled at once (it will never start); a running one is flagged
+        and stops at its next step boundary. False when the job had already ended."""
+        now = datetime.now(UTC)
+        queued = self.session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.tenant_id == self.tenant_id,
+                   Job.state == JobState.QUEUED)
+            .values(state=JobState.CANCELED, cancel_requested=True, finished_at=now,
+                    updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        running = self.session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.tenant_id == self.tenant_id,
+                   Job.state == JobState.RUNNING)
+            .values(cancel_requested=True, updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        self.session.refresh(job)
+        return bool(queued or running)
+
+    def requeue(self, job: Job) -> bool:
+        """failed | canceled → queued, with a fresh budget of attempts."""
+        now = datetime.now(UTC)
+        moved = self.session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.tenant_id == self.tenant_id,
+                   Job.state.in_([JobState.FAILED, JobState.CANCELED]))
+            .values(state=JobState.QUEUED, attempts=0, cancel_requested=False,
+                    progress_done=0, finished_at=None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        self.session.refresh(job)
+        return bool(moved)
+
+
+class UploadRepository(TenantRepository[Upload]):
+    model = Upload
+    label = "upload"
+
+    def require_for_update(self, upload_id: uuid.UUID) -> Upload:
+        stmt = self._select().where(Upload.id == upload_id).with_for_update()
+        found = self.session.execute(stmt).scalar_one_or_none()
+        if found is None:
+            raise NotFound(self.label, upload_id)
+        return found
+
+
+class DeadLetterRepository(TenantRepository[DeadLetter]):
+    model = DeadLetter
+    label = "dead letter"

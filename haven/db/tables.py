@@ -80,6 +80,7 @@ class DocumentState(enum.StrEnum):
     PROCESSING = "processing"
     READY = "ready"
     FAILED = "failed"
+    CANCELED = "canceled"
 
 
 class Timestamped:
@@ -297,3 +298,45 @@ class AuditEntry(Base):
     details: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     request_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Upload(Timestamped, Base):
+    """A presigned upload: the client PUTs straight to the object store, then completes it."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = _tenant_fk()
+    object_key: Mapped[str] = mapped_column(String(1000))
+    filename: Mapped[str] = mapped_column(String(500))
+    mime: Mapped[str | None] = mapped_column(String(200))
+    title: Mapped[str | None] = mapped_column(String(500))
+    source_id: Mapped[str | None] = mapped_column(String(500))
+    tags: Mapped[list[str]] = mapped_column(default=list, server_default="{}")
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    document_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("documents.id", ondelete="SET NULL")
+    )
+
+
+class DeadLetter(Base):
+    """A task message that exhausted its retries, moved from RabbitMQ's dead-letter queue into
+    PostgreSQL so admins can list it and replay it, and nothing is lost if the broker restarts."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = _tenant_fk()
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), index=True
+    )
+    message_id: Mapped[str] = mapped_column(String(200), unique=True)
+    task: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str | None] = mapped_column(Text)
+    body: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    replayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -9,45 +9,120 @@ from __future__ import annotations
 
 import re
 import uuid
+from typing import Any
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
 
-from haven.db.tables import Role
+from haven.db.engine import transaction
+from haven.db.tables import DeadLetter, Role, Upload
 from haven.telemetry import http_routes
 from tests.fixtures.api import Account, create_user
 
 
 @dataclass(frozen=True)
+class World:
+    client: TestClient
+    session_factory: sessionmaker[Session]
+
+
+@dataclass(frozen=True)
 class Factory:
-    create: Callable[[TestClient, Account], str]
-    exists: Callable[[TestClient, Account, str], bool]
+    create: Callable[[World, Account], str]
+    exists: Callable[[World, Account, str], bool]
 
 
-def _make_user(client: TestClient, owner: Account) -> str:
-    return str(create_user(client, owner, Role.VIEWER).user_id)
+def _ok(world: World, owner: Account, path: str) -> bool:
+    return world.client.get(path, headers=owner.headers).status_code == 200
 
 
-def _user_exists(client: TestClient, owner: Account, user_id: str) -> bool:
-    return client.get(f"/api/v1/admin/users/{user_id}", headers=owner.headers).status_code == 200
+def _make_user(world: World, owner: Account) -> str:
+    return str(create_user(world.client, owner, Role.VIEWER).user_id)
 
 
-def _make_api_key(client: TestClient, owner: Account) -> str:
-    response = client.post("/api/v1/admin/api-keys", json={"name": "ci"}, headers=owner.headers)
+def _make_api_key(world: World, owner: Account) -> str:
+    response = world.client.post(
+        "/api/v1/admin/api-keys", json={"name": "ci"}, headers=owner.headers
+    )
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
 
 
-def _api_key_untouched(client: TestClient, owner: Account, key_id: str) -> bool:
-    keys = client.get("/api/v1/admin/api-keys", headers=owner.headers).json()
+def _api_key_untouched(world: World, owner: Account, key_id: str) -> bool:
+    keys = world.client.get("/api/v1/admin/api-keys", headers=owner.headers).json()
     return any(k["id"] == key_id and k["revoked_at"] is None for k in keys)
+
+
+def _upload(world: World, owner: Account) -> dict[str, Any]:
+    response = world.client.post(
+        "/api/v1/documents",
+        files={"file": ("a.txt", f"isolated {uuid.uuid4()}".encode(), "text/plain")},
+        headers=owner.headers,
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _make_document(world: World, owner: Account) -> str:
+    return str(_upload(world, owner)["document"]["id"])
+
+
+def _make_job(world: World, owner: Account) -> str:
+    return str(_upload(world, owner)["job_id"])
+
+
+def _job_untouched(world: World, owner: Account, job_id: str) -> bool:
+    job = world.client.get(f"/api/v1/jobs/{job_id}", headers=owner.headers).json()
+    return bool(job["state"] == "queued" and not job["cancel_requested"])
+
+
+def _make_upload(world: World, owner: Account) -> str:
+    response = world.client.post(
+        "/api/v1/documents/uploads", json={"filename": "x.txt"}, headers=owner.headers
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["upload_id"])
+
+
+def _upload_untouched(world: World, owner: Account, upload_id: str) -> bool:
+    with transaction(world.session_factory) as session:
+        found = session.get(Upload, uuid.UUID(upload_id))
+        return found is not None and found.completed_at is None
+
+
+def _make_dead_letter(world: World, owner: Account) -> str:
+    job_id = uuid.UUID(_make_job(world, owner))
+    with transaction(world.session_factory) as session:
+        letter = DeadLetter(
+            tenant_id=owner.tenant_id, job_id=job_id, message_id=str(uuid.uuid4()),
+            task="ingest.document", queue="ingest", reason="test",
+        )
+        session.add(letter)
+        session.flush()
+        return str(letter.id)
+
+
+def _dead_letter_untouched(world: World, owner: Account, letter_id: str) -> bool:
+    with transaction(world.session_factory) as session:
+        found = session.get(DeadLetter, uuid.UUID(letter_id))
+        return found is not None and found.replayed_at is None
 
 
 # One entry per path parameter that names a tenant-owned object.
 FACTORIES: dict[str, Factory] = {
-    "user_id": Factory(_make_user, _user_exists),
+    "user_id": Factory(
+        _make_user, lambda w, o, i: _ok(w, o, f"/api/v1/admin/users/{i}")
+    ),
     "key_id": Factory(_make_api_key, _api_key_untouched),
+    "document_id": Factory(
+        _make_document, lambda w, o, i: _ok(w, o, f"/api/v1/documents/{i}")
+    ),
+    "job_id": Factory(_make_job, _job_untouched),
+    "upload_id": Factory(_make_upload, _upload_untouched),
+    "dead_letter_id": Factory(_make_dead_letter, _dead_letter_untouched),
 }
 
 # Bodies valid for the route's schema, so that validation (422) cannot hide the 404.
@@ -67,15 +142,19 @@ def _id_routes(client: TestClient) -> list[tuple[str, str, list[str]]]:
 
 
 def test_every_id_route_hides_other_tenants_objects(
-    api_client: TestClient, tenant_a: Account, tenant_b: Account
+    api_client: TestClient,
+    session_factory: sessionmaker[Session],
+    tenant_a: Account,
+    tenant_b: Account,
 ) -> None:
+    world = World(api_client, session_factory)
     routes = _id_routes(api_client)
     assert routes, "the app has routes with object ids"
     missing = sorted({p for _, _, params in routes for p in params if p not in FACTORIES})
     assert not missing, f"add a factory to FACTORIES for path parameters: {missing}"
 
     for method, template, params in routes:
-        ids = {name: FACTORIES[name].create(api_client, tenant_a) for name in params}
+        ids = {name: FACTORIES[name].create(world, tenant_a) for name in params}
         path = template.format(**ids)
         body = BODIES.get((method, template))
         response = api_client.request(method, path, headers=tenant_b.headers, json=body)
@@ -85,7 +164,7 @@ def test_every_id_route_hides_other_tenants_objects(
         )
         assert tenant_a.tenant_slug not in response.text
         for name, object_id in ids.items():
-            assert FACTORIES[name].exists(api_client, tenant_a, object_id), (
+            assert FACTORIES[name].exists(world, tenant_a, object_id), (
                 f"{method} {template} by another tenant changed {name} {object_id}"
             )
 
@@ -96,13 +175,22 @@ def test_every_id_route_hides_other_tenants_objects(
 
 
 def test_lists_show_only_own_tenant(
-    api_client: TestClient, tenant_a: Account, tenant_b: Account
+    api_client: TestClient,
+    session_factory: sessionmaker[Session],
+    tenant_a: Account,
+    tenant_b: Account,
 ) -> None:
-    _make_user(api_client, tenant_a)
-    _make_api_key(api_client, tenant_a)
+    world = World(api_client, session_factory)
+    _make_user(world, tenant_a)
+    _make_api_key(world, tenant_a)
+    _make_document(world, tenant_a)
     users_b = api_client.get("/api/v1/admin/users", headers=tenant_b.headers).json()
     keys_b = api_client.get("/api/v1/admin/api-keys", headers=tenant_b.headers).json()
     audit_b = api_client.get("/api/v1/admin/audit", headers=tenant_b.headers).json()
     assert {u["tenant_id"] for u in users_b} == {str(tenant_b.tenant_id)}
     assert keys_b == []
+    docs_b = api_client.get("/api/v1/documents", headers=tenant_b.headers).json()
+    jobs_b = api_client.get("/api/v1/jobs", headers=tenant_b.headers).json()
+    assert docs_b["total"] == 0
+    assert jobs_b == []
     assert all(entry["tenant_id"] == str(tenant_b.tenant_id) for entry in audit_b)

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+
+class SearchFiltersIn(BaseModel):
+    tags: list[str] | None = Field(default=None, max_length=50)
+    document_ids: list[uuid.UUID] | None = Field(default=None, max_length=500)
+    mime: list[str] | None = Field(default=None, max_length=20)
+    lang: list[str] | None = Field(default=None, max_length=20)
+    updated_from: datetime | None = None
+    updated_to: datetime | None = None
+
+
+class SearchRequest(BaseModel):
+    query: str = Field(min_length=1, max_length=4000)
+    top_k: int = Field(default=10, ge=1, le=100)
+    mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
+    filters: SearchFiltersIn = Field(default_factory=SearchFiltersIn)
+    fusion: Literal["rrf", "dbsf"] = "rrf"
+    rrf_k: int = Field(default=60, ge=1, le=1000)
+    mmr: bool = False
+    mmr_lambda: float = Field(default=0.5, ge=0.0, le=1.0)
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the query is empty")
+        return value.strip()
+
+
+class ChannelRanks(BaseModel):
+    dense: int | None
+    lexical: int | None
+
+
+class SearchResult(BaseModel):
+    document_id: uuid.UUID
+    title: str | None
+    version: int | None
+    page: int | None
+    heading: str | None
+    chunk_id: uuid.UUID
+    text: str
+    score: float
+    ranks: ChannelRanks
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchResult]
+    reason: str | None = None
+    mode: str

@@ -1,0 +1,142 @@
+"""One state machine for every job: ``queued → running → ready | failed | canceled``.
+
+Each transition is a single conditional UPDATE (``... WHERE state = <expected>``), so two
+workers, a redelivered message and the reaper can race without ever moving a job twice.
+The caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from haven.db.tables import Job, JobState
+
+TERMINAL = frozenset({JobState.READY, JobState.FAILED, JobState.CANCELED})
+# Which state a job may move to from which (the whole machine, for readers and tests).
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELED, JobState.FAILED}),
+    JobState.RUNNING: frozenset(
+        {JobState.READY, JobState.FAILED, JobState.CANCELED, JobState.QUEUED}
+    ),
+    JobState.READY: frozenset(),
+    JobState.FAILED: frozenset({JobState.QUEUED}),
+    JobState.CANCELED: frozenset({JobState.QUEUED}),
+}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class JobStore:
+    """Job transitions for workers and the reaper. Workers act for the job's tenant, which
+    they read from the job row itself; nothing here returns tenant content."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, job_id: uuid.UUID) -> Job | None:
+        return self.session.get(Job, job_id, populate_existing=True)
+
+    def _move(self, job_id: uuid.UUID, expected: Sequence[JobState], **values: Any) -> bool:
+        stmt = (
+            update(Job)
+            .where(Job.id == job_id, Job.state.in_(list(expected)))
+            .values(updated_at=func.now(), **values)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(self.session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+
+    def claim(self, job_id: uuid.UUID, *, takeover: bool) -> Job | None:
+        """queued → running (or, with ``takeover``, keep a running job whose worker died).
+        Returns the job when this caller now owns it."""
+        states = [JobState.QUEUED, JobState.RUNNING] if takeover else [JobState.QUEUED]
+        now = _now()
+        stmt = (
+            update(Job)
+            .where(Job.id == job_id, Job.state.in_(states), Job.cancel_requested.is_(False))
+            .values(
+                state=JobState.RUNNING,
+                attempts=Job.attempts + 1,
+                started_at=func.coalesce(Job.started_at, now),
+                heartbeat_at=now,
+                last_error=None,
+                updated_at=now,
+            )
+            .returning(Job.id)
+        )
+        if self.session.execute(stmt).scalar_one_or_none() is None:
+            return None
+        return self.get(job_id)
+
+    def heartbeat(self, job_id: uuid.UUID, *, done: int | None = None, total: int | None = None) -> bool:
+        """Record liveness and progress; False when the job is no longer running (canceled)."""
+        values: dict[str, Any] = {"heartbeat_at": _now()}
+        if done is not None:
+            values["progress_done"] = done
+        if total is not None:
+            values["progress_total"] = total
+        return self._move(job_id, [JobState.RUNNING], **values)
+
+    def cancel_requested(self, job_id: uuid.UUID) -> bool:
+        stmt = select(Job.cancel_requested).where(Job.id == job_id)
+        return bool(self.session.execute(stmt).scalar_one_or_none())
+
+    def finish(self, job_id: uuid.UUID) -> bool:
+        return self._move(
+            job_id, [JobState.RUNNING], state=JobState.READY, finished_at=_now(),
+            progress_done=Job.progress_total,
+        )
+
+    def fail(self, job_id: uuid.UUID, error: str) -> bool:
+        return self._move(
+            job_id, [JobState.RUNNING, JobState.QUEUED], state=JobState.FAILED,
+            last_error=error[:4000], finished_at=_now(),
+        )
+
+    def mark_canceled(self, job_id: uuid.UUID) -> bool:
+        return self._move(
+            job_id, [JobState.RUNNING, JobState.QUEUED], state=JobState.CANCELED,
+            finished_at=_now(),
+        )
+
+    def back_to_queue(self, job_id: uuid.UUID, error: str) -> bool:
+        """running → queued after a transient error (the retry is already scheduled)."""
+        return self._move(job_id, [JobState.RUNNING], state=JobState.QUEUED,
+                          last_error=error[:4000])
+
+    def stale_running(self, older_than: timedelta, limit: int = 100) -> Sequence[Job]:
+        """Jobs whose worker stopped sending heartbeats (it died)."""
+        cutoff = _now() - older_than
+        stmt = (
+            select(Job)
+            .where(Job.state == JobState.RUNNING, Job.heartbeat_at < cutoff)
+            .order_by(Job.heartbeat_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return self.session.execute(stmt).scalars().all()
+
+    def stale_queued(self, older_than: timedelta, limit: int = 100) -> Sequence[Job]:
+        """Queued jobs nobody picked up (their message was lost); safe to send again."""
+        cutoff = _now() - older_than
+        stmt = (
+            select(Job)
+            .where(Job.state == JobState.QUEUED, Job.updated_at < cutoff)
+            .order_by(Job.updated_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return self.session.execute(stmt).scalars().all()
+
+    def touch(self, job_id: uuid.UUID) -> None:
+        self.session.execute(
+            update(Job).where(Job.id == job_id).values(updated_at=_now())
+            .execution_options(synchronize_session=False)
+        )

@@ -1,0 +1,1 @@
+"""Celery workers: ingest, analyze, review and maintenance tasks."""

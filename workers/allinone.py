@@ -1,0 +1,54 @@
+"""The embedded default's single process: the API and a Celery worker (with beat) together.
+
+Qdrant's embedded mode lets one process open its folder, so without ``QDRANT_URL`` the API
+and the workers share this process and one vector-store client. With a Qdrant server they run
+as separate processes (``uvicorn api.main`` and ``celery -A workers.main worker``) instead.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import typer
+import uvicorn
+
+from api.main import create_app
+from api.settings import ApiSettings
+from haven.queueing import QUEUES
+from workers.app import create_worker_app
+from workers.settings import WorkerSettings
+
+
+def main(
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    concurrency: int | None = None,
+) -> None:
+    api_settings = ApiSettings()
+    worker_settings = WorkerSettings()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(api_settings), host=host, port=port, log_config=None,
+                       timeout_graceful_shutdown=10)
+    )
+    api_thread = threading.Thread(target=server.run, name="api", daemon=True)
+    api_thread.start()
+
+    celery = create_worker_app(worker_settings)
+    worker = celery.Worker(
+        pool="threads",
+        concurrency=concurrency or worker_settings.worker_concurrency,
+        queues=list(QUEUES),
+        beat=True,
+        without_mingle=True,
+        without_gossip=True,
+        loglevel=worker_settings.log_level,
+    )
+    try:
+        worker.start()
+    finally:
+        server.should_exit = True
+        api_thread.join(timeout=15)
+
+
+if __name__ == "__main__":
+    typer.run(main)

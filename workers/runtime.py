@@ -1,0 +1,83 @@
+"""What a worker process holds: connections, the emb client and the chunking tokenizer.
+
+Built lazily once per process (after the prefork pool forks), from the settings the worker
+app was created with.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import redis
+from celery import Celery
+from minio import Minio
+from sqlalchemy.orm import Session, sessionmaker
+
+from haven.db.engine import make_engine, make_session_factory
+from haven.emb_client import EmbClient
+from haven.index import ChunkIndex
+from haven.storage import make_client
+from haven.vectors import make_index, make_qdrant
+from models.loader import ModelCache
+from models.store import registry_from_settings
+from workers.settings import WorkerSettings
+
+
+@dataclass
+class WorkerRuntime:
+    settings: WorkerSettings
+    celery: Celery
+
+    @cached_property
+    def session_factory(self) -> sessionmaker[Session]:
+        return make_session_factory(make_engine(self.settings))
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
+
+    @cached_property
+    def s3(self) -> Minio:
+        return make_client(self.settings)
+
+    @cached_property
+    def index(self) -> ChunkIndex:
+        return make_index(self.settings, make_qdrant(self.settings))
+
+    @cached_property
+    def emb(self) -> EmbClient:
+        return EmbClient(self.settings.emb_url, timeout=self.settings.emb_timeout_seconds)
+
+    @cached_property
+    def tokenizer(self) -> Any:
+        """The tokenizer of the first embedding alias: chunks are cut in its tokens."""
+        from transformers import AutoTokenizer
+
+        cache = ModelCache(registry_from_settings(self.settings), self.settings.model_cache_dir)
+        local = cache.fetch(self.settings.emb_aliases[0])
+        return AutoTokenizer.from_pretrained(str(local.path))
+
+    @cached_property
+    def dimensions(self) -> dict[str, int]:
+        served = {m.alias: m.dimension for m in self.emb.models()}
+        missing = [a for a in self.settings.emb_aliases if a not in served]
+        if missing:
+            raise RuntimeError(f"the embedding service does not serve {missing}")
+        return {alias: served[alias] for alias in self.settings.emb_aliases}
+
+
+_runtimes: dict[int, WorkerRuntime] = {}
+_lock = threading.Lock()
+
+
+def runtime_for(app: Celery) -> WorkerRuntime:
+    with _lock:
+        found = _runtimes.get(id(app))
+        if found is None:
+            settings: WorkerSettings = app.conf.haven_settings
+            found = WorkerRuntime(settings=settings, celery=app)
+            _runtimes[id(app)] = found
+        return found

@@ -1,0 +1,37 @@
+"""The workers' settings (``HAVEN_*``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import field_validator
+from pydantic_settings import NoDecode
+
+from models.defaults import DEFAULT_EMBED_ALIAS
+from models.settings import ModelStoreSettings
+
+
+class WorkerSettings(ModelStoreSettings):
+    emb_url: str = "http://127.0.0.1:8082"
+    # Dense vectors are written for each of these aliases; the first one's tokenizer chunks.
+    emb_aliases: Annotated[list[str], NoDecode] = [DEFAULT_EMBED_ALIAS]
+    emb_request_batch: int = 64
+    emb_timeout_seconds: float = 120.0
+    chunk_max_tokens: int = 256
+    chunk_overlap_tokens: int = 32
+    ocr_enabled: bool = False
+    extract_max_pages: int = 2000
+    retry_backoff_seconds: float = 2.0
+    retry_backoff_max_seconds: float = 300.0
+    # A running job whose worker sent no heartbeat for this long is taken over or requeued.
+    job_lease_seconds: int = 60
+    # A queued job whose message guard expired this long ago is sent again.
+    reaper_interval_seconds: float = 30.0
+    worker_concurrency: int = 2
+
+    @field_validator("emb_aliases", mode="before")
+    @classmethod
+    def _split_aliases(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [alias.strip() for alias in value.split(",") if alias.strip()]
+        return value
