@@ -14,8 +14,8 @@ from api.documents.router import router as documents_router
 from api.errors import install_error_handlers
 from api.jobs.router import router as jobs_router
 from api.ops import router as ops_router
-from api.search.router import router as search_router
 from api.runtime import ApiRuntime
+from api.search.router import router as search_router
 from api.settings import ApiSettings
 from haven import __version__
 from haven.queueing import declare_topology

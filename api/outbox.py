@@ -40,7 +40,10 @@ class JobOutbox:
         for task, job_id in self.pending:
             try:
                 send_job_once(
-                    runtime.celery, runtime.redis, task, job_id,
+                    runtime.celery,
+                    runtime.redis,
+                    task,
+                    job_id,
                     expires_seconds=runtime.settings.task_expires_seconds,
                     headers={"request_id": request_id},
                     force=job_id in self.forced,

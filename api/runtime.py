@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.settings import ApiSettings
 from haven.auth.tokens import TokenService
+from haven.db.engine import make_engine, make_session_factory
 from haven.emb_client import AsyncEmbClient
 from haven.index import ChunkIndex
 from haven.queueing import create_celery
-from haven.db.engine import make_engine, make_session_factory
 from haven.storage import make_client
 from haven.telemetry import RequestMetrics
 from haven.vectors import make_index, release_qdrant

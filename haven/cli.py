@@ -13,12 +13,14 @@ from haven.db.engine import make_engine, make_session_factory, transaction
 from haven.db.repositories import AuditLog, PlatformRepository
 from haven.db.tables import Role, Tenant, User
 from haven.settings import StoreSettings
+from models.cli import app as models_app
 
 app = typer.Typer(help="Haven: the offline RAG platform.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 admin_app = typer.Typer(help="Tenants and users.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(admin_app, name="admin")
+app.add_typer(models_app, name="models")
 
 
 @app.command("up")

@@ -39,9 +39,7 @@ def _reason(headers: dict[str, Any]) -> str:
     return "rejected"
 
 
-def drain_dead_letters(
-    app: Celery, factory: sessionmaker[Session], *, limit: int = 500
-) -> int:
+def drain_dead_letters(app: Celery, factory: sessionmaker[Session], *, limit: int = 500) -> int:
     moved = 0
     with app.connection_for_write() as conn:
         channel = conn.default_channel
@@ -57,7 +55,9 @@ def drain_dead_letters(
             except (ValueError, TypeError, json.JSONDecodeError):
                 body = None
             job_id = _job_id(body)
-            message_id = str(headers.get("id") or message.properties.get("correlation_id") or uuid.uuid4())
+            message_id = str(
+                headers.get("id") or message.properties.get("correlation_id") or uuid.uuid4()
+            )
             with transaction(factory) as session:
                 job = JobStore(session).get(job_id) if job_id else None
                 if job is None:

@@ -30,8 +30,9 @@ def _raise_for(response: httpx.Response) -> None:
             retry_after=float(retry) if retry and retry.replace(".", "", 1).isdigit() else None,
         )
     if response.status_code >= 400:
-        raise EmbeddingRejected(f"embedding service answered {response.status_code}: "
-                                f"{response.text[:300]}")
+        raise EmbeddingRejected(
+            f"embedding service answered {response.status_code}: {response.text[:300]}"
+        )
 
 
 class EmbClient:

@@ -75,7 +75,9 @@ class JobStore:
             return None
         return self.get(job_id)
 
-    def heartbeat(self, job_id: uuid.UUID, *, done: int | None = None, total: int | None = None) -> bool:
+    def heartbeat(
+        self, job_id: uuid.UUID, *, done: int | None = None, total: int | None = None
+    ) -> bool:
         """Record liveness and progress; False when the job is no longer running (canceled)."""
         values: dict[str, Any] = {"heartbeat_at": _now()}
         if done is not None:
@@ -90,26 +92,35 @@ class JobStore:
 
     def finish(self, job_id: uuid.UUID) -> bool:
         return self._move(
-            job_id, [JobState.RUNNING], state=JobState.READY, finished_at=_now(),
+            job_id,
+            [JobState.RUNNING],
+            state=JobState.READY,
+            finished_at=_now(),
             progress_done=Job.progress_total,
         )
 
     def fail(self, job_id: uuid.UUID, error: str) -> bool:
         return self._move(
-            job_id, [JobState.RUNNING, JobState.QUEUED], state=JobState.FAILED,
-            last_error=error[:4000], finished_at=_now(),
+            job_id,
+            [JobState.RUNNING, JobState.QUEUED],
+            state=JobState.FAILED,
+            last_error=error[:4000],
+            finished_at=_now(),
         )
 
     def mark_canceled(self, job_id: uuid.UUID) -> bool:
         return self._move(
-            job_id, [JobState.RUNNING, JobState.QUEUED], state=JobState.CANCELED,
+            job_id,
+            [JobState.RUNNING, JobState.QUEUED],
+            state=JobState.CANCELED,
             finished_at=_now(),
         )
 
     def back_to_queue(self, job_id: uuid.UUID, error: str) -> bool:
         """running → queued after a transient error (the retry is already scheduled)."""
-        return self._move(job_id, [JobState.RUNNING], state=JobState.QUEUED,
-                          last_error=error[:4000])
+        return self._move(
+            job_id, [JobState.RUNNING], state=JobState.QUEUED, last_error=error[:4000]
+        )
 
     def stale_running(self, older_than: timedelta, limit: int = 100) -> Sequence[Job]:
         """Jobs whose worker stopped sending heartbeats (it died)."""
@@ -137,6 +148,8 @@ class JobStore:
 
     def touch(self, job_id: uuid.UUID) -> None:
         self.session.execute(
-            update(Job).where(Job.id == job_id).values(updated_at=_now())
+            update(Job)
+            .where(Job.id == job_id)
+            .values(updated_at=_now())
             .execution_options(synchronize_session=False)
         )

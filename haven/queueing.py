@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 from celery import Celery
-from kombu import Exchange, Queue, binding
+from kombu.entity import Exchange, Queue, binding
 
 from haven.settings import StoreSettings
 

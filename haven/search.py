@@ -76,18 +76,22 @@ def build_filter(tenant_id: uuid.UUID, filters: SearchFilters) -> models.Filter:
     if filters.tags:
         must.append(models.FieldCondition(key="tags", match=models.MatchAny(any=filters.tags)))
     if filters.document_ids:
-        must.append(models.FieldCondition(
-            key="document_id", match=models.MatchAny(any=[str(d) for d in filters.document_ids])
-        ))
+        must.append(
+            models.FieldCondition(
+                key="document_id", match=models.MatchAny(any=[str(d) for d in filters.document_ids])
+            )
+        )
     if filters.mime:
         must.append(models.FieldCondition(key="mime", match=models.MatchAny(any=filters.mime)))
     if filters.lang:
         must.append(models.FieldCondition(key="lang", match=models.MatchAny(any=filters.lang)))
     if filters.updated_from or filters.updated_to:
-        must.append(models.FieldCondition(
-            key="updated_at",
-            range=models.DatetimeRange(gte=filters.updated_from, lte=filters.updated_to),
-        ))
+        must.append(
+            models.FieldCondition(
+                key="updated_at",
+                range=models.DatetimeRange(gte=filters.updated_from, lte=filters.updated_to),
+            )
+        )
     return models.Filter(must=must)
 
 
@@ -108,13 +112,17 @@ def search(
     limit = max(params.top_k, params.candidates)
     mmr = (
         models.Mmr(diversity=1.0 - params.mmr_lambda, candidates_limit=limit)
-        if params.mmr else None
+        if params.mmr
+        else None
     )
     dense_req = models.QueryRequest(
         query=vectors.dense, using=using, filter=flt, limit=limit, with_payload=False
     )
     lexical_req = models.QueryRequest(
-        query=_sparse(vectors.sparse), using=SPARSE_NAME, filter=flt, limit=limit,
+        query=_sparse(vectors.sparse),
+        using=SPARSE_NAME,
+        filter=flt,
+        limit=limit,
         with_payload=False,
     )
     channels: list[models.QueryRequest] = []
@@ -125,21 +133,27 @@ def search(
 
     if params.mode == "dense":
         final = models.QueryRequest(
-            query=models.NearestQuery(nearest=vectors.dense, mmr=mmr), using=using, filter=flt,
-            limit=params.top_k, with_payload=True,
+            query=models.NearestQuery(nearest=vectors.dense, mmr=mmr),
+            using=using,
+            filter=flt,
+            limit=params.top_k,
+            with_payload=True,
         )
     elif params.mode == "lexical":
         final = models.QueryRequest(
-            query=_sparse(vectors.sparse), using=SPARSE_NAME, filter=flt, limit=params.top_k,
+            query=_sparse(vectors.sparse),
+            using=SPARSE_NAME,
+            filter=flt,
+            limit=params.top_k,
             with_payload=True,
         )
     else:
         prefetch = [
-            models.Prefetch(query=c.query, using=c.using, filter=flt, limit=limit)
-            for c in channels
+            models.Prefetch(query=c.query, using=c.using, filter=flt, limit=limit) for c in channels
         ]
         fusion: models.Query = (
-            models.RrfQuery(rrf=models.Rrf(k=params.rrf_k)) if params.fusion == "rrf"
+            models.RrfQuery(rrf=models.Rrf(k=params.rrf_k))
+            if params.fusion == "rrf"
             else models.FusionQuery(fusion=models.Fusion.DBSF)
         )
         if mmr is None:
@@ -150,8 +164,10 @@ def search(
             # Diversify the fused candidates by their dense vectors.
             final = models.QueryRequest(
                 prefetch=models.Prefetch(prefetch=prefetch, query=fusion, limit=limit),
-                query=models.NearestQuery(nearest=vectors.dense, mmr=mmr), using=using,
-                limit=params.top_k, with_payload=True,
+                query=models.NearestQuery(nearest=vectors.dense, mmr=mmr),
+                using=using,
+                limit=params.top_k,
+                with_payload=True,
             )
 
     responses = index.client.query_batch_points(index.collection, [*channels, final])

@@ -27,8 +27,13 @@ def main(
     api_settings = ApiSettings()
     worker_settings = WorkerSettings()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(api_settings), host=host, port=port, log_config=None,
-                       timeout_graceful_shutdown=10)
+        uvicorn.Config(
+            create_app(api_settings),
+            host=host,
+            port=port,
+            log_config=None,
+            timeout_graceful_shutdown=10,
+        )
     )
     api_thread = threading.Thread(target=server.run, name="api", daemon=True)
     api_thread.start()

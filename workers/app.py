@@ -14,11 +14,12 @@ import structlog
 from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.signals import worker_init
+from redis.exceptions import LockNotOwnedError
 
 from haven.db.engine import transaction
+from haven.db.tables import DocumentState
 from haven.dead_letters import drain_dead_letters
 from haven.emb_client import EmbeddingRejected
-from haven.db.tables import DocumentState
 from haven.jobs import TERMINAL, JobStore
 from haven.queueing import (
     DRAIN_DEAD_TASK,
@@ -58,15 +59,18 @@ class JobTask(Task):  # type: ignore[misc]
 
 def backoff(settings: WorkerSettings, attempts: int) -> float:
     """Exponential backoff with full jitter."""
-    ceiling = min(settings.retry_backoff_max_seconds,
-                  settings.retry_backoff_seconds * 2 ** max(attempts - 1, 0))
+    ceiling = min(
+        settings.retry_backoff_max_seconds,
+        settings.retry_backoff_seconds * 2 ** max(attempts - 1, 0),
+    )
     return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
 
 
 def run_ingest(task: Task, rt: WorkerRuntime, job_id: uuid.UUID) -> str:
     settings = rt.settings
-    lock = rt.redis.lock(f"haven:lock:job:{job_id}", timeout=settings.job_lease_seconds,
-                         blocking=False)
+    lock = rt.redis.lock(
+        f"haven:lock:job:{job_id}", timeout=settings.job_lease_seconds, blocking=False
+    )
     if not lock.acquire():
         # Another worker holds the job, or one that died still holds the lock until its
         # lease ends: look again once it would have expired.
@@ -83,9 +87,18 @@ def run_ingest(task: Task, rt: WorkerRuntime, job_id: uuid.UUID) -> str:
                 JobStore(session).fail(job_id, "the document was deleted")
             return "failed"
         set_processing(rt, subject)
-        run = IngestRun(rt, subject)
+
+        def keepalive() -> None:
+            try:
+                lock.extend(settings.job_lease_seconds, replace_ttl=True)
+            except LockNotOwnedError:
+                # The lease ran out (a long step); take it back unless another run has it.
+                if not lock.acquire():
+                    raise JobLost() from None
+
+        run = IngestRun(rt, subject, keepalive)
         try:
-            run.run(on_progress=lambda: lock.extend(settings.job_lease_seconds, replace_ttl=True))
+            run.run()
         except JobLost:
             return "lost"  # the reaper gave the job to another run
         except JobCanceled:
@@ -102,8 +115,9 @@ def run_ingest(task: Task, rt: WorkerRuntime, job_id: uuid.UUID) -> str:
             mark_version(rt, subject, DocumentState.FAILED)
             return "failed"
         except Exception as exc:
-            return _retry_or_dead_letter(task, rt, job_id, job.attempts, job.max_attempts, exc,
-                                         subject=subject, run=run)
+            return _retry_or_dead_letter(
+                task, rt, job_id, job.attempts, job.max_attempts, exc, subject=subject, run=run
+            )
         return "ready"
     finally:
         if _ended(rt, job_id):
@@ -121,8 +135,15 @@ def _ended(rt: WorkerRuntime, job_id: uuid.UUID) -> bool:
 
 
 def _retry_or_dead_letter(
-    task: Task, rt: WorkerRuntime, job_id: uuid.UUID, attempts: int, max_attempts: int,
-    exc: Exception, *, subject: Any, run: IngestRun,
+    task: Task,
+    rt: WorkerRuntime,
+    job_id: uuid.UUID,
+    attempts: int,
+    max_attempts: int,
+    exc: Exception,
+    *,
+    subject: Any,
+    run: IngestRun,
 ) -> str:
     reason = f"{type(exc).__name__}: {exc}"[:2000]
     if attempts >= max_attempts:
@@ -143,6 +164,8 @@ def _retry_or_dead_letter(
 def create_worker_app(settings: WorkerSettings) -> Celery:
     app = create_celery(settings, beat_interval=settings.reaper_interval_seconds)
     app.conf.haven_settings = settings
+    settings.beat_schedule_path.parent.mkdir(parents=True, exist_ok=True)
+    app.conf.beat_schedule_filename = str(settings.beat_schedule_path)
 
     @app.task(bind=True, base=JobTask, name=INGEST_TASK, acks_late=True)
     def ingest_document(self: Task, job_id: str) -> str:
@@ -157,9 +180,14 @@ def create_worker_app(settings: WorkerSettings) -> Celery:
         return drain_dead_letters(app, runtime_for(app).session_factory)
 
     @worker_init.connect(weak=False)
-    def _declare(sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is app:
-            declare_topology(app)
+    def _prepare(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is not app:
+            return
+        declare_topology(app)
+        try:  # load the chunking tokenizer now rather than inside the first job
+            runtime_for(app).warm()
+        except Exception as exc:  # jobs will retry until the model store is reachable
+            log.warning("worker.warm_failed", error=str(exc))
 
     del ingest_document, reap_jobs, drain_dead
     return app

@@ -60,6 +60,10 @@ class WorkerRuntime:
         local = cache.fetch(self.settings.emb_aliases[0])
         return AutoTokenizer.from_pretrained(str(local.path))
 
+    def warm(self) -> None:
+        """Load what the first job would otherwise wait for."""
+        _ = self.tokenizer
+
     @cached_property
     def dimensions(self) -> dict[str, int]:
         served = {m.alias: m.dimension for m in self.emb.models()}

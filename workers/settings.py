@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import field_validator
@@ -17,7 +18,8 @@ class WorkerSettings(ModelStoreSettings):
     emb_aliases: Annotated[list[str], NoDecode] = [DEFAULT_EMBED_ALIAS]
     emb_request_batch: int = 64
     emb_timeout_seconds: float = 120.0
-    chunk_max_tokens: int = 256
+    # MiniLM's window is 256 tokens including [CLS] and [SEP]: a chunk fills it exactly.
+    chunk_max_tokens: int = 254
     chunk_overlap_tokens: int = 32
     ocr_enabled: bool = False
     extract_max_pages: int = 2000
@@ -28,6 +30,8 @@ class WorkerSettings(ModelStoreSettings):
     # A queued job whose message guard expired this long ago is sent again.
     reaper_interval_seconds: float = 30.0
     worker_concurrency: int = 2
+    # Where an embedded beat (haven up, celery worker -B) keeps its schedule state.
+    beat_schedule_path: Path = Path("var/celerybeat-schedule")
 
     @field_validator("emb_aliases", mode="before")
     @classmethod

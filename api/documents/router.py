@@ -64,12 +64,22 @@ def upload_document(
         with path.open("wb") as out:
             sha, size = service.hash_file(file.file, settings.max_upload_bytes, copy_to=out)
         incoming = service.IncomingFile(
-            path=path, filename=file.filename or "upload", declared_mime=file.content_type,
-            size=size, sha256=sha,
+            path=path,
+            filename=file.filename or "upload",
+            declared_mime=file.content_type,
+            size=size,
+            sha256=sha,
         )
         result = service.accept_document(
-            session, principal, outbox, runtime.s3, settings.s3_bucket, incoming,
-            title=title, source_id=source_id, tags=tags or [],
+            session,
+            principal,
+            outbox,
+            runtime.s3,
+            settings.s3_bucket,
+            incoming,
+            title=title,
+            source_id=source_id,
+            tags=tags or [],
             max_attempts=settings.job_max_attempts,
         )
     if result.duplicate:
@@ -83,12 +93,21 @@ def create_upload(
 ) -> PresignedUpload:
     ttl = timedelta(seconds=runtime.settings.presign_ttl_seconds)
     upload, url = service.create_presigned_upload(
-        session, principal, runtime.s3, runtime.settings.s3_bucket,
-        filename=body.filename, mime=body.mime, title=body.title, source_id=body.source_id,
-        tags=body.tags, ttl=ttl,
+        session,
+        principal,
+        runtime.s3,
+        runtime.settings.s3_bucket,
+        filename=body.filename,
+        mime=body.mime,
+        title=body.title,
+        source_id=body.source_id,
+        tags=body.tags,
+        ttl=ttl,
     )
     return PresignedUpload(
-        upload_id=upload.id, url=url, expires_at=upload.expires_at,
+        upload_id=upload.id,
+        url=url,
+        expires_at=upload.expires_at,
         max_bytes=runtime.settings.max_upload_bytes,
     )
 
@@ -128,11 +147,22 @@ def complete_upload(
         with path.open("rb") as fh:
             sha, size = service.hash_file(fh, settings.max_upload_bytes)
         incoming = service.IncomingFile(
-            path=path, filename=upload.filename, declared_mime=upload.mime, size=size, sha256=sha,
+            path=path,
+            filename=upload.filename,
+            declared_mime=upload.mime,
+            size=size,
+            sha256=sha,
         )
         result = service.accept_document(
-            session, principal, outbox, runtime.s3, settings.s3_bucket, incoming,
-            title=upload.title, source_id=upload.source_id, tags=list(upload.tags),
+            session,
+            principal,
+            outbox,
+            runtime.s3,
+            settings.s3_bucket,
+            incoming,
+            title=upload.title,
+            source_id=upload.source_id,
+            tags=list(upload.tags),
             max_attempts=settings.job_max_attempts,
         )
     upload.completed_at = datetime.now(UTC)
@@ -158,7 +188,9 @@ def list_documents(
     )
     return DocumentPage(
         items=[DocumentRead.model_validate(d) for d in rows],
-        total=total, offset=offset, limit=limit,
+        total=total,
+        offset=offset,
+        limit=limit,
     )
 
 
@@ -192,7 +224,9 @@ def download_document(
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"version {wanted} not found")
     ttl = timedelta(seconds=runtime.settings.download_ttl_seconds)
     url = runtime.s3.presigned_get_object(
-        runtime.settings.s3_bucket, chosen.object_key, expires=ttl,
+        runtime.settings.s3_bucket,
+        chosen.object_key,
+        expires=ttl,
         response_headers={"response-content-type": document.mime},
     )
     return DownloadLink(url=url, expires_at=datetime.now(UTC) + ttl)
@@ -207,7 +241,12 @@ def delete_document(
     runtime: RuntimeDep,
 ) -> Response:
     service.delete_document(
-        session, principal, outbox, runtime.s3, runtime.settings.s3_bucket, runtime.index,
+        session,
+        principal,
+        outbox,
+        runtime.s3,
+        runtime.settings.s3_bucket,
+        runtime.index,
         document_id,
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)

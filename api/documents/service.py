@@ -188,16 +188,30 @@ def spooled_object(s3: Minio, bucket: str, key: str) -> Iterator[Path]:
 
 
 def create_presigned_upload(
-    session: Session, principal: Principal, s3: Minio, bucket: str, *,
-    filename: str, mime: str | None, title: str | None, source_id: str | None,
-    tags: list[str], ttl: timedelta,
+    session: Session,
+    principal: Principal,
+    s3: Minio,
+    bucket: str,
+    *,
+    filename: str,
+    mime: str | None,
+    title: str | None,
+    source_id: str | None,
+    tags: list[str],
+    ttl: timedelta,
 ) -> tuple[Upload, str]:
     upload_id = uuid.uuid4()
     key = tenant_key(principal.tenant_id, "uploads", str(upload_id))
     upload = UploadRepository(session, principal).add(
         Upload(
-            id=upload_id, object_key=key, filename=filename, mime=mime, title=title,
-            source_id=source_id, tags=tags, expires_at=datetime.now(UTC) + ttl,
+            id=upload_id,
+            object_key=key,
+            filename=filename,
+            mime=mime,
+            title=title,
+            source_id=source_id,
+            tags=tags,
+            expires_at=datetime.now(UTC) + ttl,
         )
     )
     url = s3.presigned_put_object(bucket, key, expires=ttl)
@@ -205,8 +219,13 @@ def create_presigned_upload(
 
 
 def delete_document(
-    session: Session, principal: Principal, outbox: JobOutbox, s3: Minio, bucket: str,
-    index: ChunkIndex, document_id: uuid.UUID,
+    session: Session,
+    principal: Principal,
+    outbox: JobOutbox,
+    s3: Minio,
+    bucket: str,
+    index: ChunkIndex,
+    document_id: uuid.UUID,
 ) -> None:
     documents = DocumentRepository(session, principal)
     document = documents.require(document_id)

@@ -55,7 +55,10 @@ def cancel_job(
     if not jobs.request_cancel(job):
         raise HTTPException(status.HTTP_409_CONFLICT, f"job is already {job.state}")
     AuditLog(session, principal, rid).record(
-        "job.cancel", target_type="job", target_id=job.id, tenant_id=principal.tenant_id,
+        "job.cancel",
+        target_type="job",
+        target_id=job.id,
+        tenant_id=principal.tenant_id,
         state=job.state.value,
     )
     return JobRead.model_validate(job)
@@ -73,7 +76,8 @@ def retry_job(
     job = jobs.require(job_id)
     if not jobs.requeue(job):
         raise HTTPException(
-            status.HTTP_409_CONFLICT, f"only failed or canceled jobs can be retried (it is {job.state})"
+            status.HTTP_409_CONFLICT,
+            f"only failed or canceled jobs can be retried (it is {job.state})",
         )
     outbox.add(task_for(job.kind), job.id, force=True)
     AuditLog(session, principal, rid).record(
@@ -114,7 +118,10 @@ def replay_dead_letter(
     letter.replayed_at = datetime.now(UTC)
     outbox.add(letter.task, job.id, force=True)
     AuditLog(session, principal, rid).record(
-        "dead_letter.replay", target_type="job", target_id=job.id,
-        tenant_id=principal.tenant_id, dead_letter=str(letter.id),
+        "dead_letter.replay",
+        target_type="job",
+        target_id=job.id,
+        tenant_id=principal.tenant_id,
+        dead_letter=str(letter.id),
     )
     return JobRead.model_validate(job)

@@ -30,7 +30,8 @@ async def search_chunks(
         embedded = await runtime.emb.embed([body.query], aliases=[alias], sparse="query")
     except EmbeddingUnavailable as exc:
         raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, "the embedding service is busy or down",
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "the embedding service is busy or down",
             headers={"Retry-After": str(int(exc.retry_after or 1))},
         ) from exc
     except EmbeddingRejected as exc:
@@ -44,11 +45,20 @@ async def search_chunks(
     )
     f = body.filters
     params = SearchParams(
-        mode=body.mode, top_k=body.top_k, fusion=body.fusion, rrf_k=body.rrf_k, mmr=body.mmr,
-        mmr_lambda=body.mmr_lambda, candidates=runtime.settings.search_candidates,
+        mode=body.mode,
+        top_k=body.top_k,
+        fusion=body.fusion,
+        rrf_k=body.rrf_k,
+        mmr=body.mmr,
+        mmr_lambda=body.mmr_lambda,
+        candidates=runtime.settings.search_candidates,
         filters=SearchFilters(
-            tags=f.tags, document_ids=f.document_ids, mime=f.mime, lang=f.lang,
-            updated_from=f.updated_from, updated_to=f.updated_to,
+            tags=f.tags,
+            document_ids=f.document_ids,
+            mime=f.mime,
+            lang=f.lang,
+            updated_from=f.updated_from,
+            updated_to=f.updated_to,
         ),
     )
     outcome = await asyncio.to_thread(search, runtime.index, principal.tenant_id, vectors, params)

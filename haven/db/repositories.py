@@ -12,13 +12,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from haven.auth.principal import Principal
-from sqlalchemy import delete, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-
 from haven.db.tables import (
     ApiKey,
     AuditEntry,
@@ -203,13 +201,15 @@ class DocumentRepository(TenantRepository[Document]):
         if state is not None:
             stmt = stmt.where(Document.state == state)
         if tag is not None:
-            stmt = stmt.where(Document.tags.any(tag))
-        total = self.session.execute(
-            select(func.count()).select_from(stmt.subquery())
-        ).scalar_one()
-        rows = self.session.execute(
-            stmt.order_by(Document.created_at.desc(), Document.id).offset(offset).limit(limit)
-        ).scalars().all()
+            stmt = stmt.where(Document.tags.contains([tag]))
+        total = self.session.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+        rows = (
+            self.session.execute(
+                stmt.order_by(Document.created_at.desc(), Document.id).offset(offset).limit(limit)
+            )
+            .scalars()
+            .all()
+        )
         return rows, int(total)
 
     def by_source_id(self, source_id: str) -> Document | None:
@@ -319,16 +319,13 @@ class JobRepository(TenantRepository[Job]):
         now = datetime.now(UTC)
         queued = self.session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.tenant_id == self.tenant_id,
-                   Job.state == JobState.QUEUED)
-            .values(state=JobState.CANCELED, cancel_requested=True, finished_at=now,
-                    updated_at=now)
+            .where(Job.id == job.id, Job.tenant_id == self.tenant_id, Job.state == JobState.QUEUED)
+            .values(state=JobState.CANCELED, cancel_requested=True, finished_at=now, updated_at=now)
             .execution_options(synchronize_session=False)
         ).rowcount  # type: ignore[attr-defined]
         running = self.session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.tenant_id == self.tenant_id,
-                   Job.state == JobState.RUNNING)
+            .where(Job.id == job.id, Job.tenant_id == self.tenant_id, Job.state == JobState.RUNNING)
             .values(cancel_requested=True, updated_at=now)
             .execution_options(synchronize_session=False)
         ).rowcount  # type: ignore[attr-defined]
@@ -340,10 +337,19 @@ class JobRepository(TenantRepository[Job]):
         now = datetime.now(UTC)
         moved = self.session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.tenant_id == self.tenant_id,
-                   Job.state.in_([JobState.FAILED, JobState.CANCELED]))
-            .values(state=JobState.QUEUED, attempts=0, cancel_requested=False,
-                    progress_done=0, finished_at=None, updated_at=now)
+            .where(
+                Job.id == job.id,
+                Job.tenant_id == self.tenant_id,
+                Job.state.in_([JobState.FAILED, JobState.CANCELED]),
+            )
+            .values(
+                state=JobState.QUEUED,
+                attempts=0,
+                cancel_requested=False,
+                progress_done=0,
+                finished_at=None,
+                updated_at=now,
+            )
             .execution_options(synchronize_session=False)
         ).rowcount  # type: ignore[attr-defined]
         self.session.refresh(job)

@@ -3,6 +3,7 @@ test PostgreSQL, Redis db 15, RabbitMQ vhost haven_test and a moto S3 endpoint."
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,10 +43,9 @@ class Stack:
         app = create_celery(self.settings)
         with app.connection_for_write() as conn:
             for name in (*QUEUES, DEAD_QUEUE_NAME):
-                try:
+                # A queue not declared yet has nothing to purge.
+                with contextlib.suppress(Exception):
                     conn.default_channel.queue_purge(name)
-                except Exception:  # noqa: S110 - a queue not declared yet has nothing to purge
-                    pass
 
 
 def _env(database_url: str, s3_endpoint: str, tmp: Path, emb_port: int) -> dict[str, str]:
@@ -68,6 +68,8 @@ def _env(database_url: str, s3_endpoint: str, tmp: Path, emb_port: int) -> dict[
         "HAVEN_REAPER_INTERVAL_SECONDS": "5",
         "HAVEN_RETRY_BACKOFF_SECONDS": "0.5",
         "HAVEN_RETRY_BACKOFF_MAX_SECONDS": "2",
+        "HAVEN_JOB_MAX_ATTEMPTS": "2",
+        "HAVEN_WORKER_CONCURRENCY": "2",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }
@@ -81,28 +83,47 @@ def stack(
     emb_port, api_port = free_port(), free_port()
     env = _env(database_url, s3_endpoint, tmp, emb_port)
     settings = StoreSettings(
-        database_url=database_url, s3_endpoint=s3_endpoint, s3_bucket=env["HAVEN_S3_BUCKET"],
-        models_bucket=env["HAVEN_MODELS_BUCKET"], redis_url=TEST_REDIS_URL,
+        database_url=database_url,
+        s3_endpoint=s3_endpoint,
+        s3_bucket=env["HAVEN_S3_BUCKET"],
+        models_bucket=env["HAVEN_MODELS_BUCKET"],
+        redis_url=TEST_REDIS_URL,
         broker_url=TEST_BROKER_URL,
     )
     publish_default_embedding(registry_from_settings(settings))
+    engine = make_engine(settings)
     redis.Redis.from_url(TEST_REDIS_URL).flushdb()
 
     emb = ServiceProcess(
         "emb",
-        python_module("uvicorn", "--factory", "emb.main:create_app", "--host", "127.0.0.1",
-                      "--port", str(emb_port)),
-        env, f"http://127.0.0.1:{emb_port}/readyz", tmp / "emb.log",
+        python_module(
+            "uvicorn",
+            "--factory",
+            "emb.main:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(emb_port),
+        ),
+        env,
+        f"http://127.0.0.1:{emb_port}/readyz",
+        tmp / "emb.log",
     ).start()
     api = ServiceProcess(
         "api",
         python_module("workers.allinone", "--host", "127.0.0.1", "--port", str(api_port)),
-        env, f"http://127.0.0.1:{api_port}/readyz", tmp / "api.log",
+        env,
+        f"http://127.0.0.1:{api_port}/readyz",
+        tmp / "api.log",
     )
     stack = Stack(
-        base_url=f"http://127.0.0.1:{api_port}", env=env, api=api, emb=emb,
+        base_url=f"http://127.0.0.1:{api_port}",
+        env=env,
+        api=api,
+        emb=emb,
         client=httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=60),
-        session_factory=make_session_factory(make_engine(settings)), settings=settings,
+        session_factory=make_session_factory(engine),
+        settings=settings,
     )
     stack.purge_queues()
     api.start()
@@ -112,6 +133,7 @@ def stack(
         stack.client.close()
         api.stop()
         emb.stop()
+        engine.dispose()
 
 
 @pytest.fixture(scope="module")

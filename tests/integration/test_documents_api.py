@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 import pytest
-from minio.error import S3Error
 from fastapi.testclient import TestClient
+from minio.error import S3Error
 
 from api.main import create_app
 from api.settings import ApiSettings
@@ -106,7 +106,9 @@ def test_file_over_the_limit_is_413(store_overrides: dict[str, Any]) -> None:
         assert client.get("/api/v1/documents", headers=owner.headers).json()["total"] == 0
 
 
-def test_presigned_upload_flow(api_client: TestClient, tenant_a: Account, tenant_b: Account) -> None:
+def test_presigned_upload_flow(
+    api_client: TestClient, tenant_a: Account, tenant_b: Account
+) -> None:
     created = api_client.post(
         "/api/v1/documents/uploads",
         json={"filename": "big.md", "tags": ["big"], "source_id": "big-1"},
@@ -175,15 +177,15 @@ def test_cancel_a_queued_job_and_retry_it(api_client: TestClient, tenant_a: Acco
     assert api_client.post(f"{job_url}/retry", headers=tenant_a.headers).status_code == 409
 
 
-def test_delete_document_removes_rows_and_object(
-    api_client: TestClient, tenant_a: Account
-) -> None:
+def test_delete_document_removes_rows_and_object(api_client: TestClient, tenant_a: Account) -> None:
     body = upload(api_client, tenant_a, b"to be deleted").json()
     doc_url = f"/api/v1/documents/{body['document']['id']}"
     runtime = api_client.app.state.runtime  # type: ignore[attr-defined]
     key = f"tenant/{tenant_a.tenant_id}/raw/"
-    stored = [o.object_name for o in runtime.s3.list_objects(
-        runtime.settings.s3_bucket, prefix=key, recursive=True)]
+    stored = [
+        o.object_name
+        for o in runtime.s3.list_objects(runtime.settings.s3_bucket, prefix=key, recursive=True)
+    ]
     assert len(stored) == 1
     assert api_client.delete(doc_url, headers=tenant_a.headers).status_code == 204
     assert api_client.get(doc_url, headers=tenant_a.headers).status_code == 404
@@ -194,8 +196,16 @@ def test_delete_document_removes_rows_and_object(
     assert job["state"] == "canceled"
 
 
-@pytest.mark.parametrize("bad", [{"query": ""}, {"query": "   "}, {"query": "x", "top_k": 0},
-                                 {"query": "x", "top_k": 101}, {"query": "x", "mode": "magic"}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"query": ""},
+        {"query": "   "},
+        {"query": "x", "top_k": 0},
+        {"query": "x", "top_k": 101},
+        {"query": "x", "mode": "magic"},
+    ],
+)
 def test_search_rejects_bad_requests(
     api_client: TestClient, tenant_a: Account, bad: dict[str, Any]
 ) -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
@@ -97,8 +97,12 @@ def _make_dead_letter(world: World, owner: Account) -> str:
     job_id = uuid.UUID(_make_job(world, owner))
     with transaction(world.session_factory) as session:
         letter = DeadLetter(
-            tenant_id=owner.tenant_id, job_id=job_id, message_id=str(uuid.uuid4()),
-            task="ingest.document", queue="ingest", reason="test",
+            tenant_id=owner.tenant_id,
+            job_id=job_id,
+            message_id=str(uuid.uuid4()),
+            task="ingest.document",
+            queue="ingest",
+            reason="test",
         )
         session.add(letter)
         session.flush()
@@ -113,13 +117,9 @@ def _dead_letter_untouched(world: World, owner: Account, letter_id: str) -> bool
 
 # One entry per path parameter that names a tenant-owned object.
 FACTORIES: dict[str, Factory] = {
-    "user_id": Factory(
-        _make_user, lambda w, o, i: _ok(w, o, f"/api/v1/admin/users/{i}")
-    ),
+    "user_id": Factory(_make_user, lambda w, o, i: _ok(w, o, f"/api/v1/admin/users/{i}")),
     "key_id": Factory(_make_api_key, _api_key_untouched),
-    "document_id": Factory(
-        _make_document, lambda w, o, i: _ok(w, o, f"/api/v1/documents/{i}")
-    ),
+    "document_id": Factory(_make_document, lambda w, o, i: _ok(w, o, f"/api/v1/documents/{i}")),
     "job_id": Factory(_make_job, _job_untouched),
     "upload_id": Factory(_make_upload, _upload_untouched),
     "dead_letter_id": Factory(_make_dead_letter, _dead_letter_untouched),

@@ -61,10 +61,11 @@ def _system_principal(job: Job) -> Principal:
 
 
 class IngestRun:
-    def __init__(self, rt: WorkerRuntime, subject: Subject) -> None:
+    def __init__(self, rt: WorkerRuntime, subject: Subject, keepalive: Callable[[], None]) -> None:
         self.rt = rt
         self.subject = subject
         self.settings = rt.settings
+        self.keepalive = keepalive  # renews this run's lease on the job
 
     # -- bookkeeping -----------------------------------------------------------------------
     def _step(self, number: int, total_units: int | None = None) -> None:
@@ -72,6 +73,7 @@ class IngestRun:
         self._beat(done=number, total=total_units or len(STEPS))
 
     def _beat(self, **progress: int) -> None:
+        self.keepalive()
         with transaction(self.rt.session_factory) as session:
             store = JobStore(session)
             if store.cancel_requested(self.subject.job_id):
@@ -80,15 +82,16 @@ class IngestRun:
                 raise JobLost()
 
     # -- the steps ---------------------------------------------------------------------------
-    def run(self, on_progress: Callable[[], None] | None = None) -> int:
+    def run(self) -> int:
         s = self.subject
         with tempfile.TemporaryDirectory(prefix="haven-ingest-") as tmp:
             self._step(0)
             path = Path(tmp) / "raw"
             self.rt.s3.fget_object(self.settings.s3_bucket, s.object_key, str(path))
             self._step(1)
-            limits = ExtractLimits(ocr=self.settings.ocr_enabled,
-                                   max_pages=self.settings.extract_max_pages)
+            limits = ExtractLimits(
+                ocr=self.settings.ocr_enabled, max_pages=self.settings.extract_max_pages
+            )
             blocks = normalize_blocks(extract(path, s.mime, limits))
         self._step(2)
         drafts = chunk_blocks(
@@ -98,14 +101,16 @@ class IngestRun:
             overlap_tokens=self.settings.chunk_overlap_tokens,
         )
         self._step(3)
-        self._embed_and_index(drafts, on_progress)
+        self._embed_and_index(drafts)
         self._step(4)
         self._write_chunk_rows(drafts)
         self._step(5)
         self._activate(len(drafts))
         return len(drafts)
 
-    def _payload(self, draft: ChunkDraft, cid: uuid.UUID, models: dict[str, str]) -> dict[str, object]:
+    def _payload(
+        self, draft: ChunkDraft, cid: uuid.UUID, models: dict[str, str]
+    ) -> dict[str, object]:
         s = self.subject
         return {
             "tenant_id": str(s.principal.tenant_id),
@@ -125,9 +130,7 @@ class IngestRun:
             "embed_models": models,
         }
 
-    def _embed_and_index(
-        self, drafts: list[ChunkDraft], on_progress: Callable[[], None] | None
-    ) -> None:
+    def _embed_and_index(self, drafts: list[ChunkDraft]) -> None:
         s = self.subject
         aliases = list(self.settings.emb_aliases)
         self.rt.index.ensure(self.rt.dimensions)
@@ -138,22 +141,22 @@ class IngestRun:
         batch = self.settings.emb_request_batch
         for start in range(0, len(todo), batch):
             part = todo[start : start + batch]
-            response = self.rt.emb.embed([d.text for _, d in part], aliases=aliases,
-                                         sparse="document")
+            response = self.rt.emb.embed(
+                [d.text for _, d in part], aliases=aliases, sparse="document"
+            )
             models = {m.alias: f"{m.name}@{m.version}" for m in response.models}
             self.rt.index.upsert(
                 IndexedChunk(
                     id=cid,
                     dense={alias: item.dense[alias] for alias in aliases},
                     sparse=SparseVector(item.sparse.indices, item.sparse.values)
-                    if item.sparse else SparseVector([], []),
+                    if item.sparse
+                    else SparseVector([], []),
                     payload=self._payload(draft, cid, models),
                 )
                 for (cid, draft), item in zip(part, response.data, strict=True)
             )
             self._beat()
-            if on_progress:
-                on_progress()
 
     def _write_chunk_rows(self, drafts: list[ChunkDraft]) -> None:
         s = self.subject
@@ -197,8 +200,9 @@ class IngestRun:
                 document.state = DocumentState.READY
                 document.current_version = s.version
             store.finish(s.job_id)
-        log.info("ingest.ready", document_id=str(s.document_id), version=s.version,
-                 chunks=chunk_count)
+        log.info(
+            "ingest.ready", document_id=str(s.document_id), version=s.version, chunks=chunk_count
+        )
 
     def discard(self) -> None:
         """Remove everything this version wrote (cancel or permanent failure)."""

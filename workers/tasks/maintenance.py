@@ -25,18 +25,27 @@ def reap_jobs(rt: WorkerRuntime) -> dict[str, int]:
         store = JobStore(session)
         for job in store.stale_running(older_than=lease * 2):
             if job.attempts >= job.max_attempts:
-                store.fail(job.id, f"the worker stopped responding; gave up after "
-                                   f"{job.attempts} attempts")
+                store.fail(
+                    job.id, f"the worker stopped responding; gave up after {job.attempts} attempts"
+                )
                 failed += 1
             elif store.back_to_queue(job.id, "the worker stopped responding (no heartbeat)"):
                 to_send.append((task_for(job.kind), str(job.id), True))
-        for job in store.stale_queued(older_than=timedelta(seconds=settings.reaper_interval_seconds)):
+        for job in store.stale_queued(
+            older_than=timedelta(seconds=settings.reaper_interval_seconds)
+        ):
             if not rt.redis.exists(guard_key(str(job.id))):
                 store.touch(job.id)
                 to_send.append((task_for(job.kind), str(job.id), False))
     for task, job_id, force in to_send:
-        send_job_once(rt.celery, rt.redis, task, job_id,
-                      expires_seconds=settings.task_expires_seconds, force=force)
+        send_job_once(
+            rt.celery,
+            rt.redis,
+            task,
+            job_id,
+            expires_seconds=settings.task_expires_seconds,
+            force=force,
+        )
     if to_send or failed:
         log.info("reaper.run", sent=len(to_send), failed=failed)
     return {"sent": len(to_send), "failed": failed}

@@ -1,0 +1,253 @@
+"""Benchmark: SciFact ingested end to end through Haven's API, against raw in-process
+embedding of the same chunks.
+
+Starts a moto S3 server, a fresh database, the emb service and the all-in-one API + worker
+process (as ``haven up`` runs them), uploads the 5,183 SciFact abstracts as Markdown files
+through ``POST /api/v1/documents`` and waits until every document is ``ready``. Then, in this
+process, it chunks the same files with the same chunker and tokenizer and times
+``SentenceTransformer.encode(batch_size=32)`` over those chunks: the work the model alone
+needs. Haven's overhead is everything between the two (upload, queueing, extraction,
+chunking, HTTP to emb, Qdrant, PostgreSQL).
+
+    .venv/bin/python -m bench.ingest.run [--docs 5183] [--upload-threads 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from sentence_transformers import SentenceTransformer
+from sqlalchemy import text
+from transformers import AutoTokenizer
+
+from haven.db.engine import make_engine, make_session_factory
+from haven.settings import StoreSettings
+from models.defaults import publish_default_embedding
+from models.loader import ModelCache
+from models.store import registry_from_settings
+from tests.fixtures.api import bootstrap_platform_admin, create_tenant_with_admin
+from tests.fixtures.processes import ServiceProcess, python_module
+from tests.fixtures.services import (
+    TEST_BROKER_URL,
+    TEST_REDIS_URL,
+    free_port,
+    migrated_database,
+    start_moto,
+)
+from workers.ingest.chunking import chunk_blocks
+from workers.ingest.extract import ExtractLimits, extract
+from workers.ingest.normalize import normalize_blocks
+from workers.settings import WorkerSettings
+
+RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "eval" / "scifact" / "corpus.jsonl"
+
+
+def machine() -> str:
+    mem_kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    return f"{os.cpu_count()} CPUs, {mem_kb / 1024 / 1024:.1f} GiB RAM, {platform.platform()}"
+
+
+def corpus_files(limit: int) -> list[tuple[str, bytes]]:
+    files = []
+    with CORPUS.open(encoding="utf-8") as fh:
+        for line in fh:
+            doc = json.loads(line)
+            files.append((f"{doc['_id']}.md", f"# {doc['title']}\n\n{doc['text']}\n".encode()))
+            if len(files) >= limit:
+                break
+    return files
+
+
+class PeakRss:
+    """Samples a process tree's resident memory; the peak is what the worker needed."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _rss_kb(self) -> int:
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except FileNotFoundError:
+            return 0
+        return next(
+            (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")), 0
+        )
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            self.peak_kb = max(self.peak_kb, self._rss_kb())
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=5183)
+    parser.add_argument("--upload-threads", type=int, default=4)
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+
+    files = corpus_files(args.docs)
+    work = Path(tempfile.mkdtemp(prefix="haven-bench-ingest-"))
+    moto = start_moto(work)
+    s3 = next(moto)
+    database_url = migrated_database(f"haven_bench_{os.getpid()}")
+    suffix = uuid.uuid4().hex[:8]
+    emb_port, api_port = free_port(), free_port()
+    env = {
+        "HAVEN_ENV": "test",
+        "HAVEN_SECRETS_DIR": "/nonexistent",
+        "HAVEN_LOG_LEVEL": "WARNING",
+        "HAVEN_DATABASE_URL": database_url,
+        "HAVEN_REDIS_URL": TEST_REDIS_URL,
+        "HAVEN_BROKER_URL": TEST_BROKER_URL,
+        "HAVEN_S3_ENDPOINT": s3,
+        "HAVEN_S3_BUCKET": f"bench-{suffix}",
+        "HAVEN_MODELS_BUCKET": f"models-{suffix}",
+        "HAVEN_QDRANT_PATH": str(work / "qdrant"),
+        "HAVEN_MODEL_CACHE_DIR": str(work / "models"),
+        "HAVEN_EMB_URL": f"http://127.0.0.1:{emb_port}",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    settings = StoreSettings(
+        database_url=database_url,
+        s3_endpoint=s3,
+        s3_bucket=env["HAVEN_S3_BUCKET"],
+        models_bucket=env["HAVEN_MODELS_BUCKET"],
+    )
+    registry = registry_from_settings(settings)
+    publish_default_embedding(registry)
+    emb = ServiceProcess(
+        "emb",
+        python_module("uvicorn", "--factory", "emb.main:create_app", "--port", str(emb_port)),
+        env,
+        f"http://127.0.0.1:{emb_port}/readyz",
+        work / "emb.log",
+    )
+    api = ServiceProcess(
+        "api",
+        python_module("workers.allinone", "--port", str(api_port)),
+        env,
+        f"http://127.0.0.1:{api_port}/readyz",
+        work / "api.log",
+    )
+    engine = make_engine(settings)
+    try:
+        emb.start()
+        api.start()
+        client = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=120)
+        admin = bootstrap_platform_admin(make_session_factory(engine), client)
+        owner = create_tenant_with_admin(client, admin)
+        assert api.process is not None
+
+        def send(item: tuple[str, bytes]) -> None:
+            response = client.post("/api/v1/documents", files={"file": item}, headers=owner.headers)
+            response.raise_for_status()
+
+        with PeakRss(api.process.pid) as rss:
+            started = time.perf_counter()
+            with ThreadPoolExecutor(args.upload_threads) as pool:
+                list(pool.map(send, files))
+            uploaded = time.perf_counter() - started
+            while True:
+                page = client.get(
+                    "/api/v1/documents",
+                    params={"state": "ready", "limit": 1},
+                    headers=owner.headers,
+                ).json()
+                failed = client.get(
+                    "/api/v1/jobs", params={"state": "failed", "limit": 5}, headers=owner.headers
+                ).json()
+                if failed:
+                    raise SystemExit(f"ingest failed: {failed[0]['last_error']}")
+                if page["total"] >= len(files):
+                    break
+                time.sleep(1)
+            elapsed = time.perf_counter() - started
+        client.close()
+    finally:
+        api.stop()
+        emb.stop()
+
+    # The same chunks, computed here, and the model alone on them.
+    worker = WorkerSettings()
+    local = ModelCache(registry, work / "raw-models").fetch("minilm")
+    tokenizer = AutoTokenizer.from_pretrained(str(local.path))
+    texts: list[str] = []
+    for name, content in files:
+        path = work / "raw" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(content)
+        blocks = normalize_blocks(extract(path, "text/markdown", ExtractLimits()))
+        texts += [
+            c.text
+            for c in chunk_blocks(
+                blocks,
+                tokenizer,
+                max_tokens=worker.chunk_max_tokens,
+                overlap_tokens=worker.chunk_overlap_tokens,
+            )
+        ]
+    with engine.connect() as conn:
+        chunks = int(conn.execute(text("SELECT count(*) FROM chunks")).scalar_one())
+    engine.dispose()
+    model = SentenceTransformer(str(local.path), device="cpu")
+    model.encode(texts[:64], batch_size=32)  # warm-up
+    raw_started = time.perf_counter()
+    model.encode(texts, batch_size=32)
+    raw_seconds = time.perf_counter() - raw_started
+    next(moto, None)
+
+    raw_rate = len(texts) / raw_seconds
+    e2e_rate = chunks / elapsed
+    report = "\n".join(
+        [
+            f"## ingest — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+            f"machine: {machine()}",
+            f"command: `.venv/bin/python -m bench.ingest.run --docs {args.docs}`",
+            f"- documents: {len(files)} SciFact abstracts as Markdown, uploaded by "
+            f"{args.upload_threads} clients in {uploaded:.1f} s",
+            f"- end to end (first upload → all ready): {elapsed:.1f} s: "
+            f"**{len(files) / elapsed:.1f} documents/s, {e2e_rate:.1f} chunks/s** "
+            f"({chunks} chunks in PostgreSQL; {len(texts)} computed here)",
+            f"- raw in-process `encode(batch_size=32)` of the same chunks: {raw_seconds:.1f} s: "
+            f"**{raw_rate:.1f} chunks/s**",
+            f"- **ratio end-to-end/raw: {e2e_rate / raw_rate:.2f}** (goal ≥ 0.8)",
+            f"- peak RSS of the API + worker process: {rss.peak_kb / 1024:.0f} MiB",
+            "",
+        ]
+    )
+    print(report)
+    if not args.no_record:
+        with RESULTS.open("a", encoding="utf-8") as results:
+            results.write("\n" + report)
+
+
+if __name__ == "__main__":
+    main()

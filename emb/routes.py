@@ -1,0 +1,197 @@
+"""The embedding service's endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from emb.batching import QueueFull
+from emb.encoder import Encoded
+from emb.runtime import EmbRuntime, ServedModel
+from haven import lexical
+from haven.contracts import embeddings as contracts
+
+router = APIRouter()
+
+
+def get_runtime(request: Request) -> EmbRuntime:
+    runtime: EmbRuntime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[EmbRuntime, Depends(get_runtime)]
+
+
+class Unavailable(HTTPException):
+    """503 with Retry-After: not ready yet, or the queue is full."""
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(
+            status.HTTP_503_SERVICE_UNAVAILABLE, detail, {"Retry-After": str(retry_after)}
+        )
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    body = {"status": "ready" if runtime.ready else runtime.state, "reason": runtime.reason}
+    return JSONResponse(body, status_code=200 if runtime.ready else 503)
+
+
+@router.get("/info")
+async def info(runtime: RuntimeDep) -> dict[str, Any]:
+    settings = runtime.settings
+    return {
+        "service": "emb",
+        "state": runtime.state,
+        "reason": runtime.reason,
+        "models": [
+            {
+                **_served(model).model_dump(),
+                "format": model.encoder.local.manifest.format,
+                "files": [f.model_dump() for f in model.encoder.local.manifest.files],
+            }
+            for model in runtime.models.values()
+        ],
+        "limits": {
+            "max_batch_size": settings.emb_max_batch_size,
+            "max_wait_ms": settings.emb_max_wait_ms,
+            "encode_batch_size": settings.emb_encode_batch_size,
+            "max_queue": settings.emb_max_queue,
+            "max_items_per_request": settings.emb_max_items_per_request,
+        },
+        "sparse": {"analyzer": "snowball-english", "bm25": vars(settings.bm25)},
+    }
+
+
+@router.get("/metrics")
+async def metrics(runtime: RuntimeDep) -> Response:
+    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post("/embed")
+async def embed(body: contracts.EmbedRequest, runtime: RuntimeDep) -> contracts.EmbedResponse:
+    models = _select(runtime, body.aliases or list(runtime.settings.emb_aliases))
+    _check_count(runtime, len(body.texts))
+    encoded = await _encode_all(runtime, models, body.texts)
+    sparse = None
+    if body.sparse is not None:
+        sparse = await asyncio.to_thread(_sparse_vectors, runtime, body.texts, body.sparse)
+    return contracts.EmbedResponse(
+        models=[_served(m) for m in models],
+        data=[
+            contracts.EmbeddedText(
+                index=i,
+                dense={m.alias: encoded[m.alias].vectors[i].tolist() for m in models},
+                sparse=None if sparse is None else sparse[i],
+                truncated=[m.alias for m in models if encoded[m.alias].truncated[i]],
+            )
+            for i in range(len(body.texts))
+        ],
+    )
+
+
+@router.post("/v1/embeddings")
+async def openai_embeddings(
+    body: contracts.OpenAIEmbeddingRequest, runtime: RuntimeDep
+) -> contracts.OpenAIEmbeddingResponse:
+    [model] = _select(runtime, [body.model])
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if not texts:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "input must not be empty")
+    if body.dimensions is not None and body.dimensions != model.encoder.dimension:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"{model.alias} has {model.encoder.dimension} dimensions; other sizes are not served",
+        )
+    _check_count(runtime, len(texts))
+    encoded = (await _encode_all(runtime, [model], texts))[model.alias]
+    tokens = sum(encoded.tokens)
+    return contracts.OpenAIEmbeddingResponse(
+        data=[
+            contracts.OpenAIEmbedding(index=i, embedding=_format(vector, body.encoding_format))
+            for i, vector in enumerate(encoded.vectors)
+        ],
+        model=model.alias,
+        usage=contracts.OpenAIUsage(prompt_tokens=tokens, total_tokens=tokens),
+        truncated=[i for i, cut in enumerate(encoded.truncated) if cut],
+    )
+
+
+@router.get("/v1/models")
+async def openai_models(runtime: RuntimeDep) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [{"id": alias, "object": "model", "owned_by": "haven"} for alias in runtime.models],
+    }
+
+
+def _select(runtime: EmbRuntime, aliases: list[str]) -> list[ServedModel]:
+    if not runtime.ready:
+        raise Unavailable(f"not ready: {runtime.reason}", runtime.settings.emb_retry_after_seconds)
+    unknown = [a for a in aliases if a not in runtime.models]
+    if unknown:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"unknown model alias {', '.join(map(repr, unknown))}; served: "
+            + ", ".join(runtime.models),
+        )
+    return [runtime.models[a] for a in dict.fromkeys(aliases)]
+
+
+def _check_count(runtime: EmbRuntime, count: int) -> None:
+    limit = runtime.settings.emb_max_items_per_request
+    if count > limit:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"{count} texts in one request; at most {limit} are accepted",
+        )
+
+
+async def _encode_all(
+    runtime: EmbRuntime, models: list[ServedModel], texts: list[str]
+) -> dict[str, Encoded]:
+    try:
+        results = await asyncio.gather(*(m.batcher.embed(texts) for m in models))
+    except QueueFull as exc:
+        raise Unavailable(f"overloaded: {exc}", runtime.settings.emb_retry_after_seconds) from exc
+    for model, result in zip(models, results, strict=True):
+        runtime.metrics.texts.labels(model.alias).inc(len(texts))
+        if cut := sum(result.truncated):
+            runtime.metrics.truncated.labels(model.alias).inc(cut)
+    return {m.alias: r for m, r in zip(models, results, strict=True)}
+
+
+def _sparse_vectors(
+    runtime: EmbRuntime, texts: list[str], kind: str
+) -> list[contracts.SparseVector]:
+    if kind == "query":
+        return [lexical.query_vector(text) for text in texts]
+    bm25 = runtime.settings.bm25
+    return [lexical.document_vector(text, bm25) for text in texts]
+
+
+def _served(model: ServedModel) -> contracts.ServedModel:
+    manifest = model.encoder.local.manifest
+    return contracts.ServedModel(
+        alias=model.alias,
+        name=manifest.name,
+        version=manifest.version,
+        dimension=model.encoder.dimension,
+        max_seq_length=model.encoder.max_seq_length,
+    )
+
+
+def _format(vector: Any, encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode()
+    return list(vector.tolist())

@@ -1,0 +1,57 @@
+"""The embedding service's settings (``HAVEN_EMB_*``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from haven.lexical import BM25
+from models.defaults import DEFAULT_EMBED_ALIAS
+from models.settings import ModelStoreSettings
+
+
+class EmbSettings(ModelStoreSettings):
+    # Aliases served, comma-separated in the environment: HAVEN_EMB_ALIASES=minilm,e5
+    emb_aliases: Annotated[list[str], NoDecode] = [DEFAULT_EMBED_ALIAS]
+    emb_device: str = "cpu"
+    # torch's intra-op threads (process-wide); None keeps torch's default (one per core).
+    emb_torch_threads: int | None = Field(default=None, ge=1)
+    # Requests waiting together are merged into one model call of at most this many texts;
+    # the first text waits at most emb_max_wait_ms for others to join.
+    emb_max_batch_size: int = Field(default=32, ge=1)
+    emb_max_wait_ms: float = Field(default=5.0, ge=0)
+    # Texts of one model call are sorted by length and run in forward passes of this size:
+    # less padding than one pass over a mixed batch (see bench/RESULTS.md).
+    emb_encode_batch_size: int = Field(default=16, ge=1)
+    # Texts waiting per model beyond which requests are refused at once (503 + Retry-After).
+    emb_max_queue: int = Field(default=1024, ge=1)
+    emb_max_items_per_request: int = Field(default=256, ge=1)
+    emb_retry_after_seconds: int = Field(default=1, ge=1)
+    # BM25 parameters of the sparse document vectors; avg length in analyzed terms per chunk.
+    emb_bm25_k1: float = 1.2
+    emb_bm25_b: float = 0.75
+    emb_bm25_avg_length: float = Field(default=100.0, gt=0)
+
+    @field_validator("emb_aliases", mode="before")
+    @classmethod
+    def _split_aliases(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [alias.strip() for alias in value.split(",") if alias.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _consistent_limits(self) -> EmbSettings:
+        if not self.emb_aliases:
+            raise ValueError("HAVEN_EMB_ALIASES must name at least one alias")
+        if self.emb_max_items_per_request > self.emb_max_queue:
+            raise ValueError(
+                "HAVEN_EMB_MAX_ITEMS_PER_REQUEST cannot exceed HAVEN_EMB_MAX_QUEUE:"
+                " such a request could never be queued"
+            )
+        return self
+
+    @property
+    def bm25(self) -> BM25:
+        return BM25(k1=self.emb_bm25_k1, b=self.emb_bm25_b, avg_length=self.emb_bm25_avg_length)

@@ -1,0 +1,1 @@
+"""Request and response contracts shared by a service and its callers."""

@@ -1,0 +1,138 @@
+"""``haven models``: publish, list, alias, roll back and verify models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from models.defaults import DEFAULT_EMBED_ALIAS, publish_default_embedding
+from models.loader import ModelCache, ModelIntegrityError
+from models.manifest import Manifest
+from models.registry import ModelRegistry, RegistryError
+from models.settings import ModelStoreSettings
+from models.store import registry_from_settings
+
+app = typer.Typer(
+    help="Models in the object store: publish, alias, roll back.", no_args_is_help=True
+)
+
+
+def _registry() -> ModelRegistry:
+    try:
+        return registry_from_settings(ModelStoreSettings())
+    except RegistryError as exc:
+        _fail(str(exc))
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+def _describe(manifest: Manifest) -> str:
+    return (
+        f"{manifest.name}/{manifest.version} type={manifest.type} format={manifest.format}"
+        f" files={len(manifest.files)} size={manifest.total_size}"
+    )
+
+
+@app.command("publish")
+def publish(
+    path: Annotated[Path, typer.Argument(help="model folder or single file")],
+    name: Annotated[str, typer.Option(help="model name")],
+    version: Annotated[str, typer.Option(help="model version (immutable once published)")],
+    type_: Annotated[str, typer.Option("--type", help="embed, llm or sparse")],
+    format_: Annotated[
+        str | None, typer.Option("--format", help="sentence-transformers or gguf")
+    ] = None,
+    alias: Annotated[str | None, typer.Option(help="point this alias at the version")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option(help="extra parameter KEY=VALUE (repeatable)")
+    ] = None,
+) -> None:
+    """Checksum and upload a model; the manifest is written last."""
+    parameters: dict[str, object] = {}
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--param {item!r} is not KEY=VALUE", 2)
+        parameters[key] = int(value) if value.isdigit() else value
+    registry = _registry()
+    try:
+        manifest = registry.publish(
+            path,
+            name=name,
+            version=version,
+            type=type_,
+            format=format_,
+            alias=alias,
+            parameters=parameters,
+        )
+    except (RegistryError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"published {_describe(manifest)}" + (f" alias={alias}" if alias else ""))
+
+
+@app.command("publish-defaults")
+def publish_defaults(alias: str = DEFAULT_EMBED_ALIAS) -> None:
+    """Publish the bundled default embedding model (all-MiniLM-L6-v2); safe to repeat."""
+    manifest = publish_default_embedding(_registry(), alias)
+    typer.echo(f"default embedding model {_describe(manifest)}")
+
+
+@app.command("list")
+def list_models() -> None:
+    """Published versions and the aliases pointing at them."""
+    registry = _registry()
+    pointing: dict[str, list[str]] = {}
+    for record in registry.aliases():
+        pointing.setdefault(f"{record.name}/{record.version}", []).append(record.alias)
+    for manifest in registry.list():
+        aliases = ",".join(pointing.get(manifest.ref, [])) or "-"
+        typer.echo(f"{_describe(manifest)} aliases={aliases} created={manifest.created_at:%F %T}")
+
+
+@app.command("alias")
+def alias(alias: str, name: str, version: str) -> None:
+    """Point ALIAS at NAME/VERSION (takes effect when services restart)."""
+    try:
+        _registry().set_alias(alias, name, version)
+    except (RegistryError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{alias} -> {name}/{version}")
+
+
+@app.command("rollback")
+def rollback(alias: str) -> None:
+    """Point ALIAS back at the version it pointed at before."""
+    try:
+        manifest = _registry().rollback(alias)
+    except (RegistryError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{alias} -> {manifest.ref}")
+
+
+@app.command("verify")
+def verify(
+    alias: str,
+    remote: Annotated[
+        bool, typer.Option(help="also re-hash the objects in the bucket, not only the cache")
+    ] = False,
+) -> None:
+    """Re-hash the local cached copy of ALIAS against its manifest (downloading and
+    verifying it if it is not cached yet)."""
+    settings = ModelStoreSettings()
+    registry = _registry()
+    cache = ModelCache(registry, settings.model_cache_dir)
+    try:
+        manifest = registry.resolve(alias)
+        if remote and (damaged := registry.damaged_files(manifest)):
+            _fail(f"{manifest.ref}: damaged in the bucket: {', '.join(damaged)}")
+        local = cache.verify(alias) if cache.contains(manifest) else cache.fetch(alias)
+    except ModelIntegrityError as exc:
+        _fail(f"integrity check failed for file {exc.path}: {exc}")
+    except RegistryError as exc:
+        _fail(str(exc))
+    typer.echo(f"ok {_describe(local.manifest)} at {local.path}")

@@ -1,0 +1,289 @@
+"""Ingest end to end: real API + worker process on RabbitMQ, real emb, embedded Qdrant."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from qdrant_client import QdrantClient, models
+from sqlalchemy import func, select
+from transformers import AutoTokenizer
+
+from haven.db.engine import transaction
+from haven.db.tables import Chunk
+from models.loader import ModelCache
+from models.store import registry_from_settings
+from tests.e2e.conftest import Stack
+from tests.fixtures.api import Account, create_tenant_with_admin
+from workers.ingest.chunking import chunk_blocks
+from workers.ingest.extract import ExtractLimits, extract
+from workers.ingest.normalize import normalize_blocks
+from workers.settings import WorkerSettings
+
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "eval" / "scifact" / "corpus.jsonl"
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, every: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def upload(stack: Stack, who: Account, name: str, content: bytes, **fields: Any) -> dict[str, Any]:
+    response = stack.client.post(
+        "/api/v1/documents", files={"file": (name, content)}, data=fields, headers=who.headers
+    )
+    assert response.status_code in (200, 201), response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def job(stack: Stack, who: Account, job_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = stack.client.get(f"/api/v1/jobs/{job_id}", headers=who.headers).json()
+    return body
+
+
+def wait_job(
+    stack: Stack, who: Account, job_id: str, states: set[str], timeout: float = 120
+) -> dict[str, Any]:
+    wait_for(
+        lambda: job(stack, who, job_id)["state"] in states,
+        timeout,
+        f"job {job_id} to reach {states}; last: {job(stack, who, job_id)}",
+    )
+    return job(stack, who, job_id)
+
+
+def search(stack: Stack, who: Account, query: str, **extra: Any) -> list[dict[str, Any]]:
+    response = stack.client.post(
+        "/api/v1/search", json={"query": query, "top_k": 20, **extra}, headers=who.headers
+    )
+    assert response.status_code == 200, response.text
+    results: list[dict[str, Any]] = response.json()["results"]
+    return results
+
+
+def scifact_docs(count: int, per_file: int) -> list[tuple[str, bytes]]:
+    """Files made of SciFact abstracts, several per file so most files have several chunks."""
+    files = []
+    with CORPUS.open() as fh:
+        lines = [json.loads(next(fh)) for _ in range(count * per_file)]
+    for i in range(count):
+        part = lines[i * per_file : (i + 1) * per_file]
+        text = "\n\n".join(f"# {d['title']}\n\n{d['text']}" for d in part)
+        files.append((f"scifact-{i:03d}.md", text.encode()))
+    return files
+
+
+def expected_chunks(stack: Stack, files: list[tuple[str, bytes]], tmp: Path) -> int:
+    """What the files must become, computed here with the same extractor and tokenizer."""
+    settings = WorkerSettings()
+    cache = ModelCache(registry_from_settings(stack.settings), tmp / "models")
+    tokenizer = AutoTokenizer.from_pretrained(str(cache.fetch("minilm").path))
+    total = 0
+    for name, content in files:
+        path = tmp / name
+        path.write_bytes(content)
+        blocks = normalize_blocks(extract(path, "text/markdown", ExtractLimits()))
+        total += len(
+            chunk_blocks(
+                blocks,
+                tokenizer,
+                max_tokens=settings.chunk_max_tokens,
+                overlap_tokens=settings.chunk_overlap_tokens,
+            )
+        )
+    return total
+
+
+def qdrant_points(stack: Stack, tenant_id: uuid.UUID) -> int:
+    """Count the tenant's points with the API process stopped (embedded Qdrant is
+    single-process)."""
+    client = QdrantClient(path=stack.env["HAVEN_QDRANT_PATH"])
+    try:
+        result = client.count(
+            stack.env["HAVEN_QDRANT_COLLECTION"],
+            count_filter=models.Filter(
+                must=[
+                    models.FieldCondition(
+                        key="tenant_id", match=models.MatchValue(value=str(tenant_id))
+                    )
+                ]
+            ),
+            exact=True,
+        )
+        return int(result.count)
+    finally:
+        client.close()
+
+
+def chunk_rows(stack: Stack, tenant_id: uuid.UUID) -> int:
+    with transaction(stack.session_factory) as session:
+        return int(
+            session.execute(
+                select(func.count()).select_from(Chunk).where(Chunk.tenant_id == tenant_id)
+            ).scalar_one()
+        )
+
+
+def test_kill_9_mid_ingest_loses_and_duplicates_nothing(
+    stack: Stack, tenant: Account, tmp_path: Path
+) -> None:
+    files = scifact_docs(50, per_file=3)
+    expected = expected_chunks(stack, files, tmp_path)
+    uploaded = [upload(stack, tenant, name, content) for name, content in files]
+    job_ids = [u["job_id"] for u in uploaded]
+
+    def ready_count() -> int:
+        listed = stack.client.get(
+            "/api/v1/documents", params={"state": "ready", "limit": 200}, headers=tenant.headers
+        ).json()
+        return int(listed["total"])
+
+    wait_for(lambda: ready_count() >= 3, 240, "a few documents to be ready")
+    assert ready_count() < 50, "the worker finished before it could be killed; use more files"
+    stack.api.kill9()
+    stack.api.start()
+
+    wait_for(lambda: ready_count() == 50, 600, "all 50 documents to be ready", every=2)
+    jobs = [job(stack, tenant, j) for j in job_ids]
+    assert {j["state"] for j in jobs} == {"ready"}
+
+    stack.api.stop()
+    try:
+        points = qdrant_points(stack, tenant.tenant_id)
+    finally:
+        stack.api.start()
+    rows = chunk_rows(stack, tenant.tenant_id)
+    assert (points, rows) == (expected, expected)
+
+
+def test_same_file_once_and_new_version_replaces_old_in_search(
+    stack: Stack, tenant: Account
+) -> None:
+    v1 = b"# Travel policy\n\nEmployees book trains through the zephyrine portal.\n"
+    v2 = b"# Travel policy\n\nEmployees book trains through the quillmoor desk.\n"
+    first = upload(stack, tenant, "travel.md", v1, source_id="policy-travel")
+    wait_job(stack, tenant, first["job_id"], {"ready"})
+    again = upload(stack, tenant, "travel-copy.md", v1)
+    assert again["duplicate"] is True
+    assert again["document"]["id"] == first["document"]["id"]
+    assert [r["version"] for r in search(stack, tenant, "zephyrine portal")] == [1]
+
+    second = upload(stack, tenant, "travel.md", v2, source_id="policy-travel")
+    assert (second["document"]["id"], second["version"]) == (first["document"]["id"], 2)
+    wait_job(stack, tenant, second["job_id"], {"ready"})
+    hits = search(stack, tenant, "zephyrine portal quillmoor desk")
+    assert hits, "the new version is searchable"
+    assert {h["version"] for h in hits} == {2}
+    assert search(stack, tenant, "zephyrine", mode="lexical") == []
+    detail = stack.client.get(
+        f"/api/v1/documents/{first['document']['id']}", headers=tenant.headers
+    ).json()
+    assert detail["current_version"] == 2
+    assert detail["chunks"] == 1  # version 1's chunk rows were replaced, not kept
+
+
+def test_cancel_running_job_leaves_no_vectors(stack: Stack, tenant: Account) -> None:
+    big = scifact_docs(1, per_file=400)[0][1]
+    body = upload(stack, tenant, "long.md", big)
+    wait_for(
+        lambda: job(stack, tenant, body["job_id"])["progress_done"] >= 3,
+        120,
+        "the job to start embedding",
+        every=0.1,
+    )
+    canceled = stack.client.post(f"/api/v1/jobs/{body['job_id']}/cancel", headers=tenant.headers)
+    assert canceled.status_code == 200
+    final = wait_job(stack, tenant, body["job_id"], {"canceled", "ready"})
+    assert final["state"] == "canceled"
+    doc = stack.client.get(
+        f"/api/v1/documents/{body['document']['id']}", headers=tenant.headers
+    ).json()
+    assert doc["state"] == "canceled"
+    assert doc["chunks"] == 0
+    with CORPUS.open() as fh:
+        title = json.loads(fh.readline())["title"]
+    assert search(stack, tenant, title, filters={"document_ids": [body["document"]["id"]]}) == []
+
+
+def test_corrupt_pdf_fails_with_a_readable_error(stack: Stack, tenant: Account) -> None:
+    body = upload(stack, tenant, "broken.pdf", b"%PDF-1.7\n1 0 obj << /Type /Catalog >>\ngarbage")
+    final = wait_job(stack, tenant, body["job_id"], {"failed", "ready"})
+    assert final["state"] == "failed"
+    assert "pdf" in final["last_error"].lower()
+    assert "Traceback" not in final["last_error"]
+    assert final["attempts"] == 1  # a broken document is not retried
+    # Nothing else is affected: another upload still goes through.
+    ok = upload(stack, tenant, "fine.txt", b"still working after a broken file")
+    assert wait_job(stack, tenant, ok["job_id"], {"ready", "failed"})["state"] == "ready"
+
+
+def test_job_that_keeps_failing_is_dead_lettered_then_replayed(
+    stack: Stack, tenant: Account
+) -> None:
+    stack.emb.stop()  # every embedding call now fails: a transient error, retried
+    try:
+        body = upload(stack, tenant, "unlucky.txt", b"the embedding service is away today")
+        retried = upload(stack, tenant, "unlucky-2.txt", b"and it stays away for a while")
+        failed = wait_job(stack, tenant, body["job_id"], {"failed"}, timeout=180)
+        assert failed["attempts"] == failed["max_attempts"]
+        assert "gave up after" in failed["last_error"]
+        wait_job(stack, tenant, retried["job_id"], {"failed"}, timeout=180)
+
+        def listed() -> list[dict[str, Any]]:
+            response = stack.client.get("/api/v1/admin/dead-letters", headers=tenant.headers)
+            assert response.status_code == 200
+            return [d for d in response.json() if d["job_id"] == body["job_id"]]
+
+        wait_for(lambda: len(listed()) == 1, 30, "the dead letter to be listed")
+        letter = listed()[0]
+        assert letter["task"] == "ingest.document"
+    finally:
+        stack.emb.start()
+
+    replay = stack.client.post(
+        f"/api/v1/admin/dead-letters/{letter['id']}/replay", headers=tenant.headers
+    )
+    assert replay.status_code == 200, replay.text
+    assert wait_job(stack, tenant, body["job_id"], {"ready", "failed"})["state"] == "ready"
+    again = stack.client.post(f"/api/v1/jobs/{retried['job_id']}/retry", headers=tenant.headers)
+    assert again.status_code == 200
+    assert wait_job(stack, tenant, retried["job_id"], {"ready", "failed"})["state"] == "ready"
+
+
+def test_other_tenants_cannot_see_download_delete_or_find(
+    stack: Stack, admin: Account, tenant: Account
+) -> None:
+    other = create_tenant_with_admin(stack.client, admin)
+    secret = b"The vault combination is kept by the marmalade committee."
+    body = upload(stack, tenant, "secret.txt", secret)
+    wait_job(stack, tenant, body["job_id"], {"ready"})
+    doc = f"/api/v1/documents/{body['document']['id']}"
+
+    assert search(stack, tenant, "marmalade committee vault")
+    for mode in ("hybrid", "dense", "lexical"):
+        assert search(stack, other, "marmalade committee vault", mode=mode) == []
+    assert stack.client.get(doc, headers=other.headers).status_code == 404
+    assert stack.client.get(f"{doc}/download", headers=other.headers).status_code == 404
+    assert stack.client.delete(doc, headers=other.headers).status_code == 404
+    assert stack.client.get("/api/v1/documents", headers=other.headers).json()["total"] == 0
+    assert stack.client.get(doc, headers=tenant.headers).status_code == 200  # untouched
+
+    assert stack.client.delete(doc, headers=tenant.headers).status_code == 204
+    assert search(stack, tenant, "marmalade committee vault") == []
+
+
+@pytest.fixture(autouse=True)
+def _api_alive(stack: Stack) -> None:
+    """A test that stopped a service must not break the next one."""
+    if stack.api.process is None or stack.api.process.poll() is not None:
+        stack.api.start()

@@ -1,0 +1,1 @@
+"""The ingest pipeline's text layer: extract (bytes → text blocks), normalise, chunk."""
