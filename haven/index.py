@@ -24,6 +24,14 @@ def dense_name(alias: str) -> str:
     return f"dense-{alias}"
 
 
+def passage_text(heading: str | None, text: str) -> str:
+    """What is embedded and indexed for a chunk: its section heading, then its text, so a
+    passage is found by the words of the title it sits under."""
+    if heading and not text.startswith(heading):
+        return f"{heading}\n\n{text}"
+    return text
+
+
 def chunk_id(document_id: uuid.UUID, version: int, position: int) -> uuid.UUID:
     """Deterministic, so re-running a step overwrites instead of duplicating."""
     return uuid.uuid5(CHUNK_NAMESPACE, f"{document_id}:{version}:{position}")

@@ -30,7 +30,7 @@ from haven.db.engine import make_engine, make_session_factory, transaction
 from haven.db.repositories import AuditLog, PlatformRepository
 from haven.db.tables import Role, Tenant, User
 from haven.settings import StoreSettings
-from models.defaults import publish_default_embedding
+from models.defaults import publish_default_embedding, publish_default_llm
 from models.store import registry_from_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,8 +107,8 @@ def bootstrap_admin(settings: StoreSettings) -> None:
 def publish_models(settings: StoreSettings) -> None:
     """Publish the bundled default models (idempotent: known versions are not re-uploaded)."""
     registry = registry_from_settings(settings)
-    manifest = publish_default_embedding(registry)
-    typer.echo(f"embedding model {manifest.name} {manifest.version} published")
+    for manifest in (publish_default_embedding(registry), publish_default_llm(registry)):
+        typer.echo(f"{manifest.type} model {manifest.name} {manifest.version} published")
 
 
 def _start(service: Service, log_dir: Path) -> None:

@@ -7,7 +7,12 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from models.defaults import DEFAULT_EMBED_ALIAS, publish_default_embedding
+from models.defaults import (
+    DEFAULT_EMBED_ALIAS,
+    DEFAULT_LLM_ALIAS,
+    publish_default_embedding,
+    publish_default_llm,
+)
 from models.loader import ModelCache, ModelIntegrityError
 from models.manifest import Manifest
 from models.registry import ModelRegistry, RegistryError
@@ -76,10 +81,14 @@ def publish(
 
 
 @app.command("publish-defaults")
-def publish_defaults(alias: str = DEFAULT_EMBED_ALIAS) -> None:
-    """Publish the bundled default embedding model (all-MiniLM-L6-v2); safe to repeat."""
-    manifest = publish_default_embedding(_registry(), alias)
+def publish_defaults(alias: str = DEFAULT_EMBED_ALIAS, llm_alias: str = DEFAULT_LLM_ALIAS) -> None:
+    """Publish the bundled default models (all-MiniLM-L6-v2 and Gemma 3 270M); safe to
+    repeat."""
+    registry = _registry()
+    manifest = publish_default_embedding(registry, alias)
     typer.echo(f"default embedding model {_describe(manifest)}")
+    manifest = publish_default_llm(registry, llm_alias)
+    typer.echo(f"default generation model {_describe(manifest)}")
 
 
 @app.command("list")

