@@ -2,9 +2,13 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 PIP := .venv/bin/pip
-# llama-cpp-python compiles llama.cpp (~10 min on 2 cores); the built wheel is kept here.
-WHEELS := $(HOME)/.cache/haven/wheels
+# llama-cpp-python compiles llama.cpp (~10-20 min on 2 cores); the built wheel is kept here.
+# It is built for any AVX2 CPU, as in stack/Dockerfile, not for this machine's CPU: a native
+# build uses every instruction the CPU advertises (AMX included), and virtual machines that
+# advertise AMX without enabling it crash on the first quantized model.
+WHEELS := $(HOME)/.cache/haven/wheels-avx2
 LLAMA_CPP := llama-cpp-python==0.3.36
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 RABBITMQ_TEST_VHOST := haven_test
 
 .PHONY: install up test test-services lint format bench clean
@@ -15,7 +19,7 @@ install:
 	# The CPU build of torch first, so nothing pulls the CUDA build.
 	$(PIP) install -q torch==2.13.0
 	mkdir -p $(WHEELS)
-	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || $(PIP) wheel -q --no-deps -w $(WHEELS) $(LLAMA_CPP)
+	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel -q --no-cache-dir --no-deps -w $(WHEELS) $(LLAMA_CPP)
 	$(PIP) install -q --find-links $(WHEELS) -c constraints.txt -e ".[dev]"
 	bash stack/ci-system-deps.sh
 

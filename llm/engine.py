@@ -26,7 +26,6 @@ from typing import Any, Literal
 
 import llama_cpp
 
-from llm.cpu import model_params
 
 # The service's fixed sampler settings beside the request's temperature and top_p: those of
 # llama.cpp's own server, which keep small models from wandering into the long tail.
@@ -123,19 +122,17 @@ class Slot:
         n_ctx: int,
         n_threads: int,
         n_batch: int,
-        extra_buffers: bool = False,
     ) -> Slot:
-        with model_params(extra_buffers=extra_buffers):
-            llama = llama_cpp.Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_batch=n_batch,
-                n_threads=n_threads,
-                n_threads_batch=n_threads,
-                n_gpu_layers=0,
-                use_mmap=True,
-                verbose=False,
-            )
+        llama = llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_batch=n_batch,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            n_gpu_layers=0,
+            use_mmap=True,
+            verbose=False,
+        )
         return cls(index, llama)
 
     def submit(self, job: Callable[[], Any]) -> Future[Any]:

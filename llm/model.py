@@ -74,7 +74,6 @@ def load_model(settings: LlmSettings) -> LoadedModel:
                     n_ctx=settings.llm_ctx,
                     n_threads=settings.llm_threads,
                     n_batch=settings.llm_batch,
-                    extra_buffers=settings.llm_extra_buffers,
                 )
             )
     except BaseException:

@@ -17,8 +17,6 @@ class LlmSettings(ModelStoreSettings):
     llm_threads: int = Field(default=4, ge=1)
     llm_ctx: int = Field(default=4096, ge=64)
     llm_batch: int = Field(default=512, ge=1)
-    # llama.cpp's repacked weight buffers (AMX included); see llm/cpu.py for why they are off.
-    llm_extra_buffers: bool = False
     # Parallel generations: each slot is its own llama.cpp context (weights shared by mmap).
     llm_slots: int = Field(default=1, ge=1)
     # Requests allowed to wait for a slot; one more is refused at once with 503.

