@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# System packages the test suite needs besides the virtualenv: Debian's nginx, run by
-# tests/integration/test_nginx_proxy.py in front of a real API. Idempotent and quiet; called
-# by `make install` (and so by .ci/run).
+# System packages Haven and its test suite need besides the virtualenv, from Debian:
+# - tesseract-ocr and poppler-utils (pdftoppm): OCR of scanned PDFs (workers/ingest/extract.py);
+# - nginx-light: run by tests/integration/test_nginx_proxy.py in front of a real API.
+# Idempotent and quiet; called by `make install` (and so by .ci/run).
 set -euo pipefail
 
-if command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]]; then
+missing=()
+command -v tesseract >/dev/null 2>&1 || missing+=(tesseract-ocr)
+command -v pdftoppm >/dev/null 2>&1 || missing+=(poppler-utils)
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
+if [[ ${#missing[@]} -eq 0 ]]; then
   exit 0
 fi
 
@@ -14,4 +19,4 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
-"${sudo[@]}" apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

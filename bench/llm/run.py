@@ -208,7 +208,7 @@ def report(
     lines = [
         f"## llm: service streaming vs raw llama.cpp ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)",
         "",
-        f"- machine: {machine()}; shared with other work while it ran",
+        f"- machine: {machine()}",
         f"- model: gemma-3-270m Q4_K_M (sha256 {sha256[:16]}...), llama-cpp-python"
         f" {llama_cpp.__version__}, CPU",
         f"- same prompt ({prompt_tokens} tokens), threads={args.threads}, n_ctx={CONTEXT},"
