@@ -26,7 +26,6 @@ from typing import Any, Literal
 
 import llama_cpp
 
-
 # The service's fixed sampler settings beside the request's temperature and top_p: those of
 # llama.cpp's own server, which keep small models from wandering into the long tail.
 TOP_K = 40
