@@ -134,28 +134,24 @@ class ChunkIndex:
         return len(points)
 
     def activate_version(
-        self, tenant_id: uuid.UUID, document_id: uuid.UUID, version_id: uuid.UUID
+        self, point_ids: Sequence[uuid.UUID], stale_ids: Sequence[uuid.UUID]
     ) -> None:
-        """Make a finished version searchable, then drop the document's other versions."""
-        self.client.set_payload(
-            self.collection,
-            payload={"active": True},
-            points=tenant_filter(tenant_id, _match("version_id", str(version_id))),
-            wait=True,
-        )
-        self.client.delete(
-            self.collection,
-            points_selector=models.FilterSelector(
-                filter=models.Filter(
-                    must=[
-                        _match("tenant_id", str(tenant_id)),
-                        _match("document_id", str(document_id)),
-                    ],
-                    must_not=[_match("version_id", str(version_id))],
-                )
-            ),
-            wait=True,
-        )
+        """Make a finished version's points searchable, then drop the points of the versions
+        it replaces. Addressed by id, not by filter: embedded mode answers a filter by
+        scanning the whole collection, which made every activation O(collection)."""
+        if point_ids:
+            self.client.set_payload(
+                self.collection,
+                payload={"active": True},
+                points=[str(i) for i in point_ids],
+                wait=True,
+            )
+        if stale_ids:
+            self.client.delete(
+                self.collection,
+                points_selector=models.PointIdsList(points=[str(i) for i in stale_ids]),
+                wait=True,
+            )
 
     def delete_version(self, tenant_id: uuid.UUID, version_id: uuid.UUID) -> None:
         self._delete(tenant_filter(tenant_id, _match("version_id", str(version_id))))

@@ -270,6 +270,14 @@ class ChunkRepository(TenantRepository[Chunk]):
             delete(Chunk).where(Chunk.tenant_id == self.tenant_id, Chunk.version_id == version_id)
         )
 
+    def ids_of_other_versions(self, document_id: uuid.UUID, keep: uuid.UUID) -> list[uuid.UUID]:
+        stmt = select(Chunk.id).where(
+            Chunk.tenant_id == self.tenant_id,
+            Chunk.document_id == document_id,
+            Chunk.version_id != keep,
+        )
+        return list(self.session.execute(stmt).scalars().all())
+
     def delete_other_versions(self, document_id: uuid.UUID, keep: uuid.UUID) -> None:
         self.session.execute(
             delete(Chunk).where(

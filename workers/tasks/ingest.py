@@ -196,8 +196,12 @@ class IngestRun:
                 # A newer version was uploaded meanwhile; it will take over when it is ready.
                 version.state = DocumentState.READY
             else:
-                self.rt.index.activate_version(s.principal.tenant_id, document.id, version.id)
-                ChunkRepository(session, s.principal).delete_other_versions(document.id, version.id)
+                chunks = ChunkRepository(session, s.principal)
+                self.rt.index.activate_version(
+                    [chunk_id(s.document_id, s.version, p) for p in range(chunk_count)],
+                    chunks.ids_of_other_versions(document.id, version.id),
+                )
+                chunks.delete_other_versions(document.id, version.id)
                 version.state = DocumentState.READY
                 document.state = DocumentState.READY
                 document.current_version = s.version
