@@ -42,7 +42,7 @@ from models.store import registry_from_settings
 from tests.fixtures.services import free_port, start_moto, wait_http
 
 RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
-CORPUS = Path("/work/shared/eval/scifact/corpus.jsonl")
+CORPUS = Path(__file__).resolve().parents[3] / "shared" / "eval" / "scifact" / "corpus.jsonl"
 ALIAS = "bench-minilm"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
 
