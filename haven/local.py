@@ -171,30 +171,85 @@ def run(api_port: int = 8080) -> None:
     ensure_database(settings)
     bootstrap_admin(settings)
 
+    def uvicorn(factory: str, port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            factory,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+
+    llm_port = int(os.environ.get("HAVEN_LOCAL_LLM_PORT", "8083"))
+    emb_port = int(os.environ.get("HAVEN_LOCAL_EMB_PORT", "8082"))
+    env.setdefault("HAVEN_EMB_URL", f"http://127.0.0.1:{emb_port}")
     services.append(
         Service(
-            "api",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "api.main:create_app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(api_port),
-            ],
-            f"http://127.0.0.1:{api_port}/readyz",
+            "llm", uvicorn("llm.main:create_app", llm_port), f"http://127.0.0.1:{llm_port}/readyz"
         )
     )
+    services.append(
+        Service(
+            "emb", uvicorn("emb.main:create_app", emb_port), f"http://127.0.0.1:{emb_port}/readyz"
+        )
+    )
+    # Without a Qdrant server the API and the worker share one process (embedded Qdrant);
+    # with one, they run apart as in production.
+    if settings.qdrant_url:
+        services.append(
+            Service(
+                "api",
+                uvicorn("api.main:create_app", api_port),
+                f"http://127.0.0.1:{api_port}/readyz",
+            )
+        )
+        services.append(
+            Service(
+                "worker",
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "workers.main",
+                    "worker",
+                    "-B",
+                    "--loglevel",
+                    "INFO",
+                ],
+                "",
+            )
+        )
+    else:
+        services.append(
+            Service(
+                "api+worker",
+                [
+                    sys.executable,
+                    "-m",
+                    "workers.allinone",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(api_port),
+                ],
+                f"http://127.0.0.1:{api_port}/readyz",
+            )
+        )
 
     try:
         for service in services:
             service.env.update(env)
+            if service.name == "llm":
+                publish_models(settings)
             _start(service, log_dir)
-            _wait_ready(service, timeout=300)
-            typer.echo(f"{service.name} ready ({service.ready_url})")
+            if service.ready_url:
+                _wait_ready(service, timeout=600)
+            typer.echo(f"{service.name} started ({service.ready_url or 'no HTTP endpoint'})")
         typer.secho(
             f"\nHaven is up: http://127.0.0.1:{api_port}  (API docs at /docs; logs in var/log/)."
             "\nCtrl-C stops it.",
