@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import threading
 import time
@@ -31,6 +30,7 @@ from sentence_transformers import SentenceTransformer
 from sqlalchemy import text
 from transformers import AutoTokenizer
 
+from bench.common import machine
 from haven.db.engine import make_engine, make_session_factory
 from haven.settings import StoreSettings
 from models.defaults import publish_default_embedding
@@ -52,15 +52,6 @@ from workers.settings import WorkerSettings
 
 RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 CORPUS = Path(__file__).resolve().parents[3] / "shared" / "eval" / "scifact" / "corpus.jsonl"
-
-
-def machine() -> str:
-    mem_kb = next(
-        int(line.split()[1])
-        for line in Path("/proc/meminfo").read_text().splitlines()
-        if line.startswith("MemTotal")
-    )
-    return f"{os.cpu_count()} CPUs, {mem_kb / 1024 / 1024:.1f} GiB RAM, {platform.platform()}"
 
 
 def corpus_files(limit: int) -> list[tuple[str, bytes]]:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import tempfile
 import time
 import uuid
@@ -29,6 +27,7 @@ from qdrant_client import QdrantClient, models
 from sentence_transformers import SentenceTransformer
 from transformers import AutoTokenizer
 
+from bench.common import machine
 from emb.settings import EmbSettings
 from haven import lexical
 from haven.index import ChunkIndex, IndexedChunk, SparseVector, chunk_id, passage_text
@@ -46,15 +45,6 @@ PUBLISHED = {
     "dense": ("all-MiniLM-L6-v2, dense only", 0.6451),
     "hybrid": ("BM25 + bge-base-en-v1.5, RRF", 0.7440),
 }
-
-
-def machine() -> str:
-    mem_kb = next(
-        int(line.split()[1])
-        for line in Path("/proc/meminfo").read_text().splitlines()
-        if line.startswith("MemTotal")
-    )
-    return f"{os.cpu_count()} CPUs, {mem_kb / 1024 / 1024:.1f} GiB RAM, {platform.platform()}"
 
 
 def load() -> tuple[list[dict[str, str]], dict[str, str], dict[str, dict[str, int]]]:
