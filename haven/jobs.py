@@ -122,29 +122,25 @@ class JobStore:
             job_id, [JobState.RUNNING], state=JobState.QUEUED, last_error=error[:4000]
         )
 
-    def stale_running(self, older_than: timedelta, limit: int = 100) -> Sequence[Job]:
-        """Jobs whose worker stopped sending heartbeats (it died)."""
-        cutoff = _now() - older_than
+    def _stale(
+        self, state: JobState, since: Any, older_than: timedelta, limit: int
+    ) -> Sequence[Job]:
         stmt = (
             select(Job)
-            .where(Job.state == JobState.RUNNING, Job.heartbeat_at < cutoff)
-            .order_by(Job.heartbeat_at)
+            .where(Job.state == state, since < _now() - older_than)
+            .order_by(since)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
         return self.session.execute(stmt).scalars().all()
 
+    def stale_running(self, older_than: timedelta, limit: int = 100) -> Sequence[Job]:
+        """Jobs whose worker stopped sending heartbeats (it died)."""
+        return self._stale(JobState.RUNNING, Job.heartbeat_at, older_than, limit)
+
     def stale_queued(self, older_than: timedelta, limit: int = 100) -> Sequence[Job]:
         """Queued jobs nobody picked up (their message was lost); safe to send again."""
-        cutoff = _now() - older_than
-        stmt = (
-            select(Job)
-            .where(Job.state == JobState.QUEUED, Job.updated_at < cutoff)
-            .order_by(Job.updated_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        return self.session.execute(stmt).scalars().all()
+        return self._stale(JobState.QUEUED, Job.updated_at, older_than, limit)
 
     def touch(self, job_id: uuid.UUID) -> None:
         self.session.execute(

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile, status
 from minio.error import S3Error
+from sqlalchemy.orm import Session
 
 from api.deps import (
     CurrentPrincipal,
@@ -30,10 +31,39 @@ from api.documents.schemas import (
     UploadAccepted,
     VersionRead,
 )
+from api.outbox import JobOutbox
+from api.runtime import ApiRuntime
+from haven.auth.principal import Principal
 from haven.db.repositories import DocumentRepository, UploadRepository
 from haven.db.tables import DocumentState
 
 router = APIRouter(prefix="/api/v1/documents", tags=["documents"])
+
+
+def _accept(
+    runtime: ApiRuntime,
+    session: Session,
+    principal: Principal,
+    outbox: JobOutbox,
+    incoming: service.IncomingFile,
+    *,
+    title: str | None,
+    source_id: str | None,
+    tags: list[str],
+) -> service.Accepted:
+    """Both upload paths (multipart and presigned) end here."""
+    return service.accept_document(
+        session,
+        principal,
+        outbox,
+        runtime.s3,
+        runtime.settings.s3_bucket,
+        incoming,
+        title=title,
+        source_id=source_id,
+        tags=tags,
+        max_attempts=runtime.settings.job_max_attempts,
+    )
 
 
 def _accepted(result: service.Accepted) -> UploadAccepted:
@@ -70,17 +100,15 @@ def upload_document(
             size=size,
             sha256=sha,
         )
-        result = service.accept_document(
+        result = _accept(
+            runtime,
             session,
             principal,
             outbox,
-            runtime.s3,
-            settings.s3_bucket,
             incoming,
             title=title,
             source_id=source_id,
             tags=tags or [],
-            max_attempts=settings.job_max_attempts,
         )
     if result.duplicate:
         response.status_code = status.HTTP_200_OK
@@ -153,17 +181,15 @@ def complete_upload(
             size=size,
             sha256=sha,
         )
-        result = service.accept_document(
+        result = _accept(
+            runtime,
             session,
             principal,
             outbox,
-            runtime.s3,
-            settings.s3_bucket,
             incoming,
             title=upload.title,
             source_id=upload.source_id,
             tags=list(upload.tags),
-            max_attempts=settings.job_max_attempts,
         )
     upload.completed_at = datetime.now(UTC)
     upload.document_id = result.document.id
