@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import structlog
@@ -12,9 +13,11 @@ from sqlalchemy.orm import Session
 
 from api.outbox import JobOutbox
 from api.runtime import ApiRuntime
+from haven.auth import api_keys
 from haven.auth.principal import Principal
 from haven.auth.tokens import TokenError
 from haven.db.engine import transaction
+from haven.db.repositories import PlatformRepository
 from haven.db.tables import Role
 
 
@@ -51,23 +54,54 @@ OutboxDep = Annotated[JobOutbox, Depends(get_outbox)]
 _bearer = HTTPBearer(auto_error=False)
 
 
+def principal_for_api_key(session: Session, plaintext: str) -> Principal:
+    """The application an API key stands for; 401 with the reason when it cannot be used."""
+    platform = PlatformRepository(session)
+    prefix = api_keys.parse_prefix(plaintext)
+    key = platform.api_key_for_exchange(prefix) if prefix else None
+    if key is None or not api_keys.matches(plaintext, key.key_hash):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown API key")
+    now = datetime.now(UTC)
+    if key.revoked_at is not None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "API key has been revoked")
+    if key.expires_at is not None and key.expires_at <= now:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "API key has expired")
+    tenant = platform.tenant(key.tenant_id)
+    if tenant is None or not tenant.is_active:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "tenant is disabled")
+    # Recorded at most once a minute: an application may call many times a second.
+    if key.last_used_at is None or now - key.last_used_at > timedelta(minutes=1):
+        platform.touch_api_key(key)
+    return Principal(subject_id=key.id, tenant_id=key.tenant_id, role=key.role, kind="api_key")
+
+
 def get_principal(
     request: Request,
     runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    """A bearer token (a user's or an application's) or, for OpenAI-style clients that send
+    the key itself, an API key."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "missing bearer token",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    try:
-        principal = runtime.tokens.verify(credentials.credentials)
-    except TokenError as exc:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, str(exc), headers={"WWW-Authenticate": "Bearer"}
-        ) from exc
+    if api_keys.parse_prefix(credentials.credentials) is not None:
+        try:
+            with transaction(runtime.session_factory) as session:
+                principal = principal_for_api_key(session, credentials.credentials)
+        except HTTPException as exc:
+            exc.headers = {"WWW-Authenticate": "Bearer"}
+            raise
+    else:
+        try:
+            principal = runtime.tokens.verify(credentials.credentials)
+        except TokenError as exc:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED, str(exc), headers={"WWW-Authenticate": "Bearer"}
+            ) from exc
     request.state.tenant_id = str(principal.tenant_id)
     structlog.contextvars.bind_contextvars(tenant_id=str(principal.tenant_id))
     return principal

@@ -10,9 +10,11 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from api.admin.router import router as admin_router
 from api.auth.router import router as auth_router
+from api.chat.router import router as chat_router
 from api.documents.router import router as documents_router
 from api.errors import install_error_handlers
 from api.jobs.router import router as jobs_router
+from api.openai.router import router as openai_router
 from api.ops import router as ops_router
 from api.runtime import ApiRuntime
 from api.search.router import router as search_router
@@ -42,8 +44,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             log.warning("api.start.broker_unavailable", error=str(exc))
         log.info("api.start", version=__version__, env=settings.env)
         yield
-        await runtime.emb.aclose()
-        runtime.close()
+        await runtime.aclose()
 
     app = FastAPI(title="Haven API", version=__version__, lifespan=lifespan)
     app.state.runtime = runtime
@@ -64,4 +65,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(documents_router, max_body_size=settings.max_upload_bytes + 64 * 1024)
     app.include_router(jobs_router)
     app.include_router(search_router)
+    app.include_router(chat_router)
+    app.include_router(openai_router)
     return app

@@ -24,14 +24,14 @@ log = structlog.get_logger("haven.api.outbox")
 class JobOutbox:
     pending: list[tuple[str, str]] = field(default_factory=list)
     forced: set[str] = field(default_factory=set)
-    callbacks: list[Callable[[], None]] = field(default_factory=list)
+    callbacks: list[Callable[[], object]] = field(default_factory=list)
 
     def add(self, task: str, job_id: object, *, force: bool = False) -> None:
         self.pending.append((task, str(job_id)))
         if force:
             self.forced.add(str(job_id))
 
-    def after_commit(self, callback: Callable[[], None]) -> None:
+    def after_commit(self, callback: Callable[[], object]) -> None:
         """Run ``callback`` once the request's transaction has committed."""
         self.callbacks.append(callback)
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+import redis.asyncio as aredis
 from celery import Celery
 from minio import Minio
 from prometheus_client import CollectorRegistry
@@ -18,10 +19,12 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.settings import ApiSettings
+from haven.answer_cache import AnswerCache
 from haven.auth.tokens import TokenService
 from haven.db.engine import make_engine, make_session_factory
 from haven.emb_client import AsyncEmbClient
 from haven.index import ChunkIndex
+from haven.llm_client import AsyncLlmClient
 from haven.queueing import create_celery
 from haven.storage import make_client
 from haven.telemetry import RequestMetrics
@@ -40,6 +43,8 @@ class ApiRuntime:
     registry: CollectorRegistry
     celery: Celery
     emb: AsyncEmbClient
+    llm: AsyncLlmClient
+    answers: AnswerCache
     qdrant: QdrantClient | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -60,6 +65,13 @@ class ApiRuntime:
             registry=registry,
             celery=create_celery(settings),
             emb=AsyncEmbClient(settings.emb_url),
+            llm=AsyncLlmClient(settings.llm_url),
+            answers=AnswerCache(
+                aredis.Redis.from_url(
+                    settings.redis_url, socket_connect_timeout=2, socket_timeout=5
+                ),
+                settings.answer_cache_ttl_seconds,
+            ),
         )
 
     @property
@@ -67,6 +79,12 @@ class ApiRuntime:
         if self.qdrant is None:
             raise RuntimeError("the vector store is not open yet")
         return make_index(self.settings, self.qdrant)
+
+    async def aclose(self) -> None:
+        await self.emb.aclose()
+        await self.llm.aclose()
+        await self.answers.client.aclose()
+        self.close()
 
     def close(self) -> None:
         if self.qdrant is not None:

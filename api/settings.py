@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from haven.settings import AuthSettings, StoreSettings
 
 
@@ -15,3 +17,14 @@ class ApiSettings(StoreSettings, AuthSettings):
     # The dense alias queries are embedded with (the index holds one vector per alias).
     search_alias: str = "minilm"
     search_candidates: int = 100
+    llm_url: str = "http://127.0.0.1:8083"
+    # The longest answer the chat asks the model for; the prompt's passages fill the rest
+    # of the model's context.
+    chat_max_answer_tokens: int = Field(default=512, ge=16)
+    # Earlier messages of the chat put into the prompt (newest first, within a quarter of
+    # the context).
+    chat_history_messages: int = Field(default=10, ge=0, le=100)
+    chat_temperature: float = Field(default=0.2, ge=0.0, le=2.0)
+    # A comment line on an idle stream, so proxies and browsers keep it open.
+    chat_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    answer_cache_ttl_seconds: int = Field(default=24 * 3600, ge=0)

@@ -15,7 +15,7 @@ from typing import Any, Literal, NoReturn
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from llm.schemas import ChatMessage
+from haven.contracts.openai import ChatMessage
 
 TEMPLATE_METADATA_KEY = "tokenizer.chat_template"
 

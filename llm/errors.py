@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from llm.schemas import error_body
+from haven.contracts.openai import error_body
 from llm.service import InvalidPrompt, NotReady, PromptTooLong, UnknownModel
 from llm.slots import Overloaded
 

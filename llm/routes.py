@@ -11,7 +11,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from llm.schemas import (
+from haven.contracts.llm import TokenizeRequest, TokenizeResponse
+from haven.contracts.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     ModelCard,
@@ -135,6 +136,29 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
     prompt = service.completion_prompt(body)
     shape = TextShape(new_id("cmpl"), now(), service.settings.llm_alias)
     return await _generate(runtime, body, prompt, shape, request, arrived, deadline)
+
+
+@router.post("/tokenize", tags=["haven"])
+async def tokenize(body: TokenizeRequest, runtime: RuntimeDep) -> TokenizeResponse:
+    """How many tokens texts (without BOS) and a rendered chat prompt take in this model."""
+    service = runtime.service
+    model, _ = service.ready()
+    counts = [
+        len(model.tokenizer.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        for text in body.texts
+    ]
+    prompt_tokens = None
+    if body.messages is not None:
+        prompt_tokens = len(
+            service.chat_prompt(ChatCompletionRequest(messages=body.messages)).tokens
+        )
+    return TokenizeResponse(
+        model=model.alias,
+        version=model.manifest.version,
+        context_length=model.context_length,
+        counts=counts,
+        prompt_tokens=prompt_tokens,
+    )
 
 
 def _deadline(service: LlmService) -> float:

@@ -18,11 +18,11 @@ from typing import Literal
 
 import structlog
 
+from haven.contracts.openai import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from llm.chat_template import ChatTemplateError
 from llm.engine import Event, Failed, Finished, SamplingParams, Slot
 from llm.metrics import LlmMetrics
 from llm.model import LoadedModel
-from llm.schemas import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from llm.settings import LlmSettings
 from llm.slots import SlotPool
 

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from llm.engine import Failed, Finished, TextDelta
-from llm.schemas import (
+from haven.contracts.openai import (
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
@@ -23,6 +22,7 @@ from llm.schemas import (
     Usage,
     error_body,
 )
+from llm.engine import Failed, Finished, TextDelta
 from llm.service import Generation
 
 DONE = "data: [DONE]\n\n"

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from api.auth.schemas import ApiKeyExchange, MeRead, TokenRead
-from api.deps import CurrentPrincipal, RuntimeDep, SessionDep
-from haven.auth import api_keys
+from api.deps import CurrentPrincipal, RuntimeDep, SessionDep, principal_for_api_key
 from haven.auth.passwords import verify_password
 from haven.auth.principal import Principal
 from haven.db.repositories import PlatformRepository
@@ -41,21 +40,7 @@ def issue_token(
 
 @router.post("/auth/api-key", response_model=TokenRead)
 def exchange_api_key(body: ApiKeyExchange, session: SessionDep, runtime: RuntimeDep) -> TokenRead:
-    platform = PlatformRepository(session)
-    prefix = api_keys.parse_prefix(body.api_key)
-    key = platform.api_key_for_exchange(prefix) if prefix else None
-    if key is None or not api_keys.matches(body.api_key, key.key_hash):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown API key")
-    now = datetime.now(UTC)
-    if key.revoked_at is not None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "API key has been revoked")
-    if key.expires_at is not None and key.expires_at <= now:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "API key has expired")
-    tenant = platform.tenant(key.tenant_id)
-    if tenant is None or not tenant.is_active:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "tenant is disabled")
-    platform.touch_api_key(key)
-    principal = Principal(subject_id=key.id, tenant_id=key.tenant_id, role=key.role, kind="api_key")
+    principal = principal_for_api_key(session, body.api_key)
     ttl = timedelta(minutes=runtime.settings.api_key_token_minutes)
     token, expires = runtime.tokens.issue(principal, ttl)
     return TokenRead(access_token=token, expires_at=expires)

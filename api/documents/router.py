@@ -33,6 +33,7 @@ from api.documents.schemas import (
 )
 from api.outbox import JobOutbox
 from api.runtime import ApiRuntime
+from haven.answer_cache import invalidate_documents
 from haven.auth.principal import Principal
 from haven.db.repositories import DocumentRepository, UploadRepository
 from haven.db.tables import DocumentState
@@ -274,5 +275,8 @@ def delete_document(
         runtime.settings.s3_bucket,
         runtime.index,
         document_id,
+    )
+    outbox.after_commit(
+        lambda: invalidate_documents(runtime.redis, principal.tenant_id, [document_id])
     )
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter
 
 from api.deps import CurrentPrincipal, RuntimeDep
 from api.search.schemas import ChannelRanks, SearchRequest, SearchResponse, SearchResult
-from haven.emb_client import EmbeddingRejected, EmbeddingUnavailable
-from haven.index import SparseVector
-from haven.search import QueryVectors, SearchFilters, SearchParams, search
+from api.search.service import retrieve
 
 router = APIRouter(prefix="/api/v1", tags=["search"])
 
@@ -25,43 +22,7 @@ def _int(value: Any) -> int | None:
 async def search_chunks(
     body: SearchRequest, principal: CurrentPrincipal, runtime: RuntimeDep
 ) -> SearchResponse:
-    alias = runtime.settings.search_alias
-    try:
-        embedded = await runtime.emb.embed([body.query], aliases=[alias], sparse="query")
-    except EmbeddingUnavailable as exc:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            "the embedding service is busy or down",
-            headers={"Retry-After": str(int(exc.retry_after or 1))},
-        ) from exc
-    except EmbeddingRejected as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    item = embedded.data[0]
-    sparse = item.sparse
-    vectors = QueryVectors(
-        alias=alias,
-        dense=item.dense[alias],
-        sparse=SparseVector(sparse.indices, sparse.values) if sparse else SparseVector([], []),
-    )
-    f = body.filters
-    params = SearchParams(
-        mode=body.mode,
-        top_k=body.top_k,
-        fusion=body.fusion,
-        rrf_k=body.rrf_k,
-        mmr=body.mmr,
-        mmr_lambda=body.mmr_lambda,
-        candidates=runtime.settings.search_candidates,
-        filters=SearchFilters(
-            tags=f.tags,
-            document_ids=f.document_ids,
-            mime=f.mime,
-            lang=f.lang,
-            updated_from=f.updated_from,
-            updated_to=f.updated_to,
-        ),
-    )
-    outcome = await asyncio.to_thread(search, runtime.index, principal.tenant_id, vectors, params)
+    outcome = await retrieve(runtime, principal.tenant_id, body.query, body)
     return SearchResponse(
         mode=body.mode,
         reason=outcome.reason,

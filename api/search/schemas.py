@@ -16,8 +16,9 @@ class SearchFiltersIn(BaseModel):
     updated_to: datetime | None = None
 
 
-class SearchRequest(BaseModel):
-    query: str = Field(min_length=1, max_length=4000)
+class SearchOptions(BaseModel):
+    """How to search: everything but the query (the chat reuses these for its retrieval)."""
+
     top_k: int = Field(default=10, ge=1, le=100)
     mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
     filters: SearchFiltersIn = Field(default_factory=SearchFiltersIn)
@@ -25,6 +26,10 @@ class SearchRequest(BaseModel):
     rrf_k: int = Field(default=60, ge=1, le=1000)
     mmr: bool = False
     mmr_lambda: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class SearchRequest(SearchOptions):
+    query: str = Field(min_length=1, max_length=4000)
 
     @field_validator("query")
     @classmethod

@@ -21,6 +21,7 @@ from haven.db.tables import (
     ApiKey,
     AuditEntry,
     Base,
+    Chat,
     Chunk,
     DeadLetter,
     Document,
@@ -29,8 +30,10 @@ from haven.db.tables import (
     Job,
     JobKind,
     JobState,
+    Message,
     Tenant,
     Upload,
+    UsageEntry,
     User,
 )
 
@@ -379,3 +382,97 @@ class UploadRepository(TenantRepository[Upload]):
 class DeadLetterRepository(TenantRepository[DeadLetter]):
     model = DeadLetter
     label = "dead letter"
+
+
+class ChatRepository(TenantRepository[Chat]):
+    """A chat is its owner's: a user sees the chats they started, and applications (API keys)
+    share the tenant's chats that no user owns. Anyone else's chat is not found."""
+
+    model = Chat
+    label = "chat"
+
+    @property
+    def _owner(self) -> uuid.UUID | None:
+        return self.principal.subject_id if self.principal.kind == "user" else None
+
+    def _select(self) -> Select[Chat]:
+        stmt = super()._select()
+        owner = self._owner
+        return stmt.where(Chat.user_id == owner if owner else Chat.user_id.is_(None))
+
+    def add(self, obj: Chat) -> Chat:
+        obj.user_id = self._owner
+        return super().add(obj)
+
+    def list_page(self, *, offset: int, limit: int) -> tuple[Sequence[Chat], int]:
+        stmt = self._select()
+        total = self.session.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+        rows = (
+            self.session.execute(
+                stmt.order_by(Chat.updated_at.desc(), Chat.id).offset(offset).limit(limit)
+            )
+            .scalars()
+            .all()
+        )
+        return rows, int(total)
+
+    def touch(self, chat: Chat) -> None:
+        chat.updated_at = datetime.now(UTC)
+        self.session.flush()
+
+
+class MessageRepository(TenantRepository[Message]):
+    model = Message
+    label = "message"
+
+    def of_chat(self, chat_id: uuid.UUID, *, offset: int = 0, limit: int = 200) -> list[Message]:
+        stmt = (
+            self._select()
+            .where(Message.chat_id == chat_id)
+            .order_by(Message.created_at, Message.id)
+            .offset(offset)
+            .limit(limit)
+        )
+        return list(self.session.execute(stmt).scalars().all())
+
+    def latest(self, chat_id: uuid.UUID, limit: int) -> list[Message]:
+        """The last ``limit`` messages of a chat, oldest first."""
+        stmt = (
+            self._select()
+            .where(Message.chat_id == chat_id)
+            .order_by(Message.created_at.desc(), Message.id.desc())
+            .limit(limit)
+        )
+        return list(reversed(self.session.execute(stmt).scalars().all()))
+
+    def count_of_chat(self, chat_id: uuid.UUID) -> int:
+        stmt = select(func.count()).where(
+            Message.tenant_id == self.tenant_id, Message.chat_id == chat_id
+        )
+        return int(self.session.execute(stmt).scalar_one())
+
+
+class UsageRepository(TenantRepository[UsageEntry]):
+    model = UsageEntry
+    label = "usage entry"
+
+    def record(
+        self,
+        kind: str,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        latency_ms: int | None,
+        request_id: str | None,
+    ) -> UsageEntry:
+        user_id = self.principal.subject_id if self.principal.kind == "user" else None
+        return self.add(
+            UsageEntry(
+                user_id=user_id,
+                kind=kind,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                latency_ms=latency_ms,
+                request_id=request_id,
+            )
+        )

@@ -1,5 +1,9 @@
-"""A whole Haven on loopback: the emb service and the all-in-one API + worker process, on the
-test PostgreSQL, Redis db 15, RabbitMQ vhost haven_test and a moto S3 endpoint."""
+"""A whole Haven on loopback: the emb and llm services and the all-in-one API + worker process,
+on the test PostgreSQL, Redis db 15, RabbitMQ vhost haven_test and a moto S3 endpoint.
+
+The llm service serves the tiny random-weight GGUF (published through the registry like any
+model) with one slot and a queue of one, so a test can fill it; the tiny model never ends an
+answer by itself, so an answer is as long as the request asks."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from models.store import registry_from_settings
 from tests.fixtures.api import Account, bootstrap_platform_admin, create_tenant_with_admin
 from tests.fixtures.processes import ServiceProcess, python_module
 from tests.fixtures.services import TEST_BROKER_URL, TEST_REDIS_URL, free_port
+from tests.fixtures.tiny_gguf import build_tiny_gguf, publish_tiny_gguf
 
 
 @dataclass
@@ -30,6 +35,7 @@ class Stack:
     env: dict[str, str]
     api: ServiceProcess
     emb: ServiceProcess
+    llm: ServiceProcess
     client: httpx.Client
     session_factory: sessionmaker[Session]
     settings: StoreSettings
@@ -48,7 +54,9 @@ class Stack:
                     conn.default_channel.queue_purge(name)
 
 
-def _env(database_url: str, s3_endpoint: str, tmp: Path, emb_port: int) -> dict[str, str]:
+def _env(
+    database_url: str, s3_endpoint: str, tmp: Path, emb_port: int, llm_port: int
+) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:10]
     return {
         "HAVEN_ENV": "test",
@@ -64,6 +72,13 @@ def _env(database_url: str, s3_endpoint: str, tmp: Path, emb_port: int) -> dict[
         "HAVEN_QDRANT_COLLECTION": f"chunks_{suffix}",
         "HAVEN_MODEL_CACHE_DIR": str(tmp / "models"),
         "HAVEN_EMB_URL": f"http://127.0.0.1:{emb_port}",
+        "HAVEN_LLM_URL": f"http://127.0.0.1:{llm_port}",
+        "HAVEN_LLM_ALIAS": "chat",
+        "HAVEN_LLM_SLOTS": "1",
+        "HAVEN_LLM_QUEUE": "1",
+        "HAVEN_LLM_THREADS": "1",
+        "HAVEN_LLM_CTX": "32768",
+        "HAVEN_CHAT_HEARTBEAT_SECONDS": "0.5",
         "HAVEN_JOB_LEASE_SECONDS": "8",
         "HAVEN_REAPER_INTERVAL_SECONDS": "5",
         "HAVEN_RETRY_BACKOFF_SECONDS": "0.5",
@@ -80,8 +95,8 @@ def stack(
     database_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
-    emb_port, api_port = free_port(), free_port()
-    env = _env(database_url, s3_endpoint, tmp, emb_port)
+    emb_port, llm_port, api_port = free_port(), free_port(), free_port()
+    env = _env(database_url, s3_endpoint, tmp, emb_port, llm_port)
     settings = StoreSettings(
         database_url=database_url,
         s3_endpoint=s3_endpoint,
@@ -90,7 +105,9 @@ def stack(
         redis_url=TEST_REDIS_URL,
         broker_url=TEST_BROKER_URL,
     )
-    publish_default_embedding(registry_from_settings(settings))
+    registry = registry_from_settings(settings)
+    publish_default_embedding(registry)
+    publish_tiny_gguf(registry, build_tiny_gguf(tmp / "tiny-gguf"), alias="chat")
     engine = make_engine(settings)
     redis.Redis.from_url(TEST_REDIS_URL).flushdb()
 
@@ -109,6 +126,21 @@ def stack(
         f"http://127.0.0.1:{emb_port}/readyz",
         tmp / "emb.log",
     ).start()
+    llm = ServiceProcess(
+        "llm",
+        python_module(
+            "uvicorn",
+            "--factory",
+            "llm.main:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(llm_port),
+        ),
+        env,
+        f"http://127.0.0.1:{llm_port}/readyz",
+        tmp / "llm.log",
+    ).start()
     api = ServiceProcess(
         "api",
         python_module("workers.allinone", "--host", "127.0.0.1", "--port", str(api_port)),
@@ -121,6 +153,7 @@ def stack(
         env=env,
         api=api,
         emb=emb,
+        llm=llm,
         client=httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=60),
         session_factory=make_session_factory(engine),
         settings=settings,
@@ -132,6 +165,7 @@ def stack(
     finally:
         stack.client.close()
         api.stop()
+        llm.stop()
         emb.stop()
         engine.dispose()
 

@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +14,18 @@ import httpx
 import jinja2
 import openai
 import pytest
-import uvicorn
 
-from llm.main import create_app
-from llm.settings import LlmSettings
-from models.manifest import Manifest, sha256_file
-from models.registry import ModelRegistry
+from models.manifest import sha256_file
 from models.store import registry_from_settings
-from tests.fixtures.services import free_port
+from tests.fixtures.llm_service import (
+    ALIAS,
+    CONTEXT,
+    Service,
+    make_settings,
+    running,
+    tiny_service,
+    wait_loaded,
+)
 from tests.fixtures.tiny_gguf import (
     TINY_CHAT_TEMPLATE,
     TINY_NAME,
@@ -35,8 +35,6 @@ from tests.fixtures.tiny_gguf import (
     train_tokenizer,
 )
 
-ALIAS = "tiny-chat"
-CONTEXT = 16384
 # Long enough (several seconds of generation) that a test can act while a slot is busy;
 # the requests that ask for it are always cancelled long before the end.
 LONG = CONTEXT - 512
@@ -46,110 +44,9 @@ MESSAGES = [
 ]
 
 
-@dataclass(frozen=True)
-class Service:
-    url: str
-    settings: LlmSettings
-    manifest: Manifest
-    registry: ModelRegistry
-
-    def info(self) -> dict[str, Any]:
-        info: dict[str, Any] = httpx.get(f"{self.url}/info", timeout=5).json()
-        return info
-
-    def metric(self, name: str, **labels: str) -> float:
-        """One sample of /metrics, 0 when absent."""
-        wanted = name + (
-            "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else ""
-        )
-        for line in httpx.get(f"{self.url}/metrics", timeout=5).text.splitlines():
-            if line.startswith(wanted + " "):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    def wait_until(self, predicate: Any, what: str, timeout: float = 20.0) -> None:
-        # A bounded wait for the service to reach a state, never an assertion on timing.
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.01)
-        raise AssertionError(f"service never reached: {what}; info={self.info()}")
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     return build_tiny_gguf(tmp_path_factory.mktemp("tiny-gguf"))
-
-
-def make_settings(s3_endpoint: str, cache: Path, **overrides: Any) -> LlmSettings:
-    values: dict[str, Any] = {
-        "env": "test",
-        "log_json": False,
-        "s3_endpoint": s3_endpoint,
-        "models_bucket": f"models-{uuid.uuid4().hex[:12]}",
-        "model_store_attempts": 1,
-        "llm_alias": ALIAS,
-        "llm_threads": 1,
-        "llm_ctx": CONTEXT,
-        "llm_slots": 1,
-        "llm_queue": 2,
-        "llm_cache_dir": cache,
-        **overrides,
-    }
-    return LlmSettings(**values)
-
-
-@contextmanager
-def running(settings: LlmSettings) -> Iterator[str]:
-    """The service under uvicorn on a free loopback port, in a thread of this process."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        ws="none",
-        lifespan="on",
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="llm-uvicorn", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the llm service did not start")
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "the llm service did not stop"
-
-
-def wait_loaded(url: str) -> httpx.Response:
-    """Wait until the model has loaded or failed; return the final /readyz answer."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        answer = httpx.get(f"{url}/readyz", timeout=5)
-        if answer.json()["status"] != "loading":
-            return answer
-        time.sleep(0.02)
-    raise AssertionError("the model is still loading after 60s")
-
-
-@contextmanager
-def tiny_service(
-    s3_endpoint: str, tmp_path: Path, tiny_model: TinyModel, **overrides: Any
-) -> Iterator[Service]:
-    settings = make_settings(s3_endpoint, tmp_path / "cache", **overrides)
-    registry = registry_from_settings(settings)
-    manifest = publish_tiny_gguf(registry, tiny_model, alias=ALIAS)
-    with running(settings) as url:
-        assert wait_loaded(url).status_code == 200
-        yield Service(url, settings, manifest, registry)
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,8 @@
 The template is rendered the way the nginx image renders it (only ${NGINX_HAVEN_*} replaced),
 with the temp folders moved into the test's directory so that nginx needs no system paths.
 
-Not here yet: "an SSE chat arrives incrementally through nginx" needs the API's chat endpoint,
-which the chat issue adds (llm's /v1/chat/completions is not routed through the API); that
-issue adds the test beside these.
+The API answers chats through a real llm service (the tiny GGUF, one slot), so a streamed
+chat goes through nginx exactly as in production.
 """
 
 from __future__ import annotations
@@ -32,7 +31,10 @@ from api.main import create_app
 from api.settings import ApiSettings
 from haven.db.engine import make_engine, make_session_factory
 from tests.fixtures.api import bootstrap_platform_admin
+from tests.fixtures.llm_service import Service, tiny_service
 from tests.fixtures.services import free_port, wait_http
+from tests.fixtures.sse import events_of
+from tests.fixtures.tiny_gguf import build_tiny_gguf
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_TEMPLATE = ROOT / "nginx" / "nginx.conf"
@@ -77,9 +79,16 @@ class Proxied:
         return found[-1]
 
 
+@pytest.fixture(scope="module")
+def llm(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    model = build_tiny_gguf(tmp_path_factory.mktemp("tiny-gguf"))
+    with tiny_service(s3_endpoint, tmp_path_factory.mktemp("llm"), model, llm_slots=1) as service:
+        yield service
+
+
 @pytest.fixture()
-def api_server(store_overrides: dict[str, Any]) -> Iterator[tuple[str, ApiSettings]]:
-    settings = ApiSettings(**store_overrides)
+def api_server(store_overrides: dict[str, Any], llm: Service) -> Iterator[tuple[str, ApiSettings]]:
+    settings = ApiSettings(**store_overrides, llm_url=llm.url, chat_heartbeat_seconds=0.3)
     port = free_port()
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=port, ws="none", log_level="warning"
@@ -190,6 +199,39 @@ def _admin_token(proxied: Proxied) -> str:
     finally:
         engine.dispose()
     return account.token
+
+
+def test_a_streamed_chat_arrives_event_by_event_through_nginx(
+    proxied: Proxied, llm: Service
+) -> None:
+    headers = {"Authorization": f"Bearer {_admin_token(proxied)}"}
+    chat = httpx.post(f"{proxied.url}/api/v1/chats", json={}, headers=headers)
+    assert chat.status_code == 201, chat.text
+    url = f"{proxied.url}/api/v1/chats/{chat.json()['id']}/messages"
+    # The only llm slot is busy, so the answer's stream starts (meta) and then waits: what
+    # the client receives meanwhile can only have come through unbuffered.
+    hold = {"messages": [{"role": "user", "content": "hold"}], "max_tokens": 12000, "stream": True}
+    with httpx.stream("POST", f"{llm.url}/v1/chat/completions", json=hold, timeout=30) as busy:
+        busy_lines = busy.iter_lines()  # held: dropping a half-read iterator closes it
+        next(busy_lines)
+        body = {"content": "Hello through the proxy", "rag": False, "max_tokens": 20}
+        with httpx.stream(
+            "POST", url, json=body, headers=headers, timeout=httpx.Timeout(30, read=20)
+        ) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            events = events_of(response)
+            first = next(events)
+            assert first.name == "meta" and first.data["sources"] == []
+            # The answer waits for the slot: no token of it exists yet.
+            llm.wait_until(lambda: llm.info()["waiting"] == 1, "the answer queued")
+            # The heartbeat comment passes through too while the answer waits.
+            assert next(events).name == "heartbeat"
+            busy.close()  # frees the slot
+            rest = [e for e in events if e.name != "heartbeat"]
+    assert {e.name for e in rest[:-1]} == {"token"} and rest[-1].name == "done"
+    assert rest[-1].data["usage"]["completion_tokens"] == 20
+    assert proxied.log_line_for(url.removeprefix(proxied.url))["status"] == 200
 
 
 def test_the_smoke_suite_passes_through_nginx_and_fails_on_a_bad_token(proxied: Proxied) -> None:

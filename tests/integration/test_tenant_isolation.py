@@ -116,6 +116,12 @@ def _dead_letter_untouched(world: World, owner: Account, letter_id: str) -> bool
 
 
 # One entry per path parameter that names a tenant-owned object.
+def _make_chat(world: World, owner: Account) -> str:
+    response = world.client.post("/api/v1/chats", json={"title": "plans"}, headers=owner.headers)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
 FACTORIES: dict[str, Factory] = {
     "user_id": Factory(_make_user, lambda w, o, i: _ok(w, o, f"/api/v1/admin/users/{i}")),
     "key_id": Factory(_make_api_key, _api_key_untouched),
@@ -123,11 +129,13 @@ FACTORIES: dict[str, Factory] = {
     "job_id": Factory(_make_job, _job_untouched),
     "upload_id": Factory(_make_upload, _upload_untouched),
     "dead_letter_id": Factory(_make_dead_letter, _dead_letter_untouched),
+    "chat_id": Factory(_make_chat, lambda w, o, i: _ok(w, o, f"/api/v1/chats/{i}")),
 }
 
 # Bodies valid for the route's schema, so that validation (422) cannot hide the 404.
 BODIES: dict[tuple[str, str], dict[str, object]] = {
     ("PATCH", "/api/v1/admin/users/{user_id}"): {"role": "editor"},
+    ("POST", "/api/v1/chats/{chat_id}/messages"): {"content": "what is in the plans?"},
 }
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import structlog
 
+from haven.answer_cache import invalidate_documents
 from haven.auth.principal import Principal
 from haven.db.engine import transaction
 from haven.db.repositories import ChunkRepository, DocumentRepository
@@ -206,6 +207,8 @@ class IngestRun:
                 document.state = DocumentState.READY
                 document.current_version = s.version
             store.finish(s.job_id)
+        # Answers that cited the document's earlier version are stale now.
+        invalidate_documents(self.rt.redis, s.principal.tenant_id, [s.document_id])
         log.info(
             "ingest.ready", document_id=str(s.document_id), version=s.version, chunks=chunk_count
         )

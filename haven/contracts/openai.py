@@ -1,4 +1,5 @@
-"""The OpenAI wire format: requests, answers, stream chunks and errors.
+"""The OpenAI wire format (requests, answers, stream chunks, errors), spoken by the llm service
+and by the API's OpenAI-compatible RAG endpoint.
 
 Only what Haven serves is modelled. Unknown request fields are ignored rather than refused,
 because OpenAI clients send fields (``user``, ``logit_bias`` ...) that change nothing here.

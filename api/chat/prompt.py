@@ -1,0 +1,119 @@
+"""The RAG prompt: passages packed into the model's context, numbered for citation.
+
+Packing takes the passages in relevance order and keeps each one whole: a passage that does
+not fit what is left of the budget is left out (a shorter, less relevant one may still fit),
+never cut. The budget is the model's context minus the longest answer asked for, the
+instructions, the question and the conversation history kept, and a margin for the chat
+template's own tokens.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# Tokens a chat template adds around each message (role markers, turn separators), and
+# around the whole prompt; generous for the templates Haven serves (Gemma, Llama, ChatML).
+TEMPLATE_TOKENS_PER_MESSAGE = 8
+TEMPLATE_TOKENS_BASE = 32
+# History never takes more than this share of the context.
+HISTORY_SHARE = 0.25
+
+RAG_INSTRUCTIONS = (
+    "You are Haven, an assistant that answers questions about the organisation's documents. "
+    "Answer using only the numbered sources given with the question. After each statement, "
+    "cite the sources it comes from by their numbers in square brackets, like [1] or [2][3]. "
+    "If the sources do not contain the answer, say that you do not know."
+)
+PLAIN_INSTRUCTIONS = "You are Haven, a helpful assistant. Answer clearly and briefly."
+NO_SOURCES_NOTE = "(No passage of the documents matched the question.)"
+
+_CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A retrieved chunk, before numbering."""
+
+    chunk_id: str
+    document_id: str
+    title: str | None
+    version: int | None
+    page: int | None
+    heading: str | None
+    score: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str  # "user" | "assistant"
+    content: str
+
+
+def source_block(n: int, passage: Passage) -> str:
+    where = passage.title or "untitled"
+    if passage.page is not None:
+        where += f", page {passage.page}"
+    if passage.heading:
+        where += f" — {passage.heading}"
+    return f"[{n}] ({where})\n{passage.text}"
+
+
+def user_content(question: str, blocks: Sequence[str], rag: bool) -> str:
+    if not rag:
+        return question
+    sources = "\n\n".join(blocks) if blocks else NO_SOURCES_NOTE
+    return f"Sources:\n\n{sources}\n\nQuestion: {question}"
+
+
+@dataclass(frozen=True)
+class Budget:
+    context_length: int
+    max_answer_tokens: int
+
+    def answer_tokens(self, prompt_tokens: int) -> int:
+        return min(self.max_answer_tokens, self.context_length - prompt_tokens)
+
+
+def pack(
+    passages: Sequence[Passage],
+    passage_tokens: Sequence[int],
+    room: int,
+) -> list[int]:
+    """Indexes of the passages that fit ``room`` tokens whole, in relevance order."""
+    kept: list[int] = []
+    for i, tokens in enumerate(passage_tokens):
+        if tokens <= room:
+            kept.append(i)
+            room -= tokens
+    return kept
+
+
+def keep_history(turns: Sequence[Turn], turn_tokens: Sequence[int], room: int) -> list[Turn]:
+    """The newest turns that fit ``room`` tokens, oldest first; a conversation is never
+    resumed in the middle of a question and its answer (the oldest kept turn is a user's)."""
+    kept: list[Turn] = []
+    for turn, tokens in zip(reversed(turns), reversed(turn_tokens), strict=True):
+        cost = tokens + TEMPLATE_TOKENS_PER_MESSAGE
+        if cost > room:
+            break
+        kept.append(turn)
+        room -= cost
+    kept.reverse()
+    while kept and kept[0].role != "user":
+        kept.pop(0)
+    return kept
+
+
+def cited_numbers(answer: str, available: int) -> list[int]:
+    """The source numbers an answer cites (``[2]``, ``[1, 3]``), in order of first mention;
+    numbers that name no source are ignored."""
+    seen: list[int] = []
+    for match in _CITATION.finditer(answer):
+        for part in match.group(1).split(","):
+            n = int(part)
+            if 1 <= n <= available and n not in seen:
+                seen.append(n)
+    return seen

@@ -1,0 +1,224 @@
+"""Chats: conversations with the documents, answered over SSE (or JSON) with citations."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+
+from api.chat import service
+from api.chat.answer import (
+    AnswerDone,
+    AnswerFailed,
+    AnswerRequest,
+    AnswerToken,
+    PreparedAnswer,
+    generate,
+    prepare,
+)
+from api.chat.schemas import (
+    AnswerRead,
+    ChatCreate,
+    ChatPage,
+    ChatRead,
+    MessageCreate,
+    MessagePage,
+)
+from api.chat.stream import AnswerStream, sse_event, with_heartbeat
+from api.deps import CurrentPrincipal, RequestIdDep, RuntimeDep, SessionDep
+from haven.db.repositories import ChatRepository, MessageRepository
+from haven.db.tables import Chat
+
+router = APIRouter(prefix="/api/v1", tags=["chat"])
+
+
+@router.post("/chats", status_code=status.HTTP_201_CREATED, response_model=ChatRead)
+def create_chat(body: ChatCreate, session: SessionDep, principal: CurrentPrincipal) -> Chat:
+    return ChatRepository(session, principal).add(Chat(title=(body.title or "").strip()))
+
+
+@router.get("/chats", response_model=ChatPage)
+def list_chats(
+    session: SessionDep,
+    principal: CurrentPrincipal,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> ChatPage:
+    rows, total = ChatRepository(session, principal).list_page(offset=offset, limit=limit)
+    return ChatPage(
+        items=[ChatRead.model_validate(r) for r in rows], total=total, offset=offset, limit=limit
+    )
+
+
+@router.get("/chats/{chat_id}", response_model=ChatRead)
+def get_chat(chat_id: uuid.UUID, session: SessionDep, principal: CurrentPrincipal) -> Chat:
+    return ChatRepository(session, principal).require(chat_id)
+
+
+@router.get("/chats/{chat_id}/messages", response_model=MessagePage)
+def list_messages(
+    chat_id: uuid.UUID,
+    session: SessionDep,
+    principal: CurrentPrincipal,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 200,
+) -> MessagePage:
+    ChatRepository(session, principal).require(chat_id)
+    messages = MessageRepository(session, principal)
+    rows = messages.of_chat(chat_id, offset=offset, limit=limit)
+    return MessagePage(
+        items=[service.message_read(m) for m in rows],
+        total=messages.count_of_chat(chat_id),
+        offset=offset,
+        limit=limit,
+    )
+
+
+@router.delete("/chats/{chat_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_chat(chat_id: uuid.UUID, session: SessionDep, principal: CurrentPrincipal) -> Response:
+    chats = ChatRepository(session, principal)
+    chats.delete(chats.require(chat_id))  # its messages go with it (ON DELETE CASCADE)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _wants_json(accept: str | None) -> bool:
+    accept = (accept or "").lower()
+    return "application/json" in accept and "text/event-stream" not in accept
+
+
+@router.post(
+    "/chats/{chat_id}/messages",
+    response_model=None,
+    responses={200: {"content": {"text/event-stream": {}, "application/json": {}}}},
+)
+async def post_message(
+    chat_id: uuid.UUID,
+    body: MessageCreate,
+    request: Request,
+    principal: CurrentPrincipal,
+    runtime: RuntimeDep,
+    request_id: RequestIdDep,
+    accept: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Ask a question in a chat. The answer streams as server-sent events (``meta``,
+    ``token``..., ``done`` or ``error``) unless the request asks for ``application/json``."""
+    started = time.perf_counter()
+    factory = runtime.session_factory
+    history = await asyncio.to_thread(
+        service.load_history, factory, principal, chat_id, runtime.settings.chat_history_messages
+    )
+    prepared = await prepare(
+        runtime,
+        principal.tenant_id,
+        AnswerRequest(
+            question=body.content,
+            history=history,
+            rag=body.rag,
+            search=body.search,
+            max_tokens=body.max_tokens,
+            temperature=body.temperature,
+            seed=body.seed,
+        ),
+    )
+    await asyncio.to_thread(service.store_question, factory, principal, chat_id, body.content)
+    recorder = service.AnswerRecorder(
+        factory, principal, chat_id, uuid.uuid4(), request_id, started
+    )
+    events = _recorded(generate(runtime, principal.tenant_id, prepared), recorder)
+    if _wants_json(accept):
+        return await _json_answer(events, prepared, recorder, chat_id, request_id)
+
+    async def store() -> None:
+        await asyncio.to_thread(recorder.save, time.perf_counter())
+
+    content = _sse(events, prepared, recorder, chat_id, request_id)
+    return AnswerStream(with_heartbeat(content, runtime.settings.chat_heartbeat_seconds), store)
+
+
+async def _recorded(
+    events: AsyncIterator[AnswerToken | AnswerDone | AnswerFailed],
+    recorder: service.AnswerRecorder,
+) -> AsyncIterator[AnswerToken | AnswerDone | AnswerFailed]:
+    async for event in events:
+        if isinstance(event, AnswerToken):
+            recorder.parts.append(event.text)
+        elif isinstance(event, AnswerDone):
+            recorder.done = event
+        yield event
+
+
+async def _sse(
+    events: AsyncIterator[AnswerToken | AnswerDone | AnswerFailed],
+    prepared: PreparedAnswer,
+    recorder: service.AnswerRecorder,
+    chat_id: uuid.UUID,
+    request_id: str | None,
+) -> AsyncIterator[str]:
+    yield sse_event(
+        "meta",
+        {
+            "request_id": request_id,
+            "chat_id": str(chat_id),
+            "message_id": str(recorder.message_id),
+            "model": prepared.model,
+            "sources": [s.model_dump(mode="json") for s in prepared.sources],
+            "reason": prepared.reason,
+        },
+    )
+    async for event in events:
+        if isinstance(event, AnswerToken):
+            yield sse_event("token", {"text": event.text})
+        elif isinstance(event, AnswerDone):
+            yield sse_event(
+                "done",
+                {
+                    "message_id": str(recorder.message_id),
+                    "finish_reason": event.finish_reason,
+                    "usage": event.usage.model_dump(),
+                    "citations": [c.model_dump(mode="json") for c in event.citations],
+                    "cached": event.cached,
+                },
+            )
+        else:
+            yield sse_event(
+                "error",
+                {"reason": event.reason, "status": event.status, "retry_after": event.retry_after},
+            )
+
+
+async def _json_answer(
+    events: AsyncIterator[AnswerToken | AnswerDone | AnswerFailed],
+    prepared: PreparedAnswer,
+    recorder: service.AnswerRecorder,
+    chat_id: uuid.UUID,
+    request_id: str | None,
+) -> Response:
+    try:
+        async for event in events:
+            if isinstance(event, AnswerFailed):
+                headers = {"Retry-After": str(event.retry_after)} if event.retry_after else None
+                return JSONResponse(
+                    {"detail": event.reason}, status_code=event.status, headers=headers
+                )
+            if isinstance(event, AnswerDone):
+                answer = AnswerRead(
+                    chat_id=chat_id,
+                    message_id=recorder.message_id,
+                    request_id=request_id,
+                    content=event.text,
+                    sources=prepared.sources,
+                    citations=event.citations,
+                    usage=event.usage,
+                    finish_reason="stop" if event.finish_reason == "stop" else "length",
+                    cached=event.cached,
+                    reason=prepared.reason,
+                )
+                return JSONResponse(answer.model_dump(mode="json"))
+    finally:
+        await asyncio.to_thread(recorder.save, time.perf_counter())
+    raise AssertionError("an answer always ends with done or error")

@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from api.search.schemas import SearchOptions
+
+
+class ChatCreate(BaseModel):
+    title: str | None = Field(default=None, max_length=500)
+
+
+class ChatRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    title: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class ChatPage(BaseModel):
+    items: list[ChatRead]
+    total: int
+    offset: int
+    limit: int
+
+
+class ChatSearch(SearchOptions):
+    """The retrieval of a RAG answer: a few passages, since they must fit the prompt."""
+
+    top_k: int = Field(default=6, ge=1, le=20)
+
+
+class MessageCreate(BaseModel):
+    content: str = Field(min_length=1, max_length=8000)
+    rag: bool = True
+    search: ChatSearch = Field(default_factory=ChatSearch)
+    max_tokens: int | None = Field(default=None, ge=1, le=32768)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+
+    @field_validator("content")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the message is empty")
+        return value.strip()
+
+
+class Source(BaseModel):
+    """A retrieved passage as the prompt numbered it: the answer cites it as ``[n]``."""
+
+    n: int
+    chunk_id: uuid.UUID
+    document_id: uuid.UUID
+    title: str | None
+    version: int | None
+    page: int | None
+    heading: str | None
+    score: float
+    text: str
+
+
+class Citation(BaseModel):
+    """What ``[n]`` in an answer points at."""
+
+    n: int
+    chunk_id: uuid.UUID
+    document_id: uuid.UUID
+    title: str | None
+    version: int | None
+    page: int | None
+    # Whether the answer's text actually cites it (a model may not cite every passage).
+    cited: bool
+
+
+class UsageRead(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class MessageRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    chat_id: uuid.UUID
+    role: str
+    content: str
+    citations: list[dict[str, Any]]
+    usage: dict[str, Any]
+    created_at: datetime
+
+
+class MessagePage(BaseModel):
+    items: list[MessageRead]
+    total: int
+    offset: int
+    limit: int
+
+
+class AnswerRead(BaseModel):
+    """The whole answer in one response (``Accept: application/json``)."""
+
+    chat_id: uuid.UUID
+    message_id: uuid.UUID
+    request_id: str | None
+    content: str
+    sources: list[Source]
+    citations: list[Citation]
+    usage: UsageRead
+    finish_reason: Literal["stop", "length"]
+    cached: bool
+    reason: str | None = None

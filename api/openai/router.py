@@ -1,0 +1,205 @@
+"""The OpenAI-compatible RAG endpoint: model ``haven-rag`` answers from the caller's documents.
+
+Open WebUI, the Vercel AI SDK, LangChain and the ``openai`` client work unchanged: point their
+base URL at ``https://haven.example/v1`` and use a Haven API key (or a user's token) as the
+key. The last user message is the question, earlier user and assistant messages are the
+conversation, system messages are added to Haven's instructions. Each answer carries its
+citations in a ``citations`` field (the final chunk's, when streamed). Retrieval options go in
+the request's ``search`` field (``extra_body`` in the OpenAI SDKs); ``rag: false`` answers
+without the documents. Nothing is stored as a chat: applications keep their own history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, status
+from fastapi.responses import JSONResponse, Response
+from pydantic import Field
+
+from api.chat.answer import AnswerDone, AnswerFailed, AnswerRequest, AnswerToken, generate, prepare
+from api.chat.prompt import Turn
+from api.chat.schemas import ChatSearch
+from api.chat.service import record_usage
+from api.chat.stream import AnswerStream, with_heartbeat
+from api.deps import CurrentPrincipal, RequestIdDep, RuntimeDep
+from haven.contracts.openai import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    ModelCard,
+    ModelList,
+    Usage,
+    error_body,
+    new_id,
+    now,
+)
+
+MODEL = "haven-rag"
+DONE = "data: [DONE]\n\n"
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+STARTED = now()
+
+
+class RagCompletionRequest(ChatCompletionRequest):
+    rag: bool = True
+    search: ChatSearch = Field(default_factory=ChatSearch)
+
+
+class RagCompletion(ChatCompletion):
+    citations: list[dict[str, Any]]
+
+
+class RagCompletionChunk(ChatCompletionChunk):
+    citations: list[dict[str, Any]] | None = None
+
+
+def _error(
+    status_code: int, message: str, code: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    kind = "invalid_request_error" if status_code < 500 else "server_error"
+    return JSONResponse(
+        error_body(message, type_=kind, code=code), status_code=status_code, headers=headers
+    )
+
+
+@router.get("/models")
+async def list_models(_: CurrentPrincipal) -> ModelList:
+    return ModelList(data=[ModelCard(id=MODEL, created=STARTED)])
+
+
+def _answer_request(body: RagCompletionRequest) -> AnswerRequest:
+    messages = [m for m in body.messages if m.role in ("system", "developer", "user", "assistant")]
+    if not messages or messages[-1].role != "user" or not messages[-1].text().strip():
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, "the last message must be the user's question"
+        )
+    instructions = "\n\n".join(
+        m.text() for m in messages if m.role in ("system", "developer") and m.text().strip()
+    )
+    history = [Turn(m.role, m.text()) for m in messages[:-1] if m.role in ("user", "assistant")]
+    return AnswerRequest(
+        question=messages[-1].text().strip(),
+        history=history,
+        rag=body.rag,
+        search=body.search,
+        max_tokens=body.token_limit(),
+        temperature=body.temperature,
+        seed=body.seed,
+        instructions=instructions or None,
+    )
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: RagCompletionRequest,
+    principal: CurrentPrincipal,
+    runtime: RuntimeDep,
+    request_id: RequestIdDep,
+) -> Response:
+    if body.model not in (None, MODEL):
+        return _error(
+            status.HTTP_404_NOT_FOUND,
+            f"model {body.model!r} does not exist; this endpoint serves {MODEL!r}",
+            "model_not_found",
+        )
+    started = time.perf_counter()
+    try:
+        prepared = await prepare(runtime, principal.tenant_id, _answer_request(body))
+    except HTTPException as exc:
+        code = "overloaded" if exc.status_code == 503 else "invalid_request"
+        return _error(exc.status_code, str(exc.detail), code, dict(exc.headers or {}))
+    events = generate(runtime, principal.tenant_id, prepared)
+    completion_id, created = new_id("chatcmpl"), now()
+    done: AnswerDone | None = None
+
+    async def account() -> None:
+        if done is not None:
+            await asyncio.to_thread(
+                record_usage,
+                runtime.session_factory,
+                principal,
+                done,
+                time.perf_counter() - started,
+                request_id,
+            )
+
+    if not body.stream:
+        parts: list[str] = []
+        async for event in events:
+            if isinstance(event, AnswerFailed):
+                headers = {"Retry-After": str(event.retry_after)} if event.retry_after else None
+                return _error(event.status, event.reason, "generation_failed", headers)
+            if isinstance(event, AnswerToken):
+                parts.append(event.text)
+            else:
+                done = event
+        if done is None:
+            raise AssertionError("an answer always ends with done or an error")
+        await account()
+        answer = RagCompletion(
+            id=completion_id,
+            created=created,
+            model=MODEL,
+            choices=[
+                ChatChoice(
+                    message=AssistantMessage(content=done.text),
+                    finish_reason="stop" if done.finish_reason == "stop" else "length",
+                )
+            ],
+            usage=Usage.of(done.usage.prompt_tokens, done.usage.completion_tokens),
+            citations=[c.model_dump(mode="json") for c in done.citations],
+        )
+        return JSONResponse(answer.model_dump(mode="json"))
+
+    include_usage = body.stream_options is None or body.stream_options.include_usage
+
+    def chunk(delta: ChatDelta, **extra: Any) -> str:
+        payload = RagCompletionChunk(
+            id=completion_id,
+            created=created,
+            model=MODEL,
+            choices=[ChatChunkChoice(delta=delta, finish_reason=extra.pop("reason", None))],
+            **extra,
+        )
+        return f"data: {payload.model_dump_json(exclude_none=True)}\n\n"
+
+    async def stream() -> AsyncIterator[str]:
+        nonlocal done
+        yield chunk(ChatDelta(role="assistant", content=""))
+        async for event in events:
+            if isinstance(event, AnswerToken):
+                yield chunk(ChatDelta(content=event.text))
+            elif isinstance(event, AnswerDone):
+                done = event
+                usage = (
+                    Usage.of(event.usage.prompt_tokens, event.usage.completion_tokens)
+                    if include_usage
+                    else None
+                )
+                yield chunk(
+                    ChatDelta(),
+                    reason="stop" if event.finish_reason == "stop" else "length",
+                    usage=usage,
+                    citations=[c.model_dump(mode="json") for c in event.citations],
+                )
+            else:
+                error = error_body(
+                    event.reason,
+                    type_="server_error",
+                    code="overloaded" if event.status == 503 else "generation_failed",
+                    retry_after=event.retry_after,
+                )
+                yield f"data: {json.dumps(error)}\n\n"
+        yield DONE
+
+    return AnswerStream(with_heartbeat(stream(), runtime.settings.chat_heartbeat_seconds), account)

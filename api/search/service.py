@@ -1,0 +1,59 @@
+"""Retrieval for the API: embed the query through emb, then search the tenant's chunks.
+
+The search endpoint and the chat's RAG answers both come through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from fastapi import HTTPException, status
+
+from api.runtime import ApiRuntime
+from api.search.schemas import SearchOptions
+from haven.emb_client import EmbeddingRejected, EmbeddingUnavailable
+from haven.index import SparseVector
+from haven.search import QueryVectors, SearchFilters, SearchOutcome, SearchParams, search
+
+
+async def retrieve(
+    runtime: ApiRuntime, tenant_id: uuid.UUID, query: str, options: SearchOptions
+) -> SearchOutcome:
+    alias = runtime.settings.search_alias
+    try:
+        embedded = await runtime.emb.embed([query], aliases=[alias], sparse="query")
+    except EmbeddingUnavailable as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "the embedding service is busy or down",
+            headers={"Retry-After": str(max(1, int(exc.retry_after or 1)))},
+        ) from exc
+    except EmbeddingRejected as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    item = embedded.data[0]
+    sparse = item.sparse
+    vectors = QueryVectors(
+        alias=alias,
+        dense=item.dense[alias],
+        sparse=SparseVector(sparse.indices, sparse.values) if sparse else SparseVector([], []),
+    )
+    f = options.filters
+    params = SearchParams(
+        mode=options.mode,
+        top_k=options.top_k,
+        fusion=options.fusion,
+        rrf_k=options.rrf_k,
+        mmr=options.mmr,
+        mmr_lambda=options.mmr_lambda,
+        candidates=runtime.settings.search_candidates,
+        filters=SearchFilters(
+            tags=f.tags,
+            document_ids=f.document_ids,
+            mime=f.mime,
+            lang=f.lang,
+            updated_from=f.updated_from,
+            updated_to=f.updated_to,
+        ),
+    )
+    return await asyncio.to_thread(search, runtime.index, tenant_id, vectors, params)
