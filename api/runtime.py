@@ -24,6 +24,7 @@ from haven.auth.tokens import TokenService
 from haven.db.engine import make_engine, make_session_factory
 from haven.emb_client import AsyncEmbClient
 from haven.index import ChunkIndex
+from haven.job_metrics import JobPipelineCollector
 from haven.llm_client import AsyncLlmClient
 from haven.queueing import create_celery
 from haven.storage import make_client
@@ -52,10 +53,13 @@ class ApiRuntime:
     def build(cls, settings: ApiSettings) -> ApiRuntime:
         engine = make_engine(settings)
         registry = CollectorRegistry()
+        session_factory = make_session_factory(engine)
+        celery = create_celery(settings)
+        registry.register(JobPipelineCollector(celery, session_factory, settings.job_lease_seconds))
         return cls(
             settings=settings,
             engine=engine,
-            session_factory=make_session_factory(engine),
+            session_factory=session_factory,
             redis=redis.Redis.from_url(
                 settings.redis_url, socket_connect_timeout=2, socket_timeout=5
             ),
@@ -63,7 +67,7 @@ class ApiRuntime:
             tokens=TokenService(settings),
             metrics=RequestMetrics("api", registry),
             registry=registry,
-            celery=create_celery(settings),
+            celery=celery,
             emb=AsyncEmbClient(settings.emb_url),
             llm=AsyncLlmClient(settings.llm_url),
             answers=AnswerCache(

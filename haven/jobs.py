@@ -138,6 +138,12 @@ class JobStore:
         """Jobs whose worker stopped sending heartbeats (it died)."""
         return self._stale(JobState.RUNNING, Job.heartbeat_at, older_than, limit)
 
+    def count_stale_running(self, older_than: timedelta) -> int:
+        stmt = select(func.count()).where(
+            Job.state == JobState.RUNNING, Job.heartbeat_at < _now() - older_than
+        )
+        return int(self.session.execute(stmt).scalar_one())
+
     def stale_queued(self, older_than: timedelta, limit: int = 100) -> Sequence[Job]:
         """Queued jobs nobody picked up (their message was lost); safe to send again."""
         return self._stale(JobState.QUEUED, Job.updated_at, older_than, limit)

@@ -187,6 +187,7 @@ def run(api_port: int = 8080) -> None:
     llm_port = int(os.environ.get("HAVEN_LOCAL_LLM_PORT", "8083"))
     emb_port = int(os.environ.get("HAVEN_LOCAL_EMB_PORT", "8082"))
     env.setdefault("HAVEN_EMB_URL", f"http://127.0.0.1:{emb_port}")
+    env.setdefault("HAVEN_LLM_URL", f"http://127.0.0.1:{llm_port}")
     services.append(
         Service(
             "llm", uvicorn("llm.main:create_app", llm_port), f"http://127.0.0.1:{llm_port}/readyz"

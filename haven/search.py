@@ -44,6 +44,10 @@ class SearchParams:
     mmr_lambda: float = 0.5
     candidates: int = 100
     filters: SearchFilters = field(default_factory=SearchFilters)
+    # Run each channel on its own as well, to report every hit's rank per channel. The fused
+    # result is the same without; a caller that only needs it (the benchmark) saves the
+    # second scoring of both channels.
+    channel_ranks: bool = True
 
 
 @dataclass(frozen=True)
@@ -170,9 +174,13 @@ def search(
                 with_payload=True,
             )
 
-    responses = index.client.query_batch_points(index.collection, [*channels, final])
+    if not params.channel_ranks and params.mode == "hybrid":
+        reported: list[models.QueryRequest] = []
+    else:
+        reported = channels
+    responses = index.client.query_batch_points(index.collection, [*reported, final])
     ranks: dict[str, dict[str, int]] = {}
-    for request, response in zip(channels, responses, strict=False):
+    for request, response in zip(reported, responses, strict=False):
         name = "lexical" if request.using == SPARSE_NAME else "dense"
         ranks[name] = {str(p.id): rank for rank, p in enumerate(response.points, start=1)}
     hits = [

@@ -81,6 +81,9 @@ class StoreSettings(HavenSettings):
     task_expires_seconds: int = 86400
     # Attempts a job gets before it fails and its message goes to the dead-letter queue.
     job_max_attempts: int = 5
+    # A running job whose worker sent no heartbeat for this long is taken over or requeued
+    # (the reaper: after two leases); the API's /metrics counts such jobs as stuck.
+    job_lease_seconds: int = 60
 
     @model_validator(mode="after")
     def _refuse_development_store_secrets(self) -> StoreSettings:

@@ -25,8 +25,6 @@ class WorkerSettings(ModelStoreSettings):
     extract_max_pages: int = 2000
     retry_backoff_seconds: float = 2.0
     retry_backoff_max_seconds: float = 300.0
-    # A running job whose worker sent no heartbeat for this long is taken over or requeued.
-    job_lease_seconds: int = 60
     # A queued job whose message guard expired this long ago is sent again.
     reaper_interval_seconds: float = 30.0
     worker_concurrency: int = 2

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import tempfile
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +29,7 @@ from sentence_transformers import SentenceTransformer
 from sqlalchemy import text
 from transformers import AutoTokenizer
 
-from bench.common import machine
+from bench.common import PeakRss, machine
 from haven.db.engine import make_engine, make_session_factory
 from haven.settings import StoreSettings
 from models.defaults import publish_default_embedding
@@ -63,37 +62,6 @@ def corpus_files(limit: int) -> list[tuple[str, bytes]]:
             if len(files) >= limit:
                 break
     return files
-
-
-class PeakRss:
-    """Samples a process tree's resident memory; the peak is what the worker needed."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak_kb = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _rss_kb(self) -> int:
-        try:
-            status = Path(f"/proc/{self.pid}/status").read_text()
-        except FileNotFoundError:
-            return 0
-        return next(
-            (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")), 0
-        )
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            self.peak_kb = max(self.peak_kb, self._rss_kb())
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def main() -> None:

@@ -82,6 +82,11 @@ def main() -> None:
         default=300,
         help="chunks retrieved per query (enough for 100 distinct documents)",
     )
+    parser.add_argument(
+        "--modes",
+        default="dense,lexical,hybrid,hybrid + mmr,hybrid (dbsf)",
+        help="comma-separated modes to run",
+    )
     args = parser.parse_args()
 
     corpus, queries, qrels = load()
@@ -148,13 +153,19 @@ def main() -> None:
         ),
         "hybrid (dbsf)": SearchParams(mode="hybrid", fusion="dbsf"),
     }
+    wanted = [m.strip() for m in args.modes.split(",")]
+    unknown = set(wanted) - set(runs)
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}; known: {sorted(runs)}")
     scores: dict[str, tuple[float, float, float]] = {}
-    for name, params in runs.items():
+    for name in wanted:
         params = SearchParams(
             **{
-                **params.__dict__,
+                **runs[name].__dict__,
                 "top_k": args.chunks_per_query,
                 "candidates": args.chunks_per_query,
+                # Only the fused ranking is scored here.
+                "channel_ranks": False,
             }
         )
         t0 = time.perf_counter()
@@ -193,7 +204,7 @@ def main() -> None:
         [
             f"## retrieval (SciFact test, 300 queries) — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
             f"machine: {machine()}",
-            "command: `.venv/bin/python -m bench.retrieval.run`",
+            f"command: `.venv/bin/python -m bench.retrieval.run --modes '{args.modes}'`",
             f"index: {len(corpus)} documents → {len(passages)} chunks "
             f"({worker.chunk_max_tokens} tokens, overlap {worker.chunk_overlap_tokens}), "
             f"all-MiniLM-L6-v2 + BM25 sparse (k1 {emb.bm25.k1}, b {emb.bm25.b}, "

@@ -3,6 +3,7 @@ SSE with the real emb service (MiniLM) and the real llm service (the tiny GGUF).
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import uuid
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from haven.db.tables import Chunk, Role
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import upload, wait_for, wait_job
 from tests.fixtures.api import Account, create_tenant_with_admin, create_user
+from tests.fixtures.processes import ROOT
 from tests.fixtures.sse import Event, events_of
 
 WAREHOUSE = (
@@ -326,3 +328,16 @@ def test_bad_chat_requests_are_refused_with_the_reason(stack: Stack, library: Li
         stack.llm.start()
     stored = stack.client.get(url, headers=owner.headers).json()
     assert stored["total"] == 0
+
+
+def test_smoke_suite_passes_against_this_haven(stack: Stack, library: Library) -> None:
+    done = subprocess.run(
+        ["bash", str(ROOT / "stack" / "smoke.sh"), stack.base_url, library.owner.token],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for step in ("ingest job to ready", "hybrid search finds the file", "streamed answer"):
+        assert step in done.stdout
+    assert "smoke: all 12 steps passed" in done.stdout

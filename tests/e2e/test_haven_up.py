@@ -1,4 +1,5 @@
-"""The README's run command: `haven up` starts every service, serves a sign-in, stops cleanly."""
+"""The README's run command: `haven up` starts every service, serves a sign-in, passes the
+smoke suite, and stops cleanly."""
 
 from __future__ import annotations
 
@@ -64,6 +65,18 @@ def test_haven_up_runs_the_whole_stack_and_stops_it(s3_endpoint: str, tmp_path: 
             f"http://127.0.0.1:{api}/api/v1/me", headers={"Authorization": f"Bearer {token}"}
         ).json()
         assert (me["tenant_slug"], me["role"]) == ("default", "admin")
+
+        # The post-deploy smoke suite passes against it: ingest, kNN and hybrid search, and
+        # a streamed answer from the bundled Gemma model.
+        smoke = subprocess.run(
+            ["bash", str(ROOT / "stack" / "smoke.sh"), f"http://127.0.0.1:{api}", token],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "SMOKE_TIMEOUT": "120"},
+        )
+        assert smoke.returncode == 0, smoke.stdout + smoke.stderr
+        assert "smoke: all 12 steps passed" in smoke.stdout
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy import update
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.main import create_app
 from api.settings import ApiSettings
+from haven.db.engine import transaction
+from haven.db.tables import Job, JobState
 from tests.fixtures.api import Account
 
 DEPENDENCIES = {"postgres", "redis", "broker", "s3", "vector_store"}
@@ -71,3 +77,38 @@ def test_unhandled_errors_are_json_without_trace(api_client: TestClient) -> None
     response = api_client.post("/api/v1/auth/token", data={"username": "x"})
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "body.password"
+
+
+def _sample(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_metrics_show_waiting_messages_and_stuck_jobs(
+    api_client: TestClient, tenant_a: Account, session_factory: sessionmaker[Session]
+) -> None:
+    uploaded = api_client.post(
+        "/api/v1/documents",
+        files={"file": ("notes.txt", b"Quarterly notes about the harbour cranes.")},
+        headers=tenant_a.headers,
+    )
+    assert uploaded.status_code == 201, uploaded.text
+    job_id = uuid.UUID(uploaded.json()["job_id"])
+
+    metrics = api_client.get("/metrics").text
+    # No worker runs here: the upload's message waits in the ingest queue.
+    assert (_sample(metrics, 'haven_queue_length{queue="ingest"}') or 0) >= 1
+    assert _sample(metrics, 'haven_queue_length{queue="haven.dead"}') is not None
+    stuck_before = _sample(metrics, "haven_jobs_stuck")
+    assert stuck_before is not None
+
+    # A worker took the job and died: no heartbeat for longer than two leases.
+    with transaction(session_factory) as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(state=JobState.RUNNING, heartbeat_at=datetime.now(UTC) - timedelta(hours=1))
+        )
+    assert _sample(api_client.get("/metrics").text, "haven_jobs_stuck") == stuck_before + 1
