@@ -214,7 +214,7 @@ def test_a_streamed_chat_arrives_event_by_event_through_nginx(
     with httpx.stream("POST", f"{llm.url}/v1/chat/completions", json=hold, timeout=30) as busy:
         busy_lines = busy.iter_lines()  # held: dropping a half-read iterator closes it
         next(busy_lines)
-        body = {"content": "Hello through the proxy", "rag": False, "max_tokens": 20}
+        body = {"content": "Hello through the proxy", "rag": False, "max_tokens": 3000}
         with httpx.stream(
             "POST", url, json=body, headers=headers, timeout=httpx.Timeout(30, read=20)
         ) as response:
@@ -228,9 +228,13 @@ def test_a_streamed_chat_arrives_event_by_event_through_nginx(
             # The heartbeat comment passes through too while the answer waits.
             assert next(events).name == "heartbeat"
             busy.close()  # frees the slot
+            while next(events).name != "token":
+                pass
+            # The first token is here while the answer is still being generated.
+            assert llm.info()["active_slots"] == 1
             rest = [e for e in events if e.name != "heartbeat"]
     assert {e.name for e in rest[:-1]} == {"token"} and rest[-1].name == "done"
-    assert rest[-1].data["usage"]["completion_tokens"] == 20
+    assert rest[-1].data["usage"]["completion_tokens"] == 3000
     assert proxied.log_line_for(url.removeprefix(proxied.url))["status"] == 200
 
 
