@@ -326,6 +326,18 @@ def test_bad_chat_requests_are_refused_with_the_reason(stack: Stack, library: Li
         assert int(down.headers["Retry-After"]) >= 1
     finally:
         stack.llm.start()
+    # The same with the embedding service down: retrieval cannot run.
+    stack.emb.stop()
+    try:
+        down = stack.client.post(url, json={"content": "Anyone there?"}, headers=owner.headers)
+        assert down.status_code == 503, down.text
+        assert int(down.headers["Retry-After"]) >= 1
+        search = stack.client.post(
+            "/api/v1/search", json={"query": "copper"}, headers=owner.headers
+        )
+        assert search.status_code == 503 and int(search.headers["Retry-After"]) >= 1
+    finally:
+        stack.emb.start()
     stored = stack.client.get(url, headers=owner.headers).json()
     assert stored["total"] == 0
 
