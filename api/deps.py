@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -10,6 +10,7 @@ import structlog
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.outbox import JobOutbox
 from api.runtime import ApiRuntime
@@ -29,16 +30,24 @@ def get_runtime(request: Request) -> ApiRuntime:
 RuntimeDep = Annotated[ApiRuntime, Depends(get_runtime)]
 
 
-def get_session(request: Request, runtime: RuntimeDep) -> Iterator[Session]:
+async def get_session(request: Request, runtime: RuntimeDep) -> AsyncIterator[Session]:
     """One transaction per request: committed when the endpoint returns, before the response
     is sent (scope="function"), rolled back when it raises. Jobs the request created are
     sent to the broker only after the commit, so a worker never looks for a row that does
-    not exist yet."""
+    not exist yet. The session is held under one of the runtime's database slots."""
     outbox = JobOutbox()
     request.state.outbox = outbox
-    with transaction(runtime.session_factory) as session:
-        yield session
-    outbox.flush(runtime)
+    async with runtime.db_slots:
+        session = runtime.session_factory()
+        try:
+            yield session
+            await run_in_threadpool(session.commit)
+        except BaseException:
+            await run_in_threadpool(session.rollback)
+            raise
+        finally:
+            await run_in_threadpool(session.close)
+    await run_in_threadpool(outbox.flush, runtime)
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
@@ -75,7 +84,12 @@ def principal_for_api_key(session: Session, plaintext: str) -> Principal:
     return Principal(subject_id=key.id, tenant_id=key.tenant_id, role=key.role, kind="api_key")
 
 
-def get_principal(
+def _api_key_principal(runtime: ApiRuntime, credentials: HTTPAuthorizationCredentials) -> Principal:
+    with transaction(runtime.session_factory) as session:
+        return principal_for_api_key(session, credentials.credentials)
+
+
+async def get_principal(
     request: Request,
     runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -90,8 +104,7 @@ def get_principal(
         )
     if api_keys.parse_prefix(credentials.credentials) is not None:
         try:
-            with transaction(runtime.session_factory) as session:
-                principal = principal_for_api_key(session, credentials.credentials)
+            principal = await runtime.in_db_thread(_api_key_principal, runtime, credentials)
         except HTTPException as exc:
             exc.headers = {"WWW-Authenticate": "Bearer"}
             raise

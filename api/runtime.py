@@ -6,8 +6,10 @@ which opens its folder at start-up (see ``haven.vectors``).
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aredis
@@ -17,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from qdrant_client import QdrantClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from api.settings import ApiSettings
 from haven.answer_cache import AnswerCache
@@ -30,6 +33,11 @@ from haven.queueing import create_celery
 from haven.storage import make_client
 from haven.telemetry import RequestMetrics
 from haven.vectors import make_index, release_qdrant
+
+T = TypeVar("T")
+
+# Connections kept out of the request budget: readiness checks and metrics scrapes.
+RESERVED_CONNECTIONS = 2
 
 
 @dataclass
@@ -46,6 +54,12 @@ class ApiRuntime:
     emb: AsyncEmbClient
     llm: AsyncLlmClient
     answers: AnswerCache
+    # Requests that may hold a database session at once. Every session is opened under a
+    # slot and a slot never waits in a thread, so a thread never waits for a connection:
+    # with more concurrent requests than connections, the rest wait here, on the event loop,
+    # instead of filling the thread pool with threads blocked on the pool (a deadlock: the
+    # connections are released by teardowns that need those threads).
+    db_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
     qdrant: QdrantClient | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -60,6 +74,14 @@ class ApiRuntime:
             settings=settings,
             engine=engine,
             session_factory=session_factory,
+            db_slots=asyncio.Semaphore(
+                max(
+                    1,
+                    settings.database_pool_size
+                    + settings.database_max_overflow
+                    - RESERVED_CONNECTIONS,
+                )
+            ),
             redis=redis.Redis.from_url(
                 settings.redis_url, socket_connect_timeout=2, socket_timeout=5
             ),
@@ -77,6 +99,11 @@ class ApiRuntime:
                 settings.answer_cache_ttl_seconds,
             ),
         )
+
+    async def in_db_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` (which opens its own session) in a thread, under a database slot."""
+        async with self.db_slots:
+            return await run_in_threadpool(fn, *args)
 
     @property
     def index(self) -> ChunkIndex:

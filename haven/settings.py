@@ -61,6 +61,10 @@ class StoreSettings(HavenSettings):
 
     database_url: SecretStr = SecretStr(DEV_DATABASE_URL)
     database_pool_size: int = 10
+    # Connections opened beyond the pool under load (closed again when idle).
+    database_max_overflow: int = 10
+    # Seconds a thread waits for a connection before the request fails.
+    database_pool_timeout: float = 30.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672//")
     s3_endpoint: str = "127.0.0.1:9000"

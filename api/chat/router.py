@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -31,6 +30,7 @@ from api.chat.schemas import (
 )
 from api.chat.stream import AnswerStream, sse_event, with_heartbeat
 from api.deps import CurrentPrincipal, RequestIdDep, RuntimeDep, SessionDep
+from api.runtime import ApiRuntime
 from haven.db.repositories import ChatRepository, MessageRepository
 from haven.db.tables import Chat
 
@@ -109,7 +109,7 @@ async def post_message(
     ``token``..., ``done`` or ``error``) unless the request asks for ``application/json``."""
     started = time.perf_counter()
     factory = runtime.session_factory
-    history = await asyncio.to_thread(
+    history = await runtime.in_db_thread(
         service.load_history, factory, principal, chat_id, runtime.settings.chat_history_messages
     )
     prepared = await prepare(
@@ -125,16 +125,16 @@ async def post_message(
             seed=body.seed,
         ),
     )
-    await asyncio.to_thread(service.store_question, factory, principal, chat_id, body.content)
+    await runtime.in_db_thread(service.store_question, factory, principal, chat_id, body.content)
     recorder = service.AnswerRecorder(
         factory, principal, chat_id, uuid.uuid4(), request_id, started
     )
     events = _recorded(generate(runtime, principal.tenant_id, prepared), recorder)
     if _wants_json(accept):
-        return await _json_answer(events, prepared, recorder, chat_id, request_id)
+        return await _json_answer(runtime, events, prepared, recorder, chat_id, request_id)
 
     async def store() -> None:
-        await asyncio.to_thread(recorder.save, time.perf_counter())
+        await runtime.in_db_thread(recorder.save, time.perf_counter())
 
     content = _sse(events, prepared, recorder, chat_id, request_id)
     return AnswerStream(with_heartbeat(content, runtime.settings.chat_heartbeat_seconds), store)
@@ -192,6 +192,7 @@ async def _sse(
 
 
 async def _json_answer(
+    runtime: ApiRuntime,
     events: AsyncIterator[AnswerToken | AnswerDone | AnswerFailed],
     prepared: PreparedAnswer,
     recorder: service.AnswerRecorder,
@@ -220,5 +221,5 @@ async def _json_answer(
                 )
                 return JSONResponse(answer.model_dump(mode="json"))
     finally:
-        await asyncio.to_thread(recorder.save, time.perf_counter())
+        await runtime.in_db_thread(recorder.save, time.perf_counter())
     raise AssertionError("an answer always ends with done or error")

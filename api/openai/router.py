@@ -11,7 +11,6 @@ without the documents. Nothing is stored as a chat: applications keep their own 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -124,7 +123,7 @@ async def chat_completions(
 
     async def account() -> None:
         if done is not None:
-            await asyncio.to_thread(
+            await runtime.in_db_thread(
                 record_usage,
                 runtime.session_factory,
                 principal,

@@ -16,6 +16,8 @@ def make_engine(settings: StoreSettings) -> Engine:
     return create_engine(
         settings.database_url.get_secret_value(),
         pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+        pool_timeout=settings.database_pool_timeout,
         pool_pre_ping=True,
         future=True,
     )
