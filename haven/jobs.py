@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -75,16 +75,28 @@ class JobStore:
             return None
         return self.get(job_id)
 
-    def heartbeat(
+    def beat(
         self, job_id: uuid.UUID, *, done: int | None = None, total: int | None = None
-    ) -> bool:
-        """Record liveness and progress; False when the job is no longer running (canceled)."""
-        values: dict[str, Any] = {"heartbeat_at": _now()}
+    ) -> Literal["running", "cancel", "lost"]:
+        """Heartbeat and progress of a running job, and whether it should go on, in one
+        statement: ``cancel`` when a cancel was requested, ``lost`` when the job is no longer
+        running (taken over, failed or canceled)."""
+        values: dict[str, Any] = {"heartbeat_at": _now(), "updated_at": func.now()}
         if done is not None:
             values["progress_done"] = done
         if total is not None:
             values["progress_total"] = total
-        return self._move(job_id, [JobState.RUNNING], **values)
+        stmt = (
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.RUNNING)
+            .values(**values)
+            .returning(Job.cancel_requested)
+            .execution_options(synchronize_session=False)
+        )
+        cancel = self.session.execute(stmt).scalar_one_or_none()
+        if cancel is None:
+            return "lost"
+        return "cancel" if cancel else "running"
 
     def cancel_requested(self, job_id: uuid.UUID) -> bool:
         stmt = select(Job.cancel_requested).where(Job.id == job_id)

@@ -7,6 +7,8 @@ as separate processes (``uvicorn api.main`` and ``celery -A workers.main worker`
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 
 import typer
@@ -46,6 +48,9 @@ def main(
         beat=True,
         without_mingle=True,
         without_gossip=True,
+        # A node name of its own: two Havens on one broker (a second checkout, a benchmark
+        # beside the dev instance) would otherwise fight over the same control queue.
+        hostname=f"allinone-{os.getpid()}@{socket.gethostname()}",
         loglevel=worker_settings.log_level,
     )
     try:

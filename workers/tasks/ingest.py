@@ -76,11 +76,11 @@ class IngestRun:
     def _beat(self, **progress: int) -> None:
         self.keepalive()
         with transaction(self.rt.session_factory) as session:
-            store = JobStore(session)
-            if store.cancel_requested(self.subject.job_id):
-                raise JobCanceled()
-            if not store.heartbeat(self.subject.job_id, **progress):
-                raise JobLost()
+            outcome = JobStore(session).beat(self.subject.job_id, **progress)
+        if outcome == "cancel":
+            raise JobCanceled()
+        if outcome == "lost":
+            raise JobLost()
 
     # -- the steps ---------------------------------------------------------------------------
     def run(self) -> int:
