@@ -299,7 +299,7 @@ def main() -> None:
             "",
             "A cached answer arrives as one token event, so it has no gap between tokens; its "
             "memory is measured on the process the generated run has already grown (the "
-            "generated row is the memory of open streams). TTFT includes creating the chat.",
+            "generated row is the memory of open streams). TTFT runs from sending the question.",
             "",
         ]
     )
