@@ -2,9 +2,10 @@
 
 One batcher per model, on the event loop. Requests are cut into slices of at most
 ``max_batch_size`` texts and queued; a loop takes as many slices as fit in one batch, waiting
-at most ``max_wait`` after the oldest slice arrived for more to come, and runs the model on
-the model's single worker thread. While the model runs, the next batch gathers, so a busy
-service dispatches full batches without waiting at all.
+at most ``max_wait`` after the oldest slice arrived for more to come, and hands it to a model
+replica (``emb.replica``) from a thread that waits for the answer. While the model runs, the
+next batch gathers, so a busy service dispatches full batches without waiting at all. Each
+replica has its own such loop, all taking batches from the one queue.
 
 The queue is bounded in texts. A request that does not fit is refused at once
 (``QueueFull``) rather than waiting: the caller can retry elsewhere or later, and latency
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -41,15 +42,17 @@ class MicroBatcher:
     def __init__(
         self,
         alias: str,
-        encode: Callable[[list[str]], Encoded],
+        replicas: Sequence[Callable[[list[str]], Encoded]],
         *,
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
         metrics: EmbMetrics,
     ) -> None:
+        if not replicas:
+            raise ValueError(f"{alias}: a batcher needs at least one model replica")
         self.alias = alias
-        self._encode = encode
+        self._replicas = list(replicas)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
@@ -57,27 +60,37 @@ class MicroBatcher:
         self._pending: deque[_Slice] = deque()
         self._queued = 0  # texts in _pending
         self._wakeup = asyncio.Event()
-        # One thread per model: the model is not shared between threads, and torch already
-        # spreads one forward pass over the cores.
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"emb-{alias}")
-        self._task: asyncio.Task[None] | None = None
+        # Replicas take turns putting a batch together, so two never split one between them.
+        self._gathering = asyncio.Lock()
+        # One thread per replica, waiting for its answers: a replica takes one batch at a time.
+        self._executors = [
+            ThreadPoolExecutor(1, thread_name_prefix=f"emb-{alias}-{i}")
+            for i in range(len(self._replicas))
+        ]
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def queued(self) -> int:
         return self._queued
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"emb-batcher-{self.alias}")
+        self._tasks = [
+            asyncio.create_task(self._run(encode, executor), name=f"emb-batcher-{self.alias}-{i}")
+            for i, (encode, executor) in enumerate(
+                zip(self._replicas, self._executors, strict=True)
+            )
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for pending in self._pending:
             if not pending.future.done():
                 pending.future.set_exception(QueueFull(f"{self.alias} is shutting down"))
         self._pending.clear()
-        self._executor.shutdown(wait=True)
+        for executor in self._executors:
+            executor.shutdown(wait=True)
 
     async def embed(self, texts: list[str]) -> Encoded:
         if self._queued + len(texts) > self.max_queue:
@@ -100,14 +113,17 @@ class MicroBatcher:
             [t for p in parts for t in p.truncated],
         )
 
-    async def _run(self) -> None:
+    async def _run(
+        self, encode: Callable[[list[str]], Encoded], executor: ThreadPoolExecutor
+    ) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._next_batch()
+            async with self._gathering:
+                batch = await self._next_batch()
             texts = [text for s in batch for text in s.texts]
             started = time.perf_counter()
             try:
-                result = await loop.run_in_executor(self._executor, self._encode, texts)
+                result = await loop.run_in_executor(executor, encode, texts)
             except Exception as exc:  # the callers get the error; the batcher carries on
                 for s in batch:
                     if not s.future.done():

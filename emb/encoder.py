@@ -1,6 +1,6 @@
 """A sentence-transformers model loaded from a verified local copy.
 
-Everything here blocks and runs on the model's own worker thread (see ``emb.batching``).
+Everything here blocks and runs in a replica process of its own (see ``emb.replica``).
 """
 
 from __future__ import annotations
@@ -29,22 +29,21 @@ class Encoded:
         )
 
 
-class DenseEncoder:
-    def __init__(
-        self,
-        local: LocalModel,
-        *,
-        device: str,
-        encode_batch_size: int,
-        torch_threads: int | None = None,
-    ) -> None:
-        # Imported here: torch and transformers take seconds to import, and only the model
-        # worker needs them (the offline flags are set by the ``emb`` package).
-        import torch
-        from sentence_transformers import SentenceTransformer
+def set_torch_threads(threads: int | None, replicas: int) -> None:
+    """Set torch's intra-op threads (process-wide): ``threads``, or torch's default (one per
+    core) shared out among the replicas that run side by side."""
+    # Imported here: torch and transformers take seconds to import, and only the replica
+    # processes need them (the offline flags are set by the ``emb`` package).
+    import torch
 
-        if torch_threads is not None:
-            torch.set_num_threads(torch_threads)
+    if threads is None:
+        threads = max(1, torch.get_num_threads() // replicas)
+    torch.set_num_threads(threads)
+
+
+class DenseEncoder:
+    def __init__(self, local: LocalModel, *, device: str, encode_batch_size: int) -> None:
+        from sentence_transformers import SentenceTransformer
 
         if local.manifest.format != "sentence-transformers":
             raise ValueError(f"{local.manifest.ref} is {local.manifest.format}, not an embedder")
@@ -65,7 +64,8 @@ class DenseEncoder:
     def encode(self, texts: list[str]) -> Encoded:
         vectors = self.model.encode(texts, batch_size=self.encode_batch_size, convert_to_numpy=True)
         tokens, truncated = self._token_counts(texts)
-        return Encoded(np.asarray(vectors, dtype=np.float32), tokens, truncated)
+        # C-contiguous rows: the endpoints serialise them straight from the array (orjson).
+        return Encoded(np.ascontiguousarray(vectors, dtype=np.float32), tokens, truncated)
 
     def _token_counts(self, texts: list[str]) -> tuple[list[int], list[bool]]:
         # Tokenizing without truncation is the only exact way to know a text was cut; it

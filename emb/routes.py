@@ -6,12 +6,16 @@ import asyncio
 import base64
 from typing import Annotated, Any
 
+import numpy as np
+import numpy.typing as npt
+import orjson
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from emb.batching import QueueFull
 from emb.encoder import Encoded
+from emb.replica import ReplicaExited
 from emb.runtime import EmbRuntime, ServedModel
 from haven import lexical
 from haven.contracts import embeddings as contracts
@@ -19,7 +23,8 @@ from haven.contracts import embeddings as contracts
 router = APIRouter()
 
 
-def get_runtime(request: Request) -> EmbRuntime:
+async def get_runtime(request: Request) -> EmbRuntime:
+    # async: FastAPI runs a plain-def dependency on its thread pool, a thread hop per request.
     runtime: EmbRuntime = request.app.state.runtime
     return runtime
 
@@ -57,12 +62,14 @@ async def info(runtime: RuntimeDep) -> dict[str, Any]:
         "models": [
             {
                 **_served(model).model_dump(),
-                "format": model.encoder.local.manifest.format,
-                "files": [f.model_dump() for f in model.encoder.local.manifest.files],
+                "format": model.local.manifest.format,
+                "files": [f.model_dump() for f in model.local.manifest.files],
             }
             for model in runtime.models.values()
         ],
         "limits": {
+            "replicas": settings.emb_replicas,
+            "torch_threads": settings.emb_torch_threads,
             "max_batch_size": settings.emb_max_batch_size,
             "max_wait_ms": settings.emb_max_wait_ms,
             "encode_batch_size": settings.emb_encode_batch_size,
@@ -78,52 +85,68 @@ async def metrics(runtime: RuntimeDep) -> Response:
     return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.post("/embed")
-async def embed(body: contracts.EmbedRequest, runtime: RuntimeDep) -> contracts.EmbedResponse:
+# The embedding endpoints answer with JSON they serialise themselves (orjson, straight from the
+# float32 arrays) rather than returning pydantic models, which FastAPI would validate again and
+# serialise through a list of Python floats: 12 instead of 40 us of event-loop time for one
+# text, 3 instead of 10 ms for 256. The bodies follow the contracts named as response_model,
+# which also document them in the OpenAPI schema.
+
+
+@router.post("/embed", response_model=contracts.EmbedResponse)
+async def embed(body: contracts.EmbedRequest, runtime: RuntimeDep) -> Response:
     models = _select(runtime, body.aliases or list(runtime.settings.emb_aliases))
     _check_count(runtime, len(body.texts))
     encoded = await _encode_all(runtime, models, body.texts)
     sparse = None
     if body.sparse is not None:
         sparse = await asyncio.to_thread(_sparse_vectors, runtime, body.texts, body.sparse)
-    return contracts.EmbedResponse(
-        models=[_served(m) for m in models],
-        data=[
-            contracts.EmbeddedText(
-                index=i,
-                dense={m.alias: encoded[m.alias].vectors[i].tolist() for m in models},
-                sparse=None if sparse is None else sparse[i],
-                truncated=[m.alias for m in models if encoded[m.alias].truncated[i]],
-            )
-            for i in range(len(body.texts))
-        ],
+    return _json(
+        {
+            "models": [_served(m).model_dump() for m in models],
+            "data": [
+                {
+                    "index": i,
+                    "dense": {m.alias: encoded[m.alias].vectors[i] for m in models},
+                    "sparse": None if sparse is None else sparse[i].model_dump(),
+                    "truncated": [m.alias for m in models if encoded[m.alias].truncated[i]],
+                }
+                for i in range(len(body.texts))
+            ],
+        }
     )
 
 
-@router.post("/v1/embeddings")
+@router.post("/v1/embeddings", response_model=contracts.OpenAIEmbeddingResponse)
 async def openai_embeddings(
     body: contracts.OpenAIEmbeddingRequest, runtime: RuntimeDep
-) -> contracts.OpenAIEmbeddingResponse:
+) -> Response:
     [model] = _select(runtime, [body.model])
     texts = [body.input] if isinstance(body.input, str) else body.input
     if not texts:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "input must not be empty")
-    if body.dimensions is not None and body.dimensions != model.encoder.dimension:
+    if body.dimensions is not None and body.dimensions != model.dimension:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"{model.alias} has {model.encoder.dimension} dimensions; other sizes are not served",
+            f"{model.alias} has {model.dimension} dimensions; other sizes are not served",
         )
     _check_count(runtime, len(texts))
     encoded = (await _encode_all(runtime, [model], texts))[model.alias]
     tokens = sum(encoded.tokens)
-    return contracts.OpenAIEmbeddingResponse(
-        data=[
-            contracts.OpenAIEmbedding(index=i, embedding=_format(vector, body.encoding_format))
-            for i, vector in enumerate(encoded.vectors)
-        ],
-        model=model.alias,
-        usage=contracts.OpenAIUsage(prompt_tokens=tokens, total_tokens=tokens),
-        truncated=[i for i, cut in enumerate(encoded.truncated) if cut],
+    return _json(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": _base64(vector) if body.encoding_format == "base64" else vector,
+                }
+                for i, vector in enumerate(encoded.vectors)
+            ],
+            "model": model.alias,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            "truncated": [i for i, cut in enumerate(encoded.truncated) if cut],
+        }
     )
 
 
@@ -164,6 +187,9 @@ async def _encode_all(
         results = await asyncio.gather(*(m.batcher.embed(texts) for m in models))
     except QueueFull as exc:
         raise Unavailable(f"overloaded: {exc}", runtime.settings.emb_retry_after_seconds) from exc
+    except ReplicaExited as exc:
+        runtime.replica_exited(str(exc))
+        raise Unavailable(str(exc), runtime.settings.emb_retry_after_seconds) from exc
     for model, result in zip(models, results, strict=True):
         runtime.metrics.texts.labels(model.alias).inc(len(texts))
         if cut := sum(result.truncated):
@@ -181,17 +207,22 @@ def _sparse_vectors(
 
 
 def _served(model: ServedModel) -> contracts.ServedModel:
-    manifest = model.encoder.local.manifest
+    manifest = model.local.manifest
     return contracts.ServedModel(
         alias=model.alias,
         name=manifest.name,
         version=manifest.version,
-        dimension=model.encoder.dimension,
-        max_seq_length=model.encoder.max_seq_length,
+        dimension=model.dimension,
+        max_seq_length=model.max_seq_length,
     )
 
 
-def _format(vector: Any, encoding: str) -> list[float] | str:
-    if encoding == "base64":
-        return base64.b64encode(vector.astype("<f4").tobytes()).decode()
-    return list(vector.tolist())
+def _base64(vector: npt.NDArray[np.float32]) -> str:
+    return base64.b64encode(vector.astype("<f4").tobytes()).decode()
+
+
+def _json(content: dict[str, Any]) -> Response:
+    # float32 arrays are written as the shortest decimals that read back as the same float32.
+    return Response(
+        orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json"
+    )

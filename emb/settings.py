@@ -16,15 +16,24 @@ class EmbSettings(ModelStoreSettings):
     # Aliases served, comma-separated in the environment: HAVEN_EMB_ALIASES=minilm,e5
     emb_aliases: Annotated[list[str], NoDecode] = [DEFAULT_EMBED_ALIAS]
     emb_device: str = "cpu"
-    # torch's intra-op threads (process-wide); None keeps torch's default (one per core).
+    # Processes holding a copy of each model, taking batches from the model's one queue
+    # (emb.replica). On CPU, replicas sharing out the cores keep them busier than one replica
+    # spreading every operation over all of them: on 2 cores (bench/emb), 2 replicas of one
+    # thread served ~10% more texts/s than 1 of two threads, for one more copy in memory.
+    # On a GPU, 1.
+    emb_replicas: int = Field(default=2, ge=1)
+    # torch's intra-op threads per replica; None shares torch's default (one per core) out
+    # among the replicas.
     emb_torch_threads: int | None = Field(default=None, ge=1)
     # Requests waiting together are merged into one model call of at most this many texts;
     # the first text waits at most emb_max_wait_ms for others to join.
     emb_max_batch_size: int = Field(default=32, ge=1)
     emb_max_wait_ms: float = Field(default=5.0, ge=0)
     # Texts of one model call are sorted by length and run in forward passes of this size:
-    # less padding than one pass over a mixed batch (see bench/RESULTS.md).
-    emb_encode_batch_size: int = Field(default=16, ge=1)
+    # less padding than one pass over a mixed batch. On CPU a pass of 4 texts costs no more
+    # per token than one of 32, so short passes win: 4 served ~5% more texts/s than 8 and
+    # ~25% more than 16 in bench/emb (sentences of 10-190 tokens). On a GPU, larger.
+    emb_encode_batch_size: int = Field(default=4, ge=1)
     # Texts waiting per model beyond which requests are refused at once (503 + Retry-After).
     emb_max_queue: int = Field(default=1024, ge=1)
     emb_max_items_per_request: int = Field(default=256, ge=1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ from sentence_transformers import SentenceTransformer
 from emb.main import create_app
 from emb.settings import EmbSettings
 from haven import lexical
+from haven.contracts import embeddings as contracts
 from models.registry import ModelRegistry
 from models.store import registry_from_settings
 
@@ -98,7 +101,9 @@ def test_dense_vectors_match_sentence_transformers(
 ) -> None:
     response = client.post("/embed", json={"texts": TEXTS})
     assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
     body = response.json()
+    contracts.EmbedResponse.model_validate(body)
     assert body["models"] == [
         {
             "alias": ALIAS,
@@ -120,6 +125,7 @@ def test_openai_endpoint_float_and_base64(
 ) -> None:
     expected = reference.encode(TEXTS[:2])
     floats = client.post("/v1/embeddings", json={"input": TEXTS[:2], "model": ALIAS}).json()
+    contracts.OpenAIEmbeddingResponse.model_validate(floats)
     assert floats["object"] == "list" and floats["model"] == ALIAS
     assert [d["index"] for d in floats["data"]] == [0, 1]
     assert cosines(np.array([d["embedding"] for d in floats["data"]]), expected).min() >= 0.9999
@@ -128,6 +134,7 @@ def test_openai_endpoint_float_and_base64(
     packed = client.post(
         "/v1/embeddings", json={"input": TEXTS[0], "model": ALIAS, "encoding_format": "base64"}
     ).json()
+    contracts.OpenAIEmbeddingResponse.model_validate(packed)
     vector = np.frombuffer(base64.b64decode(packed["data"][0]["embedding"]), dtype="<f4")
     assert cosines(vector[None, :], expected[:1])[0] >= 0.9999
 
@@ -224,6 +231,47 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(
             f'haven_emb_rejections_total{{alias="{ALIAS}"}} {len(rejected)}.0'
             in client.get("/metrics").text
         )
+
+
+def test_replicas_serve_concurrent_requests_from_one_queue(
+    s3_endpoint: str,
+    bucket: str,
+    registry: ModelRegistry,
+    reference: SentenceTransformer,
+    tmp_path: Path,
+) -> None:
+    settings = emb_settings(s3_endpoint, bucket, tmp_path / "cache", emb_replicas=2)
+    texts = [f"{text} ({i})" for i in range(6) for text in TEXTS]
+    with TestClient(create_app(settings)) as client:
+        assert wait_until_settled(client).status_code == 200
+        assert client.get("/info").json()["limits"]["replicas"] == 2
+
+        def send(text: str) -> Any:
+            response = client.post("/v1/embeddings", json={"input": text, "model": ALIAS})
+            assert response.status_code == 200, response.text
+            return response.json()["data"][0]["embedding"]
+
+        with ThreadPoolExecutor(12) as pool:
+            served = np.array(list(pool.map(send, texts)))
+    assert cosines(served, reference.encode(texts)).min() >= 0.9999
+
+
+def test_a_replica_that_exits_takes_the_service_out_of_readiness(
+    s3_endpoint: str, bucket: str, registry: ModelRegistry, tmp_path: Path
+) -> None:
+    settings = emb_settings(s3_endpoint, bucket, tmp_path / "cache", emb_replicas=1)
+    with TestClient(create_app(settings)) as client:
+        assert wait_until_settled(client).status_code == 200
+        [replica] = client.app.state.runtime.models[ALIAS].replicas  # type: ignore[attr-defined]
+        assert replica.pid is not None
+        os.kill(replica.pid, signal.SIGKILL)
+
+        refused = client.post("/v1/embeddings", json={"input": "x", "model": ALIAS})
+        assert refused.status_code == 503 and "Retry-After" in refused.headers
+        assert "exited" in refused.json()["detail"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "exited" in ready.json()["reason"]
+        assert client.post("/embed", json={"texts": ["x"]}).status_code == 503
 
 
 def flip_byte(registry: ModelRegistry, key: str) -> None:
