@@ -60,6 +60,10 @@ CHECKS: dict[str, Callable[[ApiRuntime], None]] = {
 }
 
 
+def _ignore_runtime(check: Callable[[], None]) -> Callable[[ApiRuntime], None]:
+    return lambda _rt: check()
+
+
 async def _run_check(rt: ApiRuntime, check: Callable[[ApiRuntime], None]) -> dict[str, Any]:
     started = time.perf_counter()
     try:
@@ -75,8 +79,12 @@ async def _run_check(rt: ApiRuntime, check: Callable[[ApiRuntime], None]) -> dic
 
 @router.get("/readyz")
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
-    names = list(CHECKS)
-    results = await asyncio.gather(*(_run_check(runtime, CHECKS[n]) for n in names))
+    checks_to_run: dict[str, Callable[[ApiRuntime], None]] = {
+        **CHECKS,
+        **{name: _ignore_runtime(check) for name, check in runtime.readiness_checks.items()},
+    }
+    names = list(checks_to_run)
+    results = await asyncio.gather(*(_run_check(runtime, checks_to_run[n]) for n in names))
     checks = dict(zip(names, results, strict=True))
     failed = [name for name, result in checks.items() if not result["ok"]]
     body = {"status": "not ready" if failed else "ready", "failed": failed, "checks": checks}

@@ -61,7 +61,9 @@ class ApiRuntime:
     # connections are released by teardowns that need those threads).
     db_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
     qdrant: QdrantClient | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    # Readiness checks added by a process that runs more than this API (the all-in-one's
+    # worker): name -> a call that raises while that part is not ready.
+    readiness_checks: dict[str, Callable[[], None]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: ApiSettings) -> ApiRuntime:

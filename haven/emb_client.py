@@ -60,7 +60,7 @@ class EmbClient:
         except httpx.HTTPError as exc:
             raise EmbeddingUnavailable(f"embedding service unreachable: {exc}") from exc
         _raise_for(response)
-        return EmbedResponse.model_validate(response.json())
+        return EmbedResponse.model_validate_json(response.content)
 
     def close(self) -> None:
         self._client.close()
@@ -85,7 +85,7 @@ class AsyncEmbClient:
         except httpx.HTTPError as exc:
             raise EmbeddingUnavailable(f"embedding service unreachable: {exc}") from exc
         _raise_for(response)
-        return EmbedResponse.model_validate(response.json())
+        return EmbedResponse.model_validate_json(response.content)
 
     async def aclose(self) -> None:
         await self._client.aclose()

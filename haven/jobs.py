@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import redis
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -28,6 +29,28 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.FAILED: frozenset({JobState.QUEUED}),
     JobState.CANCELED: frozenset({JobState.QUEUED}),
 }
+
+
+# A cancel is also signalled in Redis, so a running job can look at every step boundary
+# without a database round trip. PostgreSQL's ``cancel_requested`` stays the truth.
+CANCEL_SIGNAL_TTL_SECONDS = 7 * 24 * 3600
+
+
+def _cancel_key(job_id: uuid.UUID) -> str:
+    return f"haven:job:{job_id}:cancel"
+
+
+def signal_cancel(client: redis.Redis, job_id: uuid.UUID) -> None:
+    """After the transaction that set ``cancel_requested`` committed."""
+    client.set(_cancel_key(job_id), b"1", ex=CANCEL_SIGNAL_TTL_SECONDS)
+
+
+def clear_cancel_signal(client: redis.Redis, job_id: uuid.UUID) -> None:
+    client.delete(_cancel_key(job_id))
+
+
+def cancel_signaled(client: redis.Redis, job_id: uuid.UUID) -> bool:
+    return bool(client.exists(_cancel_key(job_id)))
 
 
 def _now() -> datetime:
@@ -53,11 +76,12 @@ class JobStore:
         )
         return bool(self.session.execute(stmt).rowcount)  # type: ignore[attr-defined]
 
-    def claim(self, job_id: uuid.UUID, *, takeover: bool) -> Job | None:
+    def claim(self, job_id: uuid.UUID, *, takeover: bool, steps: int | None = None) -> Job | None:
         """queued → running (or, with ``takeover``, keep a running job whose worker died).
-        Returns the job when this caller now owns it."""
+        Returns the job when this caller now owns it. ``steps`` starts its progress."""
         states = [JobState.QUEUED, JobState.RUNNING] if takeover else [JobState.QUEUED]
         now = _now()
+        progress = {} if steps is None else {"progress_done": 0, "progress_total": steps}
         stmt = (
             update(Job)
             .where(Job.id == job_id, Job.state.in_(states), Job.cancel_requested.is_(False))
@@ -68,12 +92,12 @@ class JobStore:
                 heartbeat_at=now,
                 last_error=None,
                 updated_at=now,
+                **progress,
             )
-            .returning(Job.id)
+            .returning(Job)
+            .execution_options(populate_existing=True)
         )
-        if self.session.execute(stmt).scalar_one_or_none() is None:
-            return None
-        return self.get(job_id)
+        return self.session.execute(stmt).scalar_one_or_none()
 
     def beat(
         self, job_id: uuid.UUID, *, done: int | None = None, total: int | None = None
@@ -102,14 +126,24 @@ class JobStore:
         stmt = select(Job.cancel_requested).where(Job.id == job_id)
         return bool(self.session.execute(stmt).scalar_one_or_none())
 
-    def finish(self, job_id: uuid.UUID) -> bool:
-        return self._move(
-            job_id,
-            [JobState.RUNNING],
-            state=JobState.READY,
-            finished_at=_now(),
-            progress_done=Job.progress_total,
+    def finish_unless_canceled(self, job_id: uuid.UUID) -> Literal["ready", "cancel", "lost"]:
+        """running → ready, unless a cancel was requested (``cancel``) or the job is no longer
+        running (``lost``). In the caller's transaction: it commits with the job's results."""
+        stmt = (
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.cancel_requested.is_(False))
+            .values(
+                state=JobState.READY,
+                finished_at=_now(),
+                progress_done=Job.progress_total,
+                updated_at=func.now(),
+            )
+            .returning(Job.id)
+            .execution_options(synchronize_session=False)
         )
+        if self.session.execute(stmt).scalar_one_or_none() is not None:
+            return "ready"
+        return "cancel" if self.cancel_requested(job_id) else "lost"
 
     def fail(self, job_id: uuid.UUID, error: str) -> bool:
         return self._move(

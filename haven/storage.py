@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import urllib3
 from minio import Minio
@@ -54,3 +55,15 @@ def tenant_key(tenant_id: uuid.UUID, *parts: str) -> str:
 
 def presigned_get(client: Minio, bucket: str, key: str, ttl: timedelta) -> str:
     return client.presigned_get_object(bucket, key, expires=ttl)
+
+
+def download(client: Minio, bucket: str, key: str, path: Path, *, chunk: int = 1 << 20) -> None:
+    """Stream an object to ``path`` with one GET (``fget_object`` asks for its size first)."""
+    response = client.get_object(bucket, key)
+    try:
+        with path.open("wb") as out:
+            for part in response.stream(chunk):
+                out.write(part)
+    finally:
+        response.close()
+        response.release_conn()

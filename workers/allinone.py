@@ -13,6 +13,7 @@ import threading
 
 import typer
 import uvicorn
+from celery.signals import worker_ready as worker_ready_signal
 
 from api.main import create_app
 from api.settings import ApiSettings
@@ -28,9 +29,19 @@ def main(
 ) -> None:
     api_settings = ApiSettings()
     worker_settings = WorkerSettings()
+    app = create_app(api_settings)
+    # Ready means ready to ingest too: the worker consumes (and has loaded its tokenizer).
+    worker_ready = threading.Event()
+    worker_ready_signal.connect(lambda **_: worker_ready.set(), weak=False)
+
+    def check_worker() -> None:
+        if not worker_ready.is_set():
+            raise RuntimeError("the worker is starting")
+
+    app.state.runtime.readiness_checks["worker"] = check_worker
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(api_settings),
+            app,
             host=host,
             port=port,
             log_config=None,

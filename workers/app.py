@@ -14,7 +14,6 @@ import structlog
 from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.signals import worker_init
-from redis.exceptions import LockNotOwnedError
 
 from haven.db.engine import transaction
 from haven.db.tables import DocumentState
@@ -29,18 +28,12 @@ from haven.queueing import (
     create_celery,
     declare_topology,
 )
+from workers.heartbeat import Heartbeat, JobCanceled, JobLost
 from workers.ingest.extract import ExtractionError
 from workers.runtime import WorkerRuntime, runtime_for
 from workers.settings import WorkerSettings
 from workers.tasks import maintenance
-from workers.tasks.ingest import (
-    IngestRun,
-    JobCanceled,
-    JobLost,
-    load_subject,
-    mark_version,
-    set_processing,
-)
+from workers.tasks.ingest import IngestRun, begin, mark_version
 
 log = structlog.get_logger("haven.worker")
 
@@ -75,28 +68,26 @@ def run_ingest(task: Task, rt: WorkerRuntime, job_id: uuid.UUID) -> str:
         # Another worker holds the job, or one that died still holds the lock until its
         # lease ends: look again once it would have expired.
         raise task.retry(countdown=settings.job_lease_seconds, max_retries=None)
+    outcome = "skipped"
     try:
-        with transaction(rt.session_factory) as session:
-            # Holding the lock, a job still "running" belongs to a worker that died: take over.
-            job = JobStore(session).claim(job_id, takeover=True)
-        if job is None:
-            return "skipped"  # ended, canceled while queued, or unknown
-        subject = load_subject(rt, job)
+        claimed = begin(rt, job_id)
+        if claimed is None:
+            return outcome  # ended, canceled while queued, or unknown
+        job, subject = claimed
         if subject is None:
             with transaction(rt.session_factory) as session:
                 JobStore(session).fail(job_id, "the document was deleted")
-            return "failed"
-        set_processing(rt, subject)
-
-        def keepalive() -> None:
-            try:
-                lock.extend(settings.job_lease_seconds, replace_ttl=True)
-            except LockNotOwnedError:
-                # The lease ran out (a long step); take it back unless another run has it.
-                if not lock.acquire():
-                    raise JobLost() from None
-
-        run = IngestRun(rt, subject, keepalive)
+            outcome = "failed"
+            return outcome
+        heartbeat = Heartbeat(
+            job_id,
+            lock=lock,
+            redis_client=rt.redis,
+            session_factory=rt.session_factory,
+            interval_seconds=settings.job_heartbeat_seconds,
+            lease_seconds=settings.job_lease_seconds,
+        )
+        run = IngestRun(rt, subject, heartbeat)
         try:
             run.run()
         except JobLost:
@@ -118,9 +109,10 @@ def run_ingest(task: Task, rt: WorkerRuntime, job_id: uuid.UUID) -> str:
             return _retry_or_dead_letter(
                 task, rt, job_id, job.attempts, job.max_attempts, exc, subject=subject, run=run
             )
-        return "ready"
+        outcome = "ready"
+        return outcome
     finally:
-        if _ended(rt, job_id):
+        if outcome == "ready" or _ended(rt, job_id):
             clear_guard(rt.redis, str(job_id))
         try:
             lock.release()
@@ -164,6 +156,10 @@ def _retry_or_dead_letter(
 def create_worker_app(settings: WorkerSettings) -> Celery:
     app = create_celery(settings, beat_interval=settings.reaper_interval_seconds)
     app.conf.haven_settings = settings
+    # Threads, not forked processes: jobs wait on emb, PostgreSQL and the object store, and
+    # each thread shares the process's connections and chunking tokenizer.
+    app.conf.worker_pool = "threads"
+    app.conf.worker_concurrency = settings.worker_concurrency
     settings.beat_schedule_path.parent.mkdir(parents=True, exist_ok=True)
     app.conf.beat_schedule_filename = str(settings.beat_schedule_path)
 

@@ -7,7 +7,7 @@ app was created with.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -30,6 +30,8 @@ from workers.settings import WorkerSettings
 class WorkerRuntime:
     settings: WorkerSettings
     celery: Celery
+    _index_ensured: bool = field(default=False, init=False)
+    _ensure_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     @cached_property
     def session_factory(self) -> sessionmaker[Session]:
@@ -46,6 +48,14 @@ class WorkerRuntime:
     @cached_property
     def index(self) -> ChunkIndex:
         return make_index(self.settings, make_qdrant(self.settings))
+
+    def ensured_index(self) -> ChunkIndex:
+        """The index, its collection created (or checked) once per process."""
+        with self._ensure_lock:
+            if not self._index_ensured:
+                self.index.ensure(self.dimensions)
+                self._index_ensured = True
+        return self.index
 
     @cached_property
     def emb(self) -> EmbClient:

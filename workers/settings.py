@@ -27,7 +27,12 @@ class WorkerSettings(ModelStoreSettings):
     retry_backoff_max_seconds: float = 300.0
     # A queued job whose message guard expired this long ago is sent again.
     reaper_interval_seconds: float = 30.0
-    worker_concurrency: int = 2
+    # Jobs one worker process runs at once, in threads: an ingest job mostly waits on emb,
+    # and emb batches better the more chunks wait in its queue.
+    worker_concurrency: int = 16
+    # A running job writes its heartbeat and progress to PostgreSQL at most this often (it
+    # looks for a cancel in Redis at every step boundary).
+    job_heartbeat_seconds: float = 2.0
     # Where an embedded beat (haven up, celery worker -B) keeps its schedule state.
     beat_schedule_path: Path = Path("var/celerybeat-schedule")
 

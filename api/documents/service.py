@@ -41,7 +41,7 @@ from haven.db.tables import (
 from haven.filetypes import SUPPORTED_TYPES, UnsupportedType, detect_mime
 from haven.index import ChunkIndex
 from haven.queueing import INGEST_TASK
-from haven.storage import tenant_key
+from haven.storage import download, tenant_key
 
 READ_SIZE = 1024 * 1024
 
@@ -183,7 +183,7 @@ def spooled_object(s3: Minio, bucket: str, key: str) -> Iterator[Path]:
     """Download an object to a temporary file (presigned uploads are verified server-side)."""
     with tempfile.TemporaryDirectory(prefix="haven-upload-") as tmp:
         path = Path(tmp) / "object"
-        s3.fget_object(bucket, key, str(path))
+        download(s3, bucket, key, path)
         yield path
 
 

@@ -21,6 +21,7 @@ from api.jobs.schemas import DeadLetterRead, JobRead
 from haven.db.repositories import AuditLog, DeadLetterRepository, JobRepository
 from haven.db.tables import JobKind, JobState
 from haven.dead_letters import drain_dead_letters
+from haven.jobs import signal_cancel
 from haven.queueing import task_for
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
@@ -48,12 +49,20 @@ def get_job(job_id: uuid.UUID, session: SessionDep, principal: CurrentPrincipal)
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobRead)
 def cancel_job(
-    job_id: uuid.UUID, session: SessionDep, principal: EditorPrincipal, rid: RequestIdDep
+    job_id: uuid.UUID,
+    session: SessionDep,
+    principal: EditorPrincipal,
+    runtime: RuntimeDep,
+    outbox: OutboxDep,
+    rid: RequestIdDep,
 ) -> JobRead:
     jobs = JobRepository(session, principal)
     job = jobs.require(job_id)
     if not jobs.request_cancel(job):
         raise HTTPException(status.HTTP_409_CONFLICT, f"job is already {job.state}")
+    # A running job looks for this signal at every step boundary (the flag just set in
+    # PostgreSQL is what counts; the signal only saves the worker a round trip).
+    outbox.after_commit(lambda: signal_cancel(runtime.redis, job_id))
     AuditLog(session, principal, rid).record(
         "job.cancel",
         target_type="job",

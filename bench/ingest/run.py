@@ -20,6 +20,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +30,14 @@ from sentence_transformers import SentenceTransformer
 from sqlalchemy import text
 from transformers import AutoTokenizer
 
-from bench.common import PeakRss, machine
+from bench.common import (
+    CpuAccount,
+    PeakRss,
+    machine,
+    own_cpu_seconds,
+    pids_matching,
+    tree_cpu_seconds,
+)
 from haven.db.engine import make_engine, make_session_factory
 from haven.settings import StoreSettings
 from models.defaults import publish_default_embedding
@@ -129,7 +137,26 @@ def main() -> None:
             response = client.post("/api/v1/documents", files={"file": item}, headers=owner.headers)
             response.raise_for_status()
 
-        with PeakRss(api.process.pid) as rss:
+        assert emb.process is not None
+        emb_pid, api_pid = emb.process.pid, api.process.pid
+        moto_pids = pids_matching(f"moto.server -H 127.0.0.1 -p {s3.rsplit(':', 1)[1]}")
+        servers = {
+            "PostgreSQL": pids_matching("postgres -D"),
+            "RabbitMQ": pids_matching("beam.smp"),
+            "Redis": pids_matching("redis-server"),
+        }
+        roles: dict[str, Callable[[], float]] = {
+            "emb model replicas": lambda: tree_cpu_seconds(emb_pid) - own_cpu_seconds(emb_pid),
+            "emb HTTP (incl. sparse vectors)": lambda: own_cpu_seconds(emb_pid),
+            "API + worker": lambda: tree_cpu_seconds(api_pid),
+            "S3 (moto)": lambda: sum(tree_cpu_seconds(p) for p in moto_pids),
+            **{
+                name: (lambda pids=pids: sum(tree_cpu_seconds(p) for p in pids))
+                for name, pids in servers.items()
+            },
+        }
+        print(f"uploading {len(files)} documents; API + worker pid {api.process.pid}", flush=True)
+        with PeakRss(api.process.pid) as rss, CpuAccount(roles) as cpu:
             started = time.perf_counter()
             with ThreadPoolExecutor(args.upload_threads) as pool:
                 list(pool.map(send, files))
@@ -199,6 +226,7 @@ def main() -> None:
             f"**{raw_rate:.1f} chunks/s**",
             f"- **ratio end-to-end/raw: {e2e_rate / raw_rate:.2f}** (goal ≥ 0.8)",
             f"- peak RSS of the API + worker process: {rss.peak_kb / 1024:.0f} MiB",
+            f"- CPU from first upload to all ready: {cpu.summary()}",
             "",
         ]
     )

@@ -273,22 +273,18 @@ class ChunkRepository(TenantRepository[Chunk]):
             delete(Chunk).where(Chunk.tenant_id == self.tenant_id, Chunk.version_id == version_id)
         )
 
-    def ids_of_other_versions(self, document_id: uuid.UUID, keep: uuid.UUID) -> list[uuid.UUID]:
-        stmt = select(Chunk.id).where(
-            Chunk.tenant_id == self.tenant_id,
-            Chunk.document_id == document_id,
-            Chunk.version_id != keep,
-        )
-        return list(self.session.execute(stmt).scalars().all())
-
-    def delete_other_versions(self, document_id: uuid.UUID, keep: uuid.UUID) -> None:
-        self.session.execute(
-            delete(Chunk).where(
+    def delete_other_versions(self, document_id: uuid.UUID, keep: uuid.UUID) -> list[uuid.UUID]:
+        """Remove the chunk rows of the document's other versions; return their ids."""
+        stmt = (
+            delete(Chunk)
+            .where(
                 Chunk.tenant_id == self.tenant_id,
                 Chunk.document_id == document_id,
                 Chunk.version_id != keep,
             )
+            .returning(Chunk.id)
         )
+        return list(self.session.execute(stmt).scalars().all())
 
     def count_version(self, version_id: uuid.UUID) -> int:
         stmt = select(func.count()).where(

@@ -144,6 +144,12 @@ def chunk_rows(stack: Stack, tenant_id: uuid.UUID) -> int:
         )
 
 
+def test_the_all_in_one_is_ready_only_with_its_worker(stack: Stack) -> None:
+    body = stack.client.get("/readyz").json()
+    assert body["status"] == "ready"
+    assert body["checks"]["worker"]["ok"] is True
+
+
 def test_kill_9_mid_ingest_loses_and_duplicates_nothing(
     stack: Stack, tenant: Account, tmp_path: Path
 ) -> None:
@@ -222,6 +228,14 @@ def test_cancel_running_job_leaves_no_vectors(stack: Stack, tenant: Account) -> 
     assert doc["chunks"] == 0
     query = big.decode().split("\n\n")[1][:80]
     assert search(stack, tenant, query, filters={"document_ids": [body["document"]["id"]]}) == []
+
+    # Retried, the canceled job runs to the end (the cancel it saw does not stop it again).
+    retried = stack.client.post(f"/api/v1/jobs/{body['job_id']}/retry", headers=tenant.headers)
+    assert retried.status_code == 200, retried.text
+    assert wait_job(stack, tenant, body["job_id"], {"ready", "canceled", "failed"})["state"] == (
+        "ready"
+    )
+    assert search(stack, tenant, query, filters={"document_ids": [body["document"]["id"]]})
 
 
 def test_corrupt_pdf_fails_with_a_readable_error(stack: Stack, tenant: Account) -> None:

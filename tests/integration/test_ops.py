@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,6 +45,25 @@ def test_readyz_names_the_dependency_that_is_down(store_overrides: dict[str, Any
     assert sorted(body["failed"]) == ["broker", "redis"]
     assert body["checks"]["postgres"]["ok"] is True
     assert "error" in body["checks"]["redis"]
+
+
+def test_readyz_waits_for_what_runs_beside_the_api(api_client: TestClient) -> None:
+    """The all-in-one process adds its worker: ready means ready to ingest."""
+    worker_started = threading.Event()
+
+    def check_worker() -> None:
+        if not worker_started.is_set():
+            raise RuntimeError("the worker is starting")
+
+    api_client.app.state.runtime.readiness_checks["worker"] = check_worker  # type: ignore[attr-defined]
+    starting = api_client.get("/readyz")
+    assert starting.status_code == 503
+    assert starting.json()["failed"] == ["worker"]
+    assert "the worker is starting" in starting.json()["checks"]["worker"]["error"]
+    worker_started.set()
+    ready = api_client.get("/readyz")
+    assert ready.status_code == 200
+    assert set(ready.json()["checks"]) == DEPENDENCIES | {"worker"}
 
 
 def test_version(api_client: TestClient) -> None:

@@ -1,0 +1,139 @@
+"""A running job's heartbeat: cancel seen at the next step boundary, progress and lease kept,
+and a job taken from its run noticed (real PostgreSQL and Redis; the job made by an upload)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from haven.db.engine import transaction
+from haven.db.tables import Job
+from haven.jobs import JobStore, cancel_signaled
+from tests.fixtures.api import Account
+from workers import heartbeat as heartbeat_module
+from workers.heartbeat import Heartbeat, JobCanceled, JobLost
+
+LEASE = 30
+
+
+@pytest.fixture()
+def running_job(
+    api_client: TestClient, tenant_a: Account, session_factory: sessionmaker[Session]
+) -> uuid.UUID:
+    """An ingest job as a worker holds it: claimed, running."""
+    response = api_client.post(
+        "/api/v1/documents",
+        files={"file": ("note.txt", b"a note to ingest\n", "text/plain")},
+        headers=tenant_a.headers,
+    )
+    assert response.status_code == 201, response.text
+    job_id = uuid.UUID(response.json()["job_id"])
+    with transaction(session_factory) as session:
+        assert JobStore(session).claim(job_id, takeover=False, steps=5) is not None
+    return job_id
+
+
+def heartbeat(
+    job_id: uuid.UUID,
+    client: redis.Redis,
+    factory: sessionmaker[Session],
+    *,
+    interval: float,
+) -> Heartbeat:
+    lock = client.lock(f"haven:lock:job:{job_id}", timeout=LEASE, blocking=False)
+    assert lock.acquire()
+    return Heartbeat(
+        job_id,
+        lock=lock,
+        redis_client=client,
+        session_factory=factory,
+        interval_seconds=interval,
+        lease_seconds=LEASE,
+    )
+
+
+def job_row(factory: sessionmaker[Session], job_id: uuid.UUID) -> Job:
+    with transaction(factory) as session:
+        job = JobStore(session).get(job_id)
+        assert job is not None
+        return job
+
+
+def test_cancel_through_the_api_stops_the_next_step_without_a_database_heartbeat(
+    api_client: TestClient,
+    tenant_a: Account,
+    session_factory: sessionmaker[Session],
+    redis_client: redis.Redis,
+    running_job: uuid.UUID,
+) -> None:
+    beat = heartbeat(running_job, redis_client, session_factory, interval=3600)
+    beat(done=1)  # nothing asked yet: the run goes on
+    canceled = api_client.post(f"/api/v1/jobs/{running_job}/cancel", headers=tenant_a.headers)
+    assert canceled.status_code == 200, canceled.text
+    assert cancel_signaled(redis_client, running_job)
+    with pytest.raises(JobCanceled):
+        beat(done=2)  # the database heartbeat is an hour away; the signal is enough
+
+
+def test_a_cancel_whose_signal_was_lost_is_seen_at_the_database_heartbeat(
+    api_client: TestClient,
+    tenant_a: Account,
+    session_factory: sessionmaker[Session],
+    redis_client: redis.Redis,
+    running_job: uuid.UUID,
+) -> None:
+    beat = heartbeat(running_job, redis_client, session_factory, interval=0)
+    api_client.post(f"/api/v1/jobs/{running_job}/cancel", headers=tenant_a.headers)
+    redis_client.flushdb()  # Redis restarted: the signal is gone, PostgreSQL still knows
+    with pytest.raises(JobCanceled):
+        beat(done=2)
+
+
+def test_progress_reaches_the_jobs_api_at_the_database_heartbeat(
+    api_client: TestClient,
+    tenant_a: Account,
+    session_factory: sessionmaker[Session],
+    redis_client: redis.Redis,
+    running_job: uuid.UUID,
+) -> None:
+    quiet = heartbeat(running_job, redis_client, session_factory, interval=3600)
+    quiet(done=3)
+    seen = api_client.get(f"/api/v1/jobs/{running_job}", headers=tenant_a.headers).json()
+    assert (seen["progress_done"], seen["progress_total"]) == (0, 5)  # not written yet
+    quiet.write()
+    seen = api_client.get(f"/api/v1/jobs/{running_job}", headers=tenant_a.headers).json()
+    assert (seen["state"], seen["progress_done"], seen["progress_total"]) == ("running", 3, 5)
+
+
+def test_a_job_taken_from_its_run_is_noticed(
+    session_factory: sessionmaker[Session], redis_client: redis.Redis, running_job: uuid.UUID
+) -> None:
+    beat = heartbeat(running_job, redis_client, session_factory, interval=0)
+    with transaction(session_factory) as session:  # the reaper gave up on this run
+        assert JobStore(session).back_to_queue(running_job, "no heartbeat")
+    with pytest.raises(JobLost):
+        beat(done=2)
+    assert job_row(session_factory, running_job).state == "queued"
+
+
+def test_the_lease_is_renewed_once_a_third_of_it_is_gone(
+    session_factory: sessionmaker[Session],
+    redis_client: redis.Redis,
+    running_job: uuid.UUID,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(heartbeat_module.time, "monotonic", lambda: clock[0])
+    beat = heartbeat(running_job, redis_client, session_factory, interval=3600)
+    key = f"haven:lock:job:{running_job}"
+    redis_client.pexpire(key, 5_000)  # as if most of the lease had passed
+    clock[0] += 1
+    beat(done=1)
+    assert redis_client.pttl(key) <= 5_000  # not yet: a step every second costs no renewal
+    clock[0] += LEASE / 3
+    beat(done=2)
+    assert redis_client.pttl(key) > 25_000  # renewed to a whole lease
