@@ -68,17 +68,16 @@ def run_ingest(task: Task, rt: WorkerRuntime, job_id: uuid.UUID) -> str:
         # Another worker holds the job, or one that died still holds the lock until its
         # lease ends: look again once it would have expired.
         raise task.retry(countdown=settings.job_lease_seconds, max_retries=None)
-    outcome = "skipped"
+    ready = False  # a job known to have ended ready need not be read back
     try:
         claimed = begin(rt, job_id)
         if claimed is None:
-            return outcome  # ended, canceled while queued, or unknown
+            return "skipped"  # ended, canceled while queued, or unknown
         job, subject = claimed
         if subject is None:
             with transaction(rt.session_factory) as session:
                 JobStore(session).fail(job_id, "the document was deleted")
-            outcome = "failed"
-            return outcome
+            return "failed"
         heartbeat = Heartbeat(
             job_id,
             lock=lock,
@@ -109,10 +108,10 @@ def run_ingest(task: Task, rt: WorkerRuntime, job_id: uuid.UUID) -> str:
             return _retry_or_dead_letter(
                 task, rt, job_id, job.attempts, job.max_attempts, exc, subject=subject, run=run
             )
-        outcome = "ready"
-        return outcome
+        ready = True
+        return "ready"
     finally:
-        if outcome == "ready" or _ended(rt, job_id):
+        if ready or _ended(rt, job_id):
             clear_guard(rt.redis, str(job_id))
         try:
             lock.release()
