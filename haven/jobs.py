@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import redis
-from sqlalchemy import func, select, update
+from sqlalchemy import Update, func, select, update
 from sqlalchemy.orm import Session
 
 from haven.db.tables import Job, JobState
@@ -31,30 +31,41 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 
-# A cancel is also signalled in Redis, so a running job can look at every step boundary
-# without a database round trip. PostgreSQL's ``cancel_requested`` stays the truth.
-CANCEL_SIGNAL_TTL_SECONDS = 7 * 24 * 3600
-
-
-def _cancel_key(job_id: uuid.UUID) -> str:
-    return f"haven:job:{job_id}:cancel"
+# A cancel is also published on a Redis channel, which every worker process hears on one
+# subscriber thread, so a running job learns of it at its next step boundary without any
+# round trip. PostgreSQL's ``cancel_requested`` stays the truth: a cancel published while a
+# worker was not listening is read at the job's next database heartbeat.
+CANCEL_CHANNEL = "haven:jobs:cancel"
 
 
 def signal_cancel(client: redis.Redis, job_id: uuid.UUID) -> None:
     """After the transaction that set ``cancel_requested`` committed."""
-    client.set(_cancel_key(job_id), b"1", ex=CANCEL_SIGNAL_TTL_SECONDS)
-
-
-def clear_cancel_signal(client: redis.Redis, job_id: uuid.UUID) -> None:
-    client.delete(_cancel_key(job_id))
-
-
-def cancel_signaled(client: redis.Redis, job_id: uuid.UUID) -> bool:
-    return bool(client.exists(_cancel_key(job_id)))
+    client.publish(CANCEL_CHANNEL, str(job_id))
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def claim_statement(job_id: uuid.UUID, *, takeover: bool, steps: int | None = None) -> Update:
+    """The claim's UPDATE, without its RETURNING: a worker may make it the first part of a
+    larger statement (see ``workers.tasks.ingest.begin``)."""
+    states = [JobState.QUEUED, JobState.RUNNING] if takeover else [JobState.QUEUED]
+    now = _now()
+    progress = {} if steps is None else {"progress_done": 0, "progress_total": steps}
+    return (
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_(states), Job.cancel_requested.is_(False))
+        .values(
+            state=JobState.RUNNING,
+            attempts=Job.attempts + 1,
+            started_at=func.coalesce(Job.started_at, now),
+            heartbeat_at=now,
+            last_error=None,
+            updated_at=now,
+            **progress,
+        )
+    )
 
 
 class JobStore:
@@ -79,25 +90,10 @@ class JobStore:
     def claim(self, job_id: uuid.UUID, *, takeover: bool, steps: int | None = None) -> Job | None:
         """queued → running (or, with ``takeover``, keep a running job whose worker died).
         Returns the job when this caller now owns it. ``steps`` starts its progress."""
-        states = [JobState.QUEUED, JobState.RUNNING] if takeover else [JobState.QUEUED]
-        now = _now()
-        progress = {} if steps is None else {"progress_done": 0, "progress_total": steps}
-        stmt = (
-            update(Job)
-            .where(Job.id == job_id, Job.state.in_(states), Job.cancel_requested.is_(False))
-            .values(
-                state=JobState.RUNNING,
-                attempts=Job.attempts + 1,
-                started_at=func.coalesce(Job.started_at, now),
-                heartbeat_at=now,
-                last_error=None,
-                updated_at=now,
-                **progress,
-            )
-            .returning(Job)
-            .execution_options(populate_existing=True)
-        )
-        return self.session.execute(stmt).scalar_one_or_none()
+        stmt = claim_statement(job_id, takeover=takeover, steps=steps).returning(Job)
+        return self.session.execute(
+            stmt, execution_options={"populate_existing": True}
+        ).scalar_one_or_none()
 
     def beat(
         self, job_id: uuid.UUID, *, done: int | None = None, total: int | None = None

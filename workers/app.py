@@ -70,10 +70,10 @@ def run_ingest(task: Task, rt: WorkerRuntime, job_id: uuid.UUID) -> str:
         raise task.retry(countdown=settings.job_lease_seconds, max_retries=None)
     ready = False  # a job known to have ended ready need not be read back
     try:
-        claimed = begin(rt, job_id)
-        if claimed is None:
+        claim = begin(rt, job_id)
+        if claim is None:
             return "skipped"  # ended, canceled while queued, or unknown
-        job, subject = claimed
+        subject = claim.subject
         if subject is None:
             with transaction(rt.session_factory) as session:
                 JobStore(session).fail(job_id, "the document was deleted")
@@ -81,7 +81,7 @@ def run_ingest(task: Task, rt: WorkerRuntime, job_id: uuid.UUID) -> str:
         heartbeat = Heartbeat(
             job_id,
             lock=lock,
-            redis_client=rt.redis,
+            cancels=rt.cancels,
             session_factory=rt.session_factory,
             interval_seconds=settings.job_heartbeat_seconds,
             lease_seconds=settings.job_lease_seconds,
@@ -106,7 +106,7 @@ def run_ingest(task: Task, rt: WorkerRuntime, job_id: uuid.UUID) -> str:
             return "failed"
         except Exception as exc:
             return _retry_or_dead_letter(
-                task, rt, job_id, job.attempts, job.max_attempts, exc, subject=subject, run=run
+                task, rt, job_id, claim.attempts, claim.max_attempts, exc, subject=subject, run=run
             )
         ready = True
         return "ready"

@@ -1,12 +1,13 @@
 """A running job's heartbeat: its lease, its progress and whether it should go on.
 
 Called at every step boundary, it must be cheap: an ingest of a short document has a dozen
-boundaries and a busy worker runs many documents a second. So each call only asks Redis
-whether a cancel was signalled (one ``EXISTS``); the PostgreSQL heartbeat (progress, the
-reaper's ``heartbeat_at``, and the authoritative cancel flag) is written at most every
-``job_heartbeat_seconds``, and the Redis lock is extended once a third of its lease is gone.
-A cancel whose Redis signal was lost (Redis restarted) is still seen at the next database
-heartbeat, and always before a version is activated.
+boundaries and a busy worker runs many documents a second. So a call costs no round trip
+unless something is due: a cancel is looked up among those the process's ``CancelWatch``
+has heard; the PostgreSQL heartbeat (progress, the reaper's ``heartbeat_at``, and the
+authoritative cancel flag) is written at most every ``job_heartbeat_seconds``, and the Redis
+lock is extended once a third of its lease is gone. A cancel whose message was missed
+(Redis restarted) is still seen at the next database heartbeat, and always before a version
+is activated.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from __future__ import annotations
 import time
 import uuid
 
-import redis
 from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 from sqlalchemy.orm import Session, sessionmaker
 
 from haven.db.engine import transaction
-from haven.jobs import JobStore, cancel_signaled
+from haven.jobs import JobStore
+from workers.cancel_watch import CancelWatch
 
 
 class JobCanceled(Exception):
@@ -37,14 +38,14 @@ class Heartbeat:
         job_id: uuid.UUID,
         *,
         lock: Lock,
-        redis_client: redis.Redis,
+        cancels: CancelWatch,
         session_factory: sessionmaker[Session],
         interval_seconds: float,
         lease_seconds: float,
     ) -> None:
         self.job_id = job_id
         self.lock = lock
-        self.redis = redis_client
+        self.cancels = cancels
         self.session_factory = session_factory
         self.interval = interval_seconds
         self.lease = lease_seconds
@@ -63,7 +64,7 @@ class Heartbeat:
         if now - self._extended >= self.lease / 3:
             self._extend_lease()
             self._extended = now
-        if cancel_signaled(self.redis, self.job_id):
+        if self.cancels.canceled(self.job_id):
             raise JobCanceled()
         if now - self._written >= self.interval:
             self.write()

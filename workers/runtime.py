@@ -23,6 +23,7 @@ from haven.storage import make_client
 from haven.vectors import make_index, make_qdrant
 from models.loader import ModelCache
 from models.store import registry_from_settings
+from workers.cancel_watch import CancelWatch
 from workers.settings import WorkerSettings
 
 
@@ -40,6 +41,13 @@ class WorkerRuntime:
     @cached_property
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
+
+    @cached_property
+    def cancels(self) -> CancelWatch:
+        """Cancels published for running jobs, heard on one subscriber thread."""
+        watch = CancelWatch(self.redis)
+        watch.start()
+        return watch
 
     @cached_property
     def s3(self) -> Minio:
@@ -71,7 +79,8 @@ class WorkerRuntime:
         return AutoTokenizer.from_pretrained(str(local.path))
 
     def warm(self) -> None:
-        """Load what the first job would otherwise wait for."""
+        """Load what the first job would otherwise wait for, and start hearing cancels."""
+        _ = self.cancels
         _ = self.tokenizer
 
     @cached_property

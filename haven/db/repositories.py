@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import Select, delete, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -240,6 +240,36 @@ class DocumentRepository(TenantRepository[Document]):
             .order_by(DocumentVersion.version)
         )
         return self.session.execute(stmt).scalars().all()
+
+    def newest_version_number(self, document_id: uuid.UUID, version_id: uuid.UUID) -> int | None:
+        """The document's newest version number; None when that version of it is gone
+        (deleted while it was ingested)."""
+        versions = select(DocumentVersion).where(
+            DocumentVersion.tenant_id == self.tenant_id,
+            DocumentVersion.document_id == document_id,
+        )
+        newest = select(func.max(versions.subquery().c.version)).scalar_subquery()
+        stmt = select(newest).where(exists(versions.where(DocumentVersion.id == version_id)))
+        return self.session.execute(stmt).scalar_one_or_none()
+
+    def mark_ready(
+        self, document_id: uuid.UUID, version_id: uuid.UUID, number: int, *, current: bool
+    ) -> None:
+        """The version is ready; with ``current`` it is also the one the document serves
+        (both rows in one statement)."""
+        ready = (
+            update(DocumentVersion)
+            .where(DocumentVersion.tenant_id == self.tenant_id, DocumentVersion.id == version_id)
+            .values(state=DocumentState.READY)
+        )
+        if current:
+            ready = (
+                update(Document)
+                .where(Document.tenant_id == self.tenant_id, Document.id == document_id)
+                .values(state=DocumentState.READY, current_version=number)
+                .add_cte(ready.returning(DocumentVersion.id).cte("ready_version"))
+            )
+        self.session.execute(ready.execution_options(synchronize_session=False))
 
     def add_version(self, document: Document, version: DocumentVersion) -> DocumentVersion:
         version.tenant_id = self.tenant_id

@@ -1,9 +1,12 @@
 """A running job's heartbeat: cancel seen at the next step boundary, progress and lease kept,
-and a job taken from its run noticed (real PostgreSQL and Redis; the job made by an upload)."""
+and a job taken from its run noticed (real PostgreSQL and Redis, a real subscriber thread
+hearing cancels; the job made by an upload)."""
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -12,9 +15,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from haven.db.engine import transaction
 from haven.db.tables import Job
-from haven.jobs import JobStore, cancel_signaled
+from haven.jobs import JobStore
 from tests.fixtures.api import Account
 from workers import heartbeat as heartbeat_module
+from workers.cancel_watch import CancelWatch
 from workers.heartbeat import Heartbeat, JobCanceled, JobLost
 
 LEASE = 30
@@ -37,19 +41,38 @@ def running_job(
     return job_id
 
 
+@pytest.fixture()
+def cancels(redis_client: redis.Redis) -> Iterator[CancelWatch]:
+    watch = CancelWatch(redis_client)
+    watch.start()
+    yield watch
+    watch.stop()
+
+
+def heard(watch: CancelWatch, job_id: uuid.UUID, within: float = 5.0) -> bool:
+    """Messages arrive on the watch's own thread: give it a moment."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if watch.canceled(job_id):
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def heartbeat(
     job_id: uuid.UUID,
     client: redis.Redis,
     factory: sessionmaker[Session],
     *,
     interval: float,
+    cancels: CancelWatch,
 ) -> Heartbeat:
     lock = client.lock(f"haven:lock:job:{job_id}", timeout=LEASE, blocking=False)
     assert lock.acquire()
     return Heartbeat(
         job_id,
         lock=lock,
-        redis_client=client,
+        cancels=cancels,
         session_factory=factory,
         interval_seconds=interval,
         lease_seconds=LEASE,
@@ -69,28 +92,55 @@ def test_cancel_through_the_api_stops_the_next_step_without_a_database_heartbeat
     session_factory: sessionmaker[Session],
     redis_client: redis.Redis,
     running_job: uuid.UUID,
+    cancels: CancelWatch,
 ) -> None:
-    beat = heartbeat(running_job, redis_client, session_factory, interval=3600)
+    beat = heartbeat(running_job, redis_client, session_factory, interval=3600, cancels=cancels)
     beat(done=1)  # nothing asked yet: the run goes on
     canceled = api_client.post(f"/api/v1/jobs/{running_job}/cancel", headers=tenant_a.headers)
     assert canceled.status_code == 200, canceled.text
-    assert cancel_signaled(redis_client, running_job)
+    assert heard(cancels, running_job)
     with pytest.raises(JobCanceled):
-        beat(done=2)  # the database heartbeat is an hour away; the signal is enough
+        beat(done=2)  # the database heartbeat is an hour away; the message is enough
 
 
-def test_a_cancel_whose_signal_was_lost_is_seen_at_the_database_heartbeat(
+def test_a_cancel_the_worker_did_not_hear_is_seen_at_the_database_heartbeat(
     api_client: TestClient,
     tenant_a: Account,
     session_factory: sessionmaker[Session],
     redis_client: redis.Redis,
     running_job: uuid.UUID,
 ) -> None:
-    beat = heartbeat(running_job, redis_client, session_factory, interval=0)
+    deaf = CancelWatch(redis_client)  # never subscribed, as while Redis was restarting
+    beat = heartbeat(running_job, redis_client, session_factory, interval=0, cancels=deaf)
     api_client.post(f"/api/v1/jobs/{running_job}/cancel", headers=tenant_a.headers)
-    redis_client.flushdb()  # Redis restarted: the signal is gone, PostgreSQL still knows
     with pytest.raises(JobCanceled):
         beat(done=2)
+
+
+def test_the_watch_hears_cancels_again_after_its_connection_drops(
+    api_client: TestClient,
+    tenant_a: Account,
+    redis_client: redis.Redis,
+    running_job: uuid.UUID,
+    cancels: CancelWatch,
+) -> None:
+    assert redis_client.client_kill_filter(_type="pubsub") >= 1
+    # The subscriber reconnects and subscribes again on its own.
+    deadline = time.monotonic() + 10
+    while redis_client.pubsub_numsub("haven:jobs:cancel")[0][1] == 0:
+        assert time.monotonic() < deadline, "the watch did not subscribe again"
+        time.sleep(0.05)
+    api_client.post(f"/api/v1/jobs/{running_job}/cancel", headers=tenant_a.headers)
+    assert heard(cancels, running_job)
+
+
+def test_a_new_run_forgets_a_cancel_heard_for_an_earlier_one(
+    api_client: TestClient, tenant_a: Account, running_job: uuid.UUID, cancels: CancelWatch
+) -> None:
+    api_client.post(f"/api/v1/jobs/{running_job}/cancel", headers=tenant_a.headers)
+    assert heard(cancels, running_job)
+    cancels.forget(running_job)  # what begin() does when a retried job starts again
+    assert not cancels.canceled(running_job)
 
 
 def test_progress_reaches_the_jobs_api_at_the_database_heartbeat(
@@ -99,8 +149,9 @@ def test_progress_reaches_the_jobs_api_at_the_database_heartbeat(
     session_factory: sessionmaker[Session],
     redis_client: redis.Redis,
     running_job: uuid.UUID,
+    cancels: CancelWatch,
 ) -> None:
-    quiet = heartbeat(running_job, redis_client, session_factory, interval=3600)
+    quiet = heartbeat(running_job, redis_client, session_factory, interval=3600, cancels=cancels)
     quiet(done=3)
     seen = api_client.get(f"/api/v1/jobs/{running_job}", headers=tenant_a.headers).json()
     assert (seen["progress_done"], seen["progress_total"]) == (0, 5)  # not written yet
@@ -110,9 +161,12 @@ def test_progress_reaches_the_jobs_api_at_the_database_heartbeat(
 
 
 def test_a_job_taken_from_its_run_is_noticed(
-    session_factory: sessionmaker[Session], redis_client: redis.Redis, running_job: uuid.UUID
+    session_factory: sessionmaker[Session],
+    redis_client: redis.Redis,
+    running_job: uuid.UUID,
+    cancels: CancelWatch,
 ) -> None:
-    beat = heartbeat(running_job, redis_client, session_factory, interval=0)
+    beat = heartbeat(running_job, redis_client, session_factory, interval=0, cancels=cancels)
     with transaction(session_factory) as session:  # the reaper gave up on this run
         assert JobStore(session).back_to_queue(running_job, "no heartbeat")
     with pytest.raises(JobLost):
@@ -125,10 +179,11 @@ def test_the_lease_is_renewed_once_a_third_of_it_is_gone(
     redis_client: redis.Redis,
     running_job: uuid.UUID,
     monkeypatch: pytest.MonkeyPatch,
+    cancels: CancelWatch,
 ) -> None:
     clock = [1000.0]
     monkeypatch.setattr(heartbeat_module.time, "monotonic", lambda: clock[0])
-    beat = heartbeat(running_job, redis_client, session_factory, interval=3600)
+    beat = heartbeat(running_job, redis_client, session_factory, interval=3600, cancels=cancels)
     key = f"haven:lock:job:{running_job}"
     redis_client.pexpire(key, 5_000)  # as if most of the lease had passed
     clock[0] += 1

@@ -15,8 +15,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
+from sqlalchemy import Select, case, select, true, update
 from sqlalchemy.orm import Session
 
 from haven.answer_cache import invalidate_documents
@@ -25,7 +27,7 @@ from haven.db.engine import transaction
 from haven.db.repositories import ChunkRepository, DocumentRepository
 from haven.db.tables import Document, DocumentState, DocumentVersion, Job, Role
 from haven.index import IndexedChunk, SparseVector, chunk_id, passage_text
-from haven.jobs import JobStore, clear_cancel_signal
+from haven.jobs import JobStore, claim_statement
 from haven.storage import download
 from workers.heartbeat import Heartbeat, JobCanceled, JobLost
 from workers.ingest.chunking import ChunkDraft, chunk_blocks
@@ -51,10 +53,6 @@ class Subject:
     tags: list[str]
     created_at: datetime
     attempt: int  # 1 for the job's first run
-
-
-def _system_principal(job: Job) -> Principal:
-    return Principal(subject_id=job.id, tenant_id=job.tenant_id, role=Role.EDITOR, kind="user")
 
 
 class IngestRun:
@@ -162,34 +160,29 @@ class IngestRun:
         chunk_count = len(drafts)
         rows = self._chunk_rows(drafts)
         with transaction(self.rt.session_factory) as session:
-            store = JobStore(session)
-            ended = store.finish_unless_canceled(s.job_id)
+            ended = JobStore(session).finish_unless_canceled(s.job_id)
             if ended == "cancel":
                 raise JobCanceled()
             if ended == "lost":
                 raise JobLost()
             documents = DocumentRepository(session, s.principal)
-            document = documents.get(s.document_id)
-            version = session.get(DocumentVersion, s.version_id)
-            if document is None or version is None:
+            newest = documents.newest_version_number(s.document_id, s.version_id)
+            if newest is None:
                 raise JobCanceled()  # deleted while we ran
             chunks = ChunkRepository(session, s.principal)
             for start in range(0, len(rows), 1000):
                 chunks.insert_many(rows[start : start + 1000])
-            latest = max(v.version for v in documents.versions(document.id))
-            if s.version < latest:
-                # A newer version was uploaded meanwhile; it will take over when it is ready.
-                version.state = DocumentState.READY
-            else:
+            # A newer version uploaded meanwhile takes over when it is ready; until then the
+            # document keeps serving what it served.
+            current = s.version >= newest
+            if current:
                 self.rt.index.activate_version(
                     [chunk_id(s.document_id, s.version, p) for p in range(chunk_count)],
-                    chunks.delete_other_versions(document.id, version.id),
+                    chunks.delete_other_versions(s.document_id, s.version_id),
                 )
-                version.state = DocumentState.READY
-                document.state = DocumentState.READY
-                document.current_version = s.version
-        # Answers that cited the document's earlier version are stale now.
-        invalidate_documents(self.rt.redis, s.principal.tenant_id, [s.document_id])
+            documents.mark_ready(s.document_id, s.version_id, s.version, current=current)
+        if s.version > 1:  # answers that cited an earlier version are stale now
+            invalidate_documents(self.rt.redis, s.principal.tenant_id, [s.document_id])
         log.info(
             "ingest.ready", document_id=str(s.document_id), version=s.version, chunks=chunk_count
         )
@@ -202,41 +195,92 @@ class IngestRun:
             ChunkRepository(session, s.principal).delete_version(s.version_id)
 
 
-def begin(rt: WorkerRuntime, job_id: uuid.UUID) -> tuple[Job, Subject | None] | None:
-    """Claim the job, read what it ingests and mark that processing, in one transaction.
-    None when the job is not this run's to do; no subject when its document is gone."""
+@dataclass(frozen=True)
+class Claim:
+    attempts: int  # this run's number
+    max_attempts: int
+    subject: Subject | None  # None when the document is gone
+
+
+def begin(rt: WorkerRuntime, job_id: uuid.UUID) -> Claim | None:
+    """Claim the job, read what it ingests and mark that processing: one statement, one
+    transaction. None when the job is not this run's to do."""
     with transaction(rt.session_factory) as session:
         # The caller holds the job's lock, so a job still "running" belongs to a worker that
         # died: take it over.
-        job = JobStore(session).claim(job_id, takeover=True, steps=len(STEPS))
-        if job is None:
-            return None
-        subject = _load_subject(session, job)
-        if subject is not None:
-            _set_state(session, subject, DocumentState.PROCESSING)
-    clear_cancel_signal(rt.redis, job_id)  # a signal left by an earlier, canceled run
-    return job, subject
-
-
-def _load_subject(session: Session, job: Job) -> Subject | None:
-    principal = _system_principal(job)
-    version = session.get(DocumentVersion, job.subject_id)
-    document = session.get(Document, version.document_id) if version else None
-    if version is None or document is None or version.tenant_id != job.tenant_id:
+        row = session.execute(_begin_statement(job_id)).one_or_none()
+    if row is None:
         return None
-    return Subject(
-        job_id=job.id,
-        principal=principal,
-        document_id=document.id,
-        version_id=version.id,
-        version=version.version,
-        object_key=version.object_key,
-        mime=document.mime,
-        title=document.title,
-        tags=list(document.tags),
-        created_at=version.created_at or datetime.now(UTC),
-        attempt=job.attempts,
+    rt.cancels.forget(job_id)  # a cancel heard for an earlier, canceled run
+    subject = None
+    if row.version_id is not None and row.document_id is not None:
+        subject = Subject(
+            job_id=job_id,
+            principal=Principal(
+                subject_id=job_id, tenant_id=row.tenant_id, role=Role.EDITOR, kind="user"
+            ),
+            document_id=row.document_id,
+            version_id=row.version_id,
+            version=row.version,
+            object_key=row.object_key,
+            mime=row.mime,
+            title=row.title,
+            tags=list(row.tags),
+            created_at=row.created_at or datetime.now(UTC),
+            attempt=row.attempts,
+        )
+    return Claim(attempts=row.attempts, max_attempts=row.max_attempts, subject=subject)
+
+
+def _begin_statement(job_id: uuid.UUID) -> Select[Any]:
+    """claim → the job's version goes processing → so does its document, unless an earlier
+    version is searchable; returns the job's counters and what the run needs to know."""
+    claimed = (
+        claim_statement(job_id, takeover=True, steps=len(STEPS))
+        .returning(Job.tenant_id, Job.subject_id, Job.attempts, Job.max_attempts)
+        .cte("claimed")
     )
+    version = (
+        update(DocumentVersion)
+        .where(
+            DocumentVersion.id == claimed.c.subject_id,
+            DocumentVersion.tenant_id == claimed.c.tenant_id,
+        )
+        .values(state=DocumentState.PROCESSING)
+        .returning(
+            DocumentVersion.id,
+            DocumentVersion.document_id,
+            DocumentVersion.version,
+            DocumentVersion.object_key,
+            DocumentVersion.created_at,
+        )
+        .cte("version")
+    )
+    document = (
+        update(Document)
+        .where(Document.id == version.c.document_id)
+        .values(
+            state=case(
+                (Document.current_version.is_(None), DocumentState.PROCESSING),
+                else_=Document.state,
+            )
+        )
+        .returning(Document.id, Document.mime, Document.title, Document.tags)
+        .cte("document")
+    )
+    return select(
+        claimed.c.tenant_id,
+        claimed.c.attempts,
+        claimed.c.max_attempts,
+        version.c.id.label("version_id"),
+        version.c.version,
+        version.c.object_key,
+        version.c.created_at,
+        document.c.id.label("document_id"),
+        document.c.mime,
+        document.c.title,
+        document.c.tags,
+    ).select_from(claimed.outerjoin(version, true()).outerjoin(document, true()))
 
 
 def mark_version(rt: WorkerRuntime, subject: Subject, state: DocumentState) -> None:
