@@ -41,13 +41,23 @@ async def get_session(request: Request, runtime: RuntimeDep) -> AsyncIterator[Se
         session = runtime.session_factory()
         try:
             yield session
-            await run_in_threadpool(session.commit)
         except BaseException:
-            await run_in_threadpool(session.rollback)
+            await run_in_threadpool(_end, session, commit=False)
             raise
-        finally:
-            await run_in_threadpool(session.close)
-    await run_in_threadpool(outbox.flush, runtime)
+        await run_in_threadpool(_end, session, commit=True)
+    if outbox:
+        await run_in_threadpool(outbox.flush, runtime)
+
+
+def _end(session: Session, *, commit: bool) -> None:
+    """Commit (or roll back) and close in one hop to a worker thread."""
+    try:
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
+    finally:
+        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

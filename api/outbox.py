@@ -35,6 +35,9 @@ class JobOutbox:
         """Run ``callback`` once the request's transaction has committed."""
         self.callbacks.append(callback)
 
+    def __bool__(self) -> bool:
+        return bool(self.pending or self.callbacks)
+
     def flush(self, runtime: ApiRuntime) -> None:
         request_id = structlog.contextvars.get_contextvars().get("request_id")
         for task, job_id in self.pending:

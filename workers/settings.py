@@ -30,9 +30,9 @@ class WorkerSettings(ModelStoreSettings):
     # Jobs one worker process runs at once, in threads: an ingest job mostly waits on emb,
     # and emb batches better the more chunks wait in its queue.
     worker_concurrency: int = 16
-    # A running job writes its heartbeat and progress to PostgreSQL at most this often (it
-    # looks for a cancel in Redis at every step boundary).
-    job_heartbeat_seconds: float = 2.0
+    # A running job writes its heartbeat and progress to PostgreSQL at most this often (a
+    # cancel reaches it sooner, through the worker's cancel subscriber, at the next step).
+    job_heartbeat_seconds: float = 5.0
     # Where an embedded beat (haven up, celery worker -B) keeps its schedule state.
     beat_schedule_path: Path = Path("var/celerybeat-schedule")
 
