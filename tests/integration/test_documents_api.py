@@ -18,20 +18,10 @@ from tests.fixtures.api import (
     bootstrap_platform_admin,
     create_tenant_with_admin,
     create_user,
+    upload,
 )
 
 TEXT = b"Haven keeps every document it accepts.\n\nA second paragraph for good measure.\n"
-
-
-def upload(
-    client: TestClient, who: Account, content: bytes, name: str = "note.txt", **fields: Any
-) -> httpx.Response:
-    return client.post(
-        "/api/v1/documents",
-        files={"file": (name, content, "text/plain")},
-        data=fields,
-        headers=who.headers,
-    )
 
 
 def test_upload_creates_document_version_and_queued_job(

@@ -13,16 +13,11 @@ from haven.auth.principal import Principal
 from haven.db.engine import transaction
 from haven.db.repositories import DocumentRepository
 from haven.db.tables import DocumentVersion, Role
-from tests.fixtures.api import Account
+from tests.fixtures.api import Account, upload
 
 
-def upload(client: TestClient, who: Account, content: bytes) -> dict[str, object]:
-    response = client.post(
-        "/api/v1/documents",
-        files={"file": ("handbook.txt", content, "text/plain")},
-        data={"source_id": "handbook"},
-        headers=who.headers,
-    )
+def upload_edition(client: TestClient, who: Account, content: bytes) -> dict[str, object]:
+    response = upload(client, who, content, "handbook.txt", source_id="handbook")
     assert response.status_code == 201, response.text
     body: dict[str, object] = response.json()
     return body
@@ -39,8 +34,8 @@ def version_id(factory: sessionmaker[Session], document_id: uuid.UUID, number: i
 def test_an_older_version_finishing_late_does_not_take_over(
     api_client: TestClient, tenant_a: Account, session_factory: sessionmaker[Session]
 ) -> None:
-    first = upload(api_client, tenant_a, b"the handbook, first edition")
-    upload(api_client, tenant_a, b"the handbook, second edition")
+    first = upload_edition(api_client, tenant_a, b"the handbook, first edition")
+    upload_edition(api_client, tenant_a, b"the handbook, second edition")
     document_id = uuid.UUID(str(first["document"]["id"]))  # type: ignore[index]
     v1, v2 = (version_id(session_factory, document_id, n) for n in (1, 2))
     worker = Principal(subject_id=uuid.uuid4(), tenant_id=tenant_a.tenant_id, role=Role.EDITOR)
@@ -63,7 +58,7 @@ def test_an_older_version_finishing_late_does_not_take_over(
 def test_a_version_deleted_during_its_ingest_is_noticed(
     api_client: TestClient, tenant_a: Account, session_factory: sessionmaker[Session]
 ) -> None:
-    first = upload(api_client, tenant_a, b"a handbook about to be deleted")
+    first = upload_edition(api_client, tenant_a, b"a handbook about to be deleted")
     document_id = uuid.UUID(str(first["document"]["id"]))  # type: ignore[index]
     v1 = version_id(session_factory, document_id, 1)
     worker = Principal(subject_id=uuid.uuid4(), tenant_id=tenant_a.tenant_id, role=Role.EDITOR)
@@ -79,7 +74,7 @@ def test_another_tenant_cannot_activate_a_version(
     tenant_b: Account,
     session_factory: sessionmaker[Session],
 ) -> None:
-    first = upload(api_client, tenant_a, b"tenant A's handbook")
+    first = upload_edition(api_client, tenant_a, b"tenant A's handbook")
     document_id = uuid.UUID(str(first["document"]["id"]))  # type: ignore[index]
     v1 = version_id(session_factory, document_id, 1)
     outsider = Principal(subject_id=uuid.uuid4(), tenant_id=tenant_b.tenant_id, role=Role.EDITOR)

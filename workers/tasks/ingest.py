@@ -205,13 +205,15 @@ class Claim:
 def begin(rt: WorkerRuntime, job_id: uuid.UUID) -> Claim | None:
     """Claim the job, read what it ingests and mark that processing: one statement, one
     transaction. None when the job is not this run's to do."""
+    # A cancel heard for an earlier, canceled run no longer applies; one published from now
+    # on does (the claim below refuses a job whose cancel was already requested).
+    rt.cancels.forget(job_id)
     with transaction(rt.session_factory) as session:
         # The caller holds the job's lock, so a job still "running" belongs to a worker that
         # died: take it over.
         row = session.execute(_begin_statement(job_id)).one_or_none()
     if row is None:
         return None
-    rt.cancels.forget(job_id)  # a cancel heard for an earlier, canceled run
     subject = None
     if row.version_id is not None and row.document_id is not None:
         subject = Subject(
