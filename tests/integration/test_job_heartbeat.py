@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Protocol
 
 import pytest
 import redis
@@ -59,24 +60,34 @@ def heard(watch: CancelWatch, job_id: uuid.UUID, within: float = 5.0) -> bool:
     return False
 
 
-def heartbeat(
-    job_id: uuid.UUID,
-    client: redis.Redis,
-    factory: sessionmaker[Session],
-    *,
-    interval: float,
+class StartBeat(Protocol):
+    def __call__(self, *, interval: float, cancels: CancelWatch | None = None) -> Heartbeat: ...
+
+
+@pytest.fixture()
+def start_beat(
+    running_job: uuid.UUID,
+    redis_client: redis.Redis,
+    session_factory: sessionmaker[Session],
     cancels: CancelWatch,
-) -> Heartbeat:
-    lock = client.lock(f"haven:lock:job:{job_id}", timeout=LEASE, blocking=False)
-    assert lock.acquire()
-    return Heartbeat(
-        job_id,
-        lock=lock,
-        cancels=cancels,
-        session_factory=factory,
-        interval_seconds=interval,
-        lease_seconds=LEASE,
-    )
+) -> StartBeat:
+    """The running job's heartbeat as its worker makes it: the job's lock taken, the worker's
+    cancel watch (or the one given) listening."""
+    worker_watch = cancels
+
+    def start(*, interval: float, cancels: CancelWatch | None = None) -> Heartbeat:
+        lock = redis_client.lock(f"haven:lock:job:{running_job}", timeout=LEASE, blocking=False)
+        assert lock.acquire()
+        return Heartbeat(
+            running_job,
+            lock=lock,
+            cancels=cancels or worker_watch,
+            session_factory=session_factory,
+            interval_seconds=interval,
+            lease_seconds=LEASE,
+        )
+
+    return start
 
 
 def job_row(factory: sessionmaker[Session], job_id: uuid.UUID) -> Job:
@@ -89,12 +100,11 @@ def job_row(factory: sessionmaker[Session], job_id: uuid.UUID) -> Job:
 def test_cancel_through_the_api_stops_the_next_step_without_a_database_heartbeat(
     api_client: TestClient,
     tenant_a: Account,
-    session_factory: sessionmaker[Session],
-    redis_client: redis.Redis,
     running_job: uuid.UUID,
     cancels: CancelWatch,
+    start_beat: StartBeat,
 ) -> None:
-    beat = heartbeat(running_job, redis_client, session_factory, interval=3600, cancels=cancels)
+    beat = start_beat(interval=3600)
     beat(done=1)  # nothing asked yet: the run goes on
     canceled = api_client.post(f"/api/v1/jobs/{running_job}/cancel", headers=tenant_a.headers)
     assert canceled.status_code == 200, canceled.text
@@ -106,12 +116,12 @@ def test_cancel_through_the_api_stops_the_next_step_without_a_database_heartbeat
 def test_a_cancel_the_worker_did_not_hear_is_seen_at_the_database_heartbeat(
     api_client: TestClient,
     tenant_a: Account,
-    session_factory: sessionmaker[Session],
     redis_client: redis.Redis,
     running_job: uuid.UUID,
+    start_beat: StartBeat,
 ) -> None:
     deaf = CancelWatch(redis_client)  # never subscribed, as while Redis was restarting
-    beat = heartbeat(running_job, redis_client, session_factory, interval=0, cancels=deaf)
+    beat = start_beat(interval=0, cancels=deaf)
     api_client.post(f"/api/v1/jobs/{running_job}/cancel", headers=tenant_a.headers)
     with pytest.raises(JobCanceled):
         beat(done=2)
@@ -146,12 +156,10 @@ def test_a_new_run_forgets_a_cancel_heard_for_an_earlier_one(
 def test_progress_reaches_the_jobs_api_at_the_database_heartbeat(
     api_client: TestClient,
     tenant_a: Account,
-    session_factory: sessionmaker[Session],
-    redis_client: redis.Redis,
     running_job: uuid.UUID,
-    cancels: CancelWatch,
+    start_beat: StartBeat,
 ) -> None:
-    quiet = heartbeat(running_job, redis_client, session_factory, interval=3600, cancels=cancels)
+    quiet = start_beat(interval=3600)
     quiet(done=3)
     seen = api_client.get(f"/api/v1/jobs/{running_job}", headers=tenant_a.headers).json()
     assert (seen["progress_done"], seen["progress_total"]) == (0, 5)  # not written yet
@@ -162,11 +170,10 @@ def test_progress_reaches_the_jobs_api_at_the_database_heartbeat(
 
 def test_a_job_taken_from_its_run_is_noticed(
     session_factory: sessionmaker[Session],
-    redis_client: redis.Redis,
     running_job: uuid.UUID,
-    cancels: CancelWatch,
+    start_beat: StartBeat,
 ) -> None:
-    beat = heartbeat(running_job, redis_client, session_factory, interval=0, cancels=cancels)
+    beat = start_beat(interval=0)
     with transaction(session_factory) as session:  # the reaper gave up on this run
         assert JobStore(session).back_to_queue(running_job, "no heartbeat")
     with pytest.raises(JobLost):
@@ -175,15 +182,14 @@ def test_a_job_taken_from_its_run_is_noticed(
 
 
 def test_the_lease_is_renewed_once_a_third_of_it_is_gone(
-    session_factory: sessionmaker[Session],
     redis_client: redis.Redis,
     running_job: uuid.UUID,
     monkeypatch: pytest.MonkeyPatch,
-    cancels: CancelWatch,
+    start_beat: StartBeat,
 ) -> None:
     clock = [1000.0]
     monkeypatch.setattr(heartbeat_module.time, "monotonic", lambda: clock[0])
-    beat = heartbeat(running_job, redis_client, session_factory, interval=3600, cancels=cancels)
+    beat = start_beat(interval=3600)
     key = f"haven:lock:job:{running_job}"
     redis_client.pexpire(key, 5_000)  # as if most of the lease had passed
     clock[0] += 1
