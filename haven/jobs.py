@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import redis
-from sqlalchemy import Update, func, select, update
+from sqlalchemy import Update, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from haven.db.tables import Job, JobState
@@ -47,15 +47,22 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def claim_statement(job_id: uuid.UUID, *, takeover: bool, steps: int | None = None) -> Update:
-    """The claim's UPDATE, without its RETURNING: a worker may make it the first part of a
+def claim_statement(*, takeover: bool, steps: int | None = None) -> Update:
+    """The claim's UPDATE, without its RETURNING, for the parameters ``job_id`` and ``now``.
+
+    Built once by its callers and executed with parameters: composing and caching a
+    statement costs more CPU than running it. A worker may make it the first part of a
     larger statement (see ``workers.tasks.ingest.begin``)."""
     states = [JobState.QUEUED, JobState.RUNNING] if takeover else [JobState.QUEUED]
-    now = _now()
+    now = bindparam("now", type_=Job.heartbeat_at.type)
     progress = {} if steps is None else {"progress_done": 0, "progress_total": steps}
     return (
         update(Job)
-        .where(Job.id == job_id, Job.state.in_(states), Job.cancel_requested.is_(False))
+        .where(
+            Job.id == bindparam("job_id"),
+            Job.state.in_(states),
+            Job.cancel_requested.is_(False),
+        )
         .values(
             state=JobState.RUNNING,
             attempts=Job.attempts + 1,
@@ -66,6 +73,29 @@ def claim_statement(job_id: uuid.UUID, *, takeover: bool, steps: int | None = No
             **progress,
         )
     )
+
+
+def claim_params(job_id: uuid.UUID) -> dict[str, Any]:
+    return {"job_id": job_id, "now": _now()}
+
+
+# running → ready unless a cancel was requested; returns the job's id when it moved.
+_FINISH = (
+    update(Job)
+    .where(
+        Job.id == bindparam("job_id"),
+        Job.state == JobState.RUNNING,
+        Job.cancel_requested.is_(False),
+    )
+    .values(
+        state=JobState.READY,
+        finished_at=bindparam("now", type_=Job.finished_at.type),
+        progress_done=Job.progress_total,
+        updated_at=func.now(),
+    )
+    .returning(Job.id)
+    .execution_options(synchronize_session=False)
+)
 
 
 class JobStore:
@@ -90,9 +120,9 @@ class JobStore:
     def claim(self, job_id: uuid.UUID, *, takeover: bool, steps: int | None = None) -> Job | None:
         """queued → running (or, with ``takeover``, keep a running job whose worker died).
         Returns the job when this caller now owns it. ``steps`` starts its progress."""
-        stmt = claim_statement(job_id, takeover=takeover, steps=steps).returning(Job)
+        stmt = claim_statement(takeover=takeover, steps=steps).returning(Job)
         return self.session.execute(
-            stmt, execution_options={"populate_existing": True}
+            stmt, claim_params(job_id), execution_options={"populate_existing": True}
         ).scalar_one_or_none()
 
     def beat(
@@ -125,19 +155,8 @@ class JobStore:
     def finish_unless_canceled(self, job_id: uuid.UUID) -> Literal["ready", "cancel", "lost"]:
         """running → ready, unless a cancel was requested (``cancel``) or the job is no longer
         running (``lost``). In the caller's transaction: it commits with the job's results."""
-        stmt = (
-            update(Job)
-            .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.cancel_requested.is_(False))
-            .values(
-                state=JobState.READY,
-                finished_at=_now(),
-                progress_done=Job.progress_total,
-                updated_at=func.now(),
-            )
-            .returning(Job.id)
-            .execution_options(synchronize_session=False)
-        )
-        if self.session.execute(stmt).scalar_one_or_none() is not None:
+        finished = self.session.execute(_FINISH, {"job_id": job_id, "now": _now()})
+        if finished.scalar_one_or_none() is not None:
             return "ready"
         return "cancel" if self.cancel_requested(job_id) else "lost"
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, TypeVar
 
-from sqlalchemy import Select, delete, exists, func, select, update
+from sqlalchemy import Select, bindparam, delete, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -193,6 +193,44 @@ class PlatformRepository:
         self.session.flush()
 
 
+# The statements a worker runs for every document, built once and executed with parameters:
+# composing and caching a statement per call cost more CPU than PostgreSQL spends running it.
+# Each one filters on the ``tenant`` parameter, which the repositories always pass.
+_versions_of_document = select(DocumentVersion).where(
+    DocumentVersion.tenant_id == bindparam("tenant"),
+    DocumentVersion.document_id == bindparam("document"),
+)
+_NEWEST_VERSION = select(
+    select(func.max(_versions_of_document.subquery().c.version)).scalar_subquery()
+).where(exists(_versions_of_document.where(DocumentVersion.id == bindparam("version_row"))))
+_MARK_READY = (
+    update(DocumentVersion)
+    .where(
+        DocumentVersion.tenant_id == bindparam("tenant"),
+        DocumentVersion.id == bindparam("version_row"),
+    )
+    .values(state=DocumentState.READY)
+    .execution_options(synchronize_session=False)
+)
+_MARK_READY_CURRENT = (
+    update(Document)
+    .where(Document.tenant_id == bindparam("tenant"), Document.id == bindparam("document"))
+    .values(state=DocumentState.READY, current_version=bindparam("number"))
+    .add_cte(_MARK_READY.returning(DocumentVersion.id).cte("ready_version"))
+    .execution_options(synchronize_session=False)
+)
+_INSERT_CHUNKS = pg_insert(Chunk).on_conflict_do_nothing(index_elements=["id"])
+_DELETE_OTHER_VERSIONS = (
+    delete(Chunk)
+    .where(
+        Chunk.tenant_id == bindparam("tenant"),
+        Chunk.document_id == bindparam("document"),
+        Chunk.version_id != bindparam("keep"),
+    )
+    .returning(Chunk.id)
+)
+
+
 class DocumentRepository(TenantRepository[Document]):
     model = Document
     label = "document"
@@ -244,32 +282,19 @@ class DocumentRepository(TenantRepository[Document]):
     def newest_version_number(self, document_id: uuid.UUID, version_id: uuid.UUID) -> int | None:
         """The document's newest version number; None when that version of it is gone
         (deleted while it was ingested)."""
-        versions = select(DocumentVersion).where(
-            DocumentVersion.tenant_id == self.tenant_id,
-            DocumentVersion.document_id == document_id,
-        )
-        newest = select(func.max(versions.subquery().c.version)).scalar_subquery()
-        stmt = select(newest).where(exists(versions.where(DocumentVersion.id == version_id)))
-        return self.session.execute(stmt).scalar_one_or_none()
+        params = {"tenant": self.tenant_id, "document": document_id, "version_row": version_id}
+        return self.session.execute(_NEWEST_VERSION, params).scalar_one_or_none()
 
     def mark_ready(
         self, document_id: uuid.UUID, version_id: uuid.UUID, number: int, *, current: bool
     ) -> None:
         """The version is ready; with ``current`` it is also the one the document serves
         (both rows in one statement)."""
-        ready = (
-            update(DocumentVersion)
-            .where(DocumentVersion.tenant_id == self.tenant_id, DocumentVersion.id == version_id)
-            .values(state=DocumentState.READY)
-        )
+        params = {"tenant": self.tenant_id, "document": document_id, "version_row": version_id}
         if current:
-            ready = (
-                update(Document)
-                .where(Document.tenant_id == self.tenant_id, Document.id == document_id)
-                .values(state=DocumentState.READY, current_version=number)
-                .add_cte(ready.returning(DocumentVersion.id).cte("ready_version"))
-            )
-        self.session.execute(ready.execution_options(synchronize_session=False))
+            self.session.execute(_MARK_READY_CURRENT, {**params, "number": number})
+        else:
+            self.session.execute(_MARK_READY, params)
 
     def add_version(self, document: Document, version: DocumentVersion) -> DocumentVersion:
         version.tenant_id = self.tenant_id
@@ -295,8 +320,7 @@ class ChunkRepository(TenantRepository[Chunk]):
             return
         for row in rows:
             row["tenant_id"] = self.tenant_id
-        stmt = pg_insert(Chunk).values(rows).on_conflict_do_nothing(index_elements=["id"])
-        self.session.execute(stmt)
+        self.session.execute(_INSERT_CHUNKS, rows)
 
     def delete_version(self, version_id: uuid.UUID) -> None:
         self.session.execute(
@@ -305,16 +329,8 @@ class ChunkRepository(TenantRepository[Chunk]):
 
     def delete_other_versions(self, document_id: uuid.UUID, keep: uuid.UUID) -> list[uuid.UUID]:
         """Remove the chunk rows of the document's other versions; return their ids."""
-        stmt = (
-            delete(Chunk)
-            .where(
-                Chunk.tenant_id == self.tenant_id,
-                Chunk.document_id == document_id,
-                Chunk.version_id != keep,
-            )
-            .returning(Chunk.id)
-        )
-        return list(self.session.execute(stmt).scalars().all())
+        params = {"tenant": self.tenant_id, "document": document_id, "keep": keep}
+        return list(self.session.execute(_DELETE_OTHER_VERSIONS, params).scalars().all())
 
     def count_version(self, version_id: uuid.UUID) -> int:
         stmt = select(func.count()).where(

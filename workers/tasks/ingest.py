@@ -27,7 +27,7 @@ from haven.db.engine import transaction
 from haven.db.repositories import ChunkRepository, DocumentRepository
 from haven.db.tables import Document, DocumentState, DocumentVersion, Job, Role
 from haven.index import IndexedChunk, SparseVector, chunk_id, passage_text
-from haven.jobs import JobStore, claim_statement
+from haven.jobs import JobStore, claim_params, claim_statement
 from haven.storage import download
 from workers.heartbeat import Heartbeat, JobCanceled, JobLost
 from workers.ingest.chunking import ChunkDraft, chunk_blocks
@@ -211,7 +211,7 @@ def begin(rt: WorkerRuntime, job_id: uuid.UUID) -> Claim | None:
     with transaction(rt.session_factory) as session:
         # The caller holds the job's lock, so a job still "running" belongs to a worker that
         # died: take it over.
-        row = session.execute(_begin_statement(job_id)).one_or_none()
+        row = session.execute(_BEGIN, claim_params(job_id)).one_or_none()
     if row is None:
         return None
     subject = None
@@ -234,11 +234,12 @@ def begin(rt: WorkerRuntime, job_id: uuid.UUID) -> Claim | None:
     return Claim(attempts=row.attempts, max_attempts=row.max_attempts, subject=subject)
 
 
-def _begin_statement(job_id: uuid.UUID) -> Select[Any]:
+def _begin_statement() -> Select[Any]:
     """claim → the job's version goes processing → so does its document, unless an earlier
-    version is searchable; returns the job's counters and what the run needs to know."""
+    version is searchable; returns the job's counters and what the run needs to know.
+    Parameters as for ``claim_statement``."""
     claimed = (
-        claim_statement(job_id, takeover=True, steps=len(STEPS))
+        claim_statement(takeover=True, steps=len(STEPS))
         .returning(Job.tenant_id, Job.subject_id, Job.attempts, Job.max_attempts)
         .cte("claimed")
     )
@@ -283,6 +284,9 @@ def _begin_statement(job_id: uuid.UUID) -> Select[Any]:
         document.c.title,
         document.c.tags,
     ).select_from(claimed.outerjoin(version, true()).outerjoin(document, true()))
+
+
+_BEGIN = _begin_statement()
 
 
 def mark_version(rt: WorkerRuntime, subject: Subject, state: DocumentState) -> None:
