@@ -15,6 +15,7 @@ from haven.settings import StoreSettings
 from tests.fixtures.services import (
     TEST_BROKER_URL,
     TEST_REDIS_URL,
+    drop_database,
     migrated_database,
     start_moto,
 )
@@ -26,9 +27,11 @@ os.environ["HAVEN_SECRETS_DIR"] = "/nonexistent-haven-secrets"
 
 
 @pytest.fixture(scope="session")
-def database_url() -> str:
-    """A fresh database migrated to head, shared by the session."""
-    return migrated_database(f"haven_test_{os.getpid()}")
+def database_url() -> Iterator[str]:
+    """A fresh database migrated to head, shared by the session, dropped after it."""
+    name = f"haven_test_{os.getpid()}"
+    yield migrated_database(name)
+    drop_database(name)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -48,6 +49,7 @@ from tests.fixtures.processes import ServiceProcess, python_module
 from tests.fixtures.services import (
     TEST_BROKER_URL,
     TEST_REDIS_URL,
+    drop_database,
     free_port,
     migrated_database,
     start_moto,
@@ -83,7 +85,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="haven-bench-ingest-"))
     moto = start_moto(work)
     s3 = next(moto)
-    database_url = migrated_database(f"haven_bench_{os.getpid()}")
+    database_name = f"haven_bench_{os.getpid()}"
+    database_url = migrated_database(database_name)
     suffix = uuid.uuid4().hex[:8]
     emb_port, api_port = free_port(), free_port()
     env = {
@@ -203,6 +206,7 @@ def main() -> None:
     with engine.connect() as conn:
         chunks = int(conn.execute(text("SELECT count(*) FROM chunks")).scalar_one())
     engine.dispose()
+    drop_database(database_name)
     model = SentenceTransformer(str(local.path), device="cpu")
     model.encode(texts[:64], batch_size=32)  # warm-up
     raw_started, raw_cpu_started = time.perf_counter(), time.process_time()
@@ -210,6 +214,7 @@ def main() -> None:
     raw_seconds = time.perf_counter() - raw_started
     raw_cpu = time.process_time() - raw_cpu_started
     next(moto, None)
+    shutil.rmtree(work, ignore_errors=True)
 
     raw_rate = len(texts) / raw_seconds
     e2e_rate = chunks / elapsed

@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -44,7 +45,13 @@ from haven.settings import StoreSettings
 from models.store import registry_from_settings
 from tests.fixtures.api import bootstrap_platform_admin, create_tenant_with_admin
 from tests.fixtures.processes import ServiceProcess, python_module
-from tests.fixtures.services import TEST_BROKER_URL, free_port, migrated_database, start_moto
+from tests.fixtures.services import (
+    TEST_BROKER_URL,
+    drop_database,
+    free_port,
+    migrated_database,
+    start_moto,
+)
 from tests.fixtures.tiny_gguf import build_tiny_gguf, publish_tiny_gguf
 
 RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
@@ -174,7 +181,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="haven-bench-sse-"))
     moto = start_moto(work)
     s3 = next(moto)
-    database_url = migrated_database(f"haven_bench_sse_{os.getpid()}")
+    database_name = f"haven_bench_sse_{os.getpid()}"
+    database_url = migrated_database(database_name)
     suffix = uuid.uuid4().hex[:8]
     llm_port, api_port = free_port(), free_port()
     env = {
@@ -272,6 +280,8 @@ def main() -> None:
         api.stop()
         llm.stop()
         engine.dispose()
+        drop_database(database_name)
+        shutil.rmtree(work, ignore_errors=True)
 
     rows = [
         f"| {r.streams} | {r.name} | {r.completed}/{r.streams} | {r.ttft_ms[0]:.0f} / "
