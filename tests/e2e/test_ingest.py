@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fpdf import FPDF
 from qdrant_client import QdrantClient, models
 from sqlalchemy import func, select
 from transformers import AutoTokenizer
@@ -236,6 +237,28 @@ def test_cancel_running_job_leaves_no_vectors(stack: Stack, tenant: Account) -> 
         "ready"
     )
     assert search(stack, tenant, query, filters={"document_ids": [body["document"]["id"]]})
+
+
+def test_pdf_pages_reach_chunk_rows_and_search(stack: Stack, tenant: Account) -> None:
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=12)
+    words = ["marrowfield", "tinsdale", "corveth"]
+    for word in words:
+        pdf.add_page()
+        pdf.multi_cell(0, 8, f"The {word} survey covers soil moisture and drainage.")
+    body = upload(stack, tenant, "survey.pdf", bytes(pdf.output()))
+    assert wait_job(stack, tenant, body["job_id"], {"ready", "failed"})["state"] == "ready"
+
+    for page, word in enumerate(words, start=1):
+        hits = search(stack, tenant, word, mode="lexical")
+        assert [h["page"] for h in hits] == [page], word
+    with transaction(stack.session_factory) as session:
+        pages = session.execute(
+            select(Chunk.page)
+            .where(Chunk.document_id == uuid.UUID(body["document"]["id"]))
+            .order_by(Chunk.position)
+        )
+        assert [p for (p,) in pages] == [1, 2, 3]
 
 
 def test_corrupt_pdf_fails_with_a_readable_error(stack: Stack, tenant: Account) -> None:
