@@ -75,7 +75,8 @@ def claim_statement(*, takeover: bool, steps: int | None = None) -> Update:
     )
 
 
-def claim_params(job_id: uuid.UUID) -> dict[str, Any]:
+def job_params(job_id: uuid.UUID) -> dict[str, Any]:
+    """The parameters of the prebuilt job statements (the claim and ``_FINISH``)."""
     return {"job_id": job_id, "now": _now()}
 
 
@@ -122,7 +123,7 @@ class JobStore:
         Returns the job when this caller now owns it. ``steps`` starts its progress."""
         stmt = claim_statement(takeover=takeover, steps=steps).returning(Job)
         return self.session.execute(
-            stmt, claim_params(job_id), execution_options={"populate_existing": True}
+            stmt, job_params(job_id), execution_options={"populate_existing": True}
         ).scalar_one_or_none()
 
     def beat(
@@ -155,7 +156,7 @@ class JobStore:
     def finish_unless_canceled(self, job_id: uuid.UUID) -> Literal["ready", "cancel", "lost"]:
         """running → ready, unless a cancel was requested (``cancel``) or the job is no longer
         running (``lost``). In the caller's transaction: it commits with the job's results."""
-        finished = self.session.execute(_FINISH, {"job_id": job_id, "now": _now()})
+        finished = self.session.execute(_FINISH, job_params(job_id))
         if finished.scalar_one_or_none() is not None:
             return "ready"
         return "cancel" if self.cancel_requested(job_id) else "lost"

@@ -27,7 +27,7 @@ from haven.db.engine import transaction
 from haven.db.repositories import ChunkRepository, DocumentRepository
 from haven.db.tables import Document, DocumentState, DocumentVersion, Job, Role
 from haven.index import IndexedChunk, SparseVector, chunk_id, passage_text
-from haven.jobs import JobStore, claim_params, claim_statement
+from haven.jobs import JobStore, claim_statement, job_params
 from haven.storage import download
 from workers.heartbeat import Heartbeat, JobCanceled, JobLost
 from workers.ingest.chunking import ChunkDraft, chunk_blocks
@@ -211,7 +211,7 @@ def begin(rt: WorkerRuntime, job_id: uuid.UUID) -> Claim | None:
     with transaction(rt.session_factory) as session:
         # The caller holds the job's lock, so a job still "running" belongs to a worker that
         # died: take it over.
-        row = session.execute(_BEGIN, claim_params(job_id)).one_or_none()
+        row = session.execute(_BEGIN, job_params(job_id)).one_or_none()
     if row is None:
         return None
     subject = None
@@ -237,7 +237,7 @@ def begin(rt: WorkerRuntime, job_id: uuid.UUID) -> Claim | None:
 def _begin_statement() -> Select[Any]:
     """claim → the job's version goes processing → so does its document, unless an earlier
     version is searchable; returns the job's counters and what the run needs to know.
-    Parameters as for ``claim_statement``."""
+    Parameters as for ``claim_statement`` (``job_params``)."""
     claimed = (
         claim_statement(takeover=True, steps=len(STEPS))
         .returning(Job.tenant_id, Job.subject_id, Job.attempts, Job.max_attempts)
