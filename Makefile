@@ -9,7 +9,7 @@ PIP := .venv/bin/pip
 WHEELS := $(HOME)/.cache/haven/wheels-avx2
 LLAMA_CPP := llama-cpp-python==0.3.36
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
-RABBITMQ_TEST_VHOST := haven_test
+RABBITMQ_TEST_VHOST ?= $(or $(HAVEN_TEST_VHOST),haven_test)
 
 .PHONY: install up test test-services lint format bench clean
 

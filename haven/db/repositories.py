@@ -36,15 +36,9 @@ from haven.db.tables import (
     UsageEntry,
     User,
 )
+from haven.errors import NotFound
 
-
-class NotFound(Exception):
-    """The object does not exist for this caller (which includes: it is another tenant's)."""
-
-    def __init__(self, what: str, object_id: object) -> None:
-        super().__init__(f"{what} {object_id} not found")
-        self.what = what
-
+__all__ = ["NotFound"]  # re-exported: callers catch it from here or from haven.errors
 
 ModelT = TypeVar("ModelT", bound=Base)
 
