@@ -20,7 +20,7 @@ install:
 	$(PIP) install -q torch==2.13.0
 	mkdir -p $(WHEELS)
 	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel -q --no-cache-dir --no-deps -w $(WHEELS) $(LLAMA_CPP)
-	$(PIP) install -q --find-links $(WHEELS) -c constraints.txt -e ".[dev]"
+	$(PIP) install -q --find-links $(WHEELS) -c constraints.txt -e ".[dev,local]"
 	bash stack/ci-system-deps.sh
 
 up: install

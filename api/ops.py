@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from kombu.connection import Connection
@@ -60,6 +61,20 @@ CHECKS: dict[str, Callable[[ApiRuntime], None]] = {
 }
 
 
+def _check_service(url: str, timeout: float) -> None:
+    response = httpx.get(f"{url.rstrip('/')}/readyz", timeout=timeout)
+    if response.status_code != 200:
+        raise RuntimeError(f"{url}/readyz answers {response.status_code}")
+
+
+# The model services: while one is down the API still signs in, lists and serves files (and
+# searches without llm), so it stays ready (a load balancer keeps it) and names them degraded.
+SERVICES: dict[str, Callable[[ApiRuntime], None]] = {
+    "emb": lambda rt: _check_service(rt.settings.emb_url, rt.settings.readiness_timeout_seconds),
+    "llm": lambda rt: _check_service(rt.settings.llm_url, rt.settings.readiness_timeout_seconds),
+}
+
+
 def _ignore_runtime(check: Callable[[], None]) -> Callable[[ApiRuntime], None]:
     return lambda _rt: check()
 
@@ -84,10 +99,20 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
         **{name: _ignore_runtime(check) for name, check in runtime.readiness_checks.items()},
     }
     names = list(checks_to_run)
-    results = await asyncio.gather(*(_run_check(runtime, checks_to_run[n]) for n in names))
-    checks = dict(zip(names, results, strict=True))
+    results = await asyncio.gather(
+        *(_run_check(runtime, checks_to_run[n]) for n in names),
+        *(_run_check(runtime, SERVICES[n]) for n in SERVICES),
+    )
+    checks = dict(zip(names, results[: len(names)], strict=True))
+    services = dict(zip(SERVICES, results[len(names) :], strict=True))
     failed = [name for name, result in checks.items() if not result["ok"]]
-    body = {"status": "not ready" if failed else "ready", "failed": failed, "checks": checks}
+    body = {
+        "status": "not ready" if failed else "ready",
+        "failed": failed,
+        "checks": checks,
+        "degraded": [name for name, result in services.items() if not result["ok"]],
+        "services": services,
+    }
     return JSONResponse(body, status_code=503 if failed else 200)
 
 

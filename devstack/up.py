@@ -1,9 +1,10 @@
 """``haven up``: run Haven on this machine on its embedded defaults, in one command.
 
-It prepares the stores (creates and migrates the database, starts a local S3 endpoint when
-none is configured, publishes the default models), then starts the services as child
-processes and stops them all on Ctrl-C. Production runs the same services apart (see
-docker-stack.yml).
+It prepares the stores (creates and migrates the database, starts the embedded object store
+when no S3 endpoint is configured, publishes the default models), then starts the services
+as child processes, restarts any that dies (see ``devstack.supervisor``) and stops them all
+on Ctrl-C. Its state (logs, objects, vectors, secrets) lives in ``var/`` or
+``HAVEN_STATE_DIR``. Production runs the same services apart (see docker-stack.yml).
 """
 
 from __future__ import annotations
@@ -11,19 +12,19 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
-import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
+import threading
 from pathlib import Path
+from types import FrameType
 
-import httpx
 import psycopg
 import typer
 from alembic import command
 from sqlalchemy.engine import make_url
 
+from devstack import objectstore
+from devstack.state import ROOT, s3_credentials, signing_key, state_dir
+from devstack.supervisor import Service, StartFailed, Stopped, Supervisor
 from haven.auth.passwords import hash_password
 from haven.cli_support import alembic_config
 from haven.db.engine import make_engine, make_session_factory, transaction
@@ -32,24 +33,6 @@ from haven.db.tables import Role, Tenant, User
 from haven.settings import StoreSettings
 from models.defaults import publish_default_embedding, publish_default_llm
 from models.store import registry_from_settings
-
-ROOT = Path(__file__).resolve().parents[1]
-LOCAL_S3_PORT = 9000
-
-
-@dataclass
-class Service:
-    name: str
-    argv: list[str]
-    ready_url: str
-    env: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen[bytes] | None = None
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def ensure_database(settings: StoreSettings) -> None:
@@ -111,161 +94,156 @@ def publish_models(settings: StoreSettings) -> None:
         typer.echo(f"{manifest.type} model {manifest.name} {manifest.version} published")
 
 
-def _start(service: Service, log_dir: Path) -> None:
-    log = (log_dir / f"{service.name}.log").open("ab")
-    service.process = subprocess.Popen(  # noqa: S603 - argv is built here, not from input
-        service.argv,
-        cwd=ROOT,
-        env={**os.environ, **service.env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
+def _uvicorn(factory: str, port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        factory,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+
+
+def _environment(state: Path) -> tuple[dict[str, str], Service | None]:
+    """Settings every child gets from the launcher, and the embedded object store if any."""
+    env: dict[str, str] = {}
+    if "HAVEN_JWT_KEYS" in os.environ:
+        typer.echo("signing tokens with HAVEN_JWT_KEYS from the environment")
+    else:
+        key, created = signing_key(state)
+        env.update(key.environment())
+        typer.echo(
+            f"{'created' if created else 'using'} this installation's token signing key "
+            f"{key.kid!r} ({state / 'secrets'})"
+        )
+    # The embedded vector store and the model cache live in the state folder too.
+    for variable, folder in (("HAVEN_QDRANT_PATH", "qdrant"), ("HAVEN_MODEL_CACHE_DIR", "models")):
+        if variable not in os.environ:
+            env[variable] = str(state / folder)
+    if "HAVEN_S3_ENDPOINT" in os.environ:
+        return env, None
+    port = int(os.environ.get("HAVEN_LOCAL_S3_PORT", objectstore.DEFAULT_PORT))
+    if objectstore.port_in_use(port):
+        raise StartFailed(
+            f"port {port} is taken, and the embedded object store needs it: stop what listens "
+            "there, or set HAVEN_LOCAL_S3_PORT to a free port, or HAVEN_S3_ENDPOINT to an "
+            "S3 server of your own"
+        )
+    credentials = s3_credentials(state)
+    env.update(
+        {
+            "HAVEN_S3_ENDPOINT": f"127.0.0.1:{port}",
+            "HAVEN_S3_ACCESS_KEY": credentials.access_key,
+            "HAVEN_S3_SECRET_KEY": credentials.secret_key,
+            "HAVEN_S3_SECURE": "false",
+        }
     )
-
-
-def _wait_ready(service: Service, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert service.process is not None
-        if service.process.poll() is not None:
-            raise RuntimeError(f"{service.name} exited with {service.process.returncode}")
-        try:
-            if httpx.get(service.ready_url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{service.name} was not ready within {timeout:.0f}s ({service.ready_url})")
+    typer.echo(
+        f"No HAVEN_S3_ENDPOINT set: serving S3 on :{port} from {objectstore.data_dir(state)} "
+        "(SeaweedFS; kept across restarts)"
+    )
+    store = Service(
+        "s3",
+        objectstore.command(state, port, credentials),
+        f"http://127.0.0.1:{port}/healthz",
+    )
+    return env, store
 
 
 def run(api_port: int = 8080) -> None:
-    log_dir = ROOT / "var" / "log"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    services: list[Service] = []
-    env: dict[str, str] = {}
+    state = state_dir()
+    log_dir = state / "log"
+    stop = threading.Event()
 
-    if "HAVEN_S3_ENDPOINT" not in os.environ:
-        env["HAVEN_S3_ENDPOINT"] = f"127.0.0.1:{LOCAL_S3_PORT}"
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, request_stop)
+    supervisor = Supervisor(ROOT, log_dir, stop, typer.echo)
+    try:
+        env, store = _environment(state)
+        # The launcher's own steps (migrations, models) read the same settings as its children.
         os.environ.update(env)
-        if not _port_open(LOCAL_S3_PORT):
-            typer.echo(
-                "No HAVEN_S3_ENDPOINT set: starting a local in-memory S3 endpoint on "
-                f":{LOCAL_S3_PORT} (its contents last until 'haven up' stops; point "
-                "HAVEN_S3_ENDPOINT at MinIO to keep them)."
-            )
+        if store is not None:
+            supervisor.start(store, timeout=60)
+        settings = StoreSettings()
+        ensure_database(settings)
+        bootstrap_admin(settings)
+        publish_models(settings)
+
+        llm_port = int(os.environ.get("HAVEN_LOCAL_LLM_PORT", "8083"))
+        emb_port = int(os.environ.get("HAVEN_LOCAL_EMB_PORT", "8082"))
+        env.setdefault("HAVEN_EMB_URL", f"http://127.0.0.1:{emb_port}")
+        env.setdefault("HAVEN_LLM_URL", f"http://127.0.0.1:{llm_port}")
+        services = [
+            Service(
+                "llm",
+                _uvicorn("llm.main:create_app", llm_port),
+                f"http://127.0.0.1:{llm_port}/readyz",
+            ),
+            Service(
+                "emb",
+                _uvicorn("emb.main:create_app", emb_port),
+                f"http://127.0.0.1:{emb_port}/readyz",
+            ),
+        ]
+        # Without a Qdrant server the API and the worker share one process (embedded Qdrant);
+        # with one, they run apart as in production.
+        api_ready = f"http://127.0.0.1:{api_port}/readyz"
+        if settings.qdrant_url:
+            services.append(Service("api", _uvicorn("api.main:create_app", api_port), api_ready))
             services.append(
                 Service(
-                    "s3",
+                    "worker",
                     [
                         sys.executable,
                         "-m",
-                        "moto.server",
-                        "-H",
-                        "127.0.0.1",
-                        "-p",
-                        str(LOCAL_S3_PORT),
+                        "celery",
+                        "-A",
+                        "workers.main",
+                        "worker",
+                        "-B",
+                        "--loglevel",
+                        "INFO",
                     ],
-                    f"http://127.0.0.1:{LOCAL_S3_PORT}/moto-api/",
+                    "",
                 )
             )
-    settings = StoreSettings()
-    ensure_database(settings)
-    bootstrap_admin(settings)
-
-    def uvicorn(factory: str, port: int) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            factory,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-
-    llm_port = int(os.environ.get("HAVEN_LOCAL_LLM_PORT", "8083"))
-    emb_port = int(os.environ.get("HAVEN_LOCAL_EMB_PORT", "8082"))
-    env.setdefault("HAVEN_EMB_URL", f"http://127.0.0.1:{emb_port}")
-    env.setdefault("HAVEN_LLM_URL", f"http://127.0.0.1:{llm_port}")
-    services.append(
-        Service(
-            "llm", uvicorn("llm.main:create_app", llm_port), f"http://127.0.0.1:{llm_port}/readyz"
-        )
-    )
-    services.append(
-        Service(
-            "emb", uvicorn("emb.main:create_app", emb_port), f"http://127.0.0.1:{emb_port}/readyz"
-        )
-    )
-    # Without a Qdrant server the API and the worker share one process (embedded Qdrant);
-    # with one, they run apart as in production.
-    if settings.qdrant_url:
-        services.append(
-            Service(
-                "api",
-                uvicorn("api.main:create_app", api_port),
-                f"http://127.0.0.1:{api_port}/readyz",
+        else:
+            services.append(
+                Service(
+                    "api+worker",
+                    [
+                        sys.executable,
+                        "-m",
+                        "devstack.allinone",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(api_port),
+                    ],
+                    api_ready,
+                )
             )
-        )
-        services.append(
-            Service(
-                "worker",
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "workers.main",
-                    "worker",
-                    "-B",
-                    "--loglevel",
-                    "INFO",
-                ],
-                "",
-            )
-        )
-    else:
-        services.append(
-            Service(
-                "api+worker",
-                [
-                    sys.executable,
-                    "-m",
-                    "workers.allinone",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(api_port),
-                ],
-                f"http://127.0.0.1:{api_port}/readyz",
-            )
-        )
-
-    try:
         for service in services:
             service.env.update(env)
-            if service.name == "llm":
-                publish_models(settings)
-            _start(service, log_dir)
-            if service.ready_url:
-                _wait_ready(service, timeout=600)
-            typer.echo(f"{service.name} started ({service.ready_url or 'no HTTP endpoint'})")
+            supervisor.start(service)
         typer.secho(
-            f"\nHaven is up: http://127.0.0.1:{api_port}  (API docs at /docs; logs in var/log/)."
-            "\nCtrl-C stops it.",
+            f"\nHaven is up: http://127.0.0.1:{api_port}  (API docs at /docs; logs in {log_dir})."
+            "\nA service that stops is reported here and restarted. Ctrl-C stops everything.",
             fg=typer.colors.GREEN,
         )
-        # Blocked only now: the children were started with the default signal mask.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        supervisor.watch()
+    except Stopped:
+        pass
+    except StartFailed as exc:
+        typer.secho(f"\nhaven up could not start: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
     finally:
-        for service in reversed(services):
-            if service.process and service.process.poll() is None:
-                service.process.terminate()
-        for service in services:
-            if service.process:
-                try:
-                    service.process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    service.process.kill()
+        typer.echo("stopping Haven...")
+        supervisor.stop_all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
 from typing import Annotated
 
 import typer
@@ -23,12 +24,22 @@ app.add_typer(admin_app, name="admin")
 app.add_typer(models_app, name="models")
 
 
-@app.command("up")
-def up(api_port: Annotated[int, typer.Option(help="port of the API")] = 8080) -> None:
-    """Run Haven locally on its embedded defaults (Ctrl-C stops it)."""
-    from haven.local import run
+def _add_plugin_commands(app: typer.Typer) -> None:
+    """Commands that other installed packages add to ``haven`` (entry-point group
+    ``haven.cli``), e.g. ``haven up`` from ``devstack``: this package never names them."""
+    for entry in entry_points(group="haven.cli"):
+        try:
+            command_function = entry.load()
+        except ModuleNotFoundError as exc:
+            # Registered by the project's metadata but not shipped in this installation
+            # (the service images leave the local launcher out): no such command here.
+            if exc.name == entry.module.split(".")[0]:
+                continue
+            raise
+        app.command(entry.name)(command_function)
 
-    run(api_port=api_port)
+
+_add_plugin_commands(app)
 
 
 @db_app.command("upgrade")

@@ -143,7 +143,7 @@ def stack(
     ).start()
     api = ServiceProcess(
         "api",
-        python_module("workers.allinone", "--host", "127.0.0.1", "--port", str(api_port)),
+        python_module("devstack.allinone", "--host", "127.0.0.1", "--port", str(api_port)),
         env,
         f"http://127.0.0.1:{api_port}/readyz",
         tmp / "api.log",
