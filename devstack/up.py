@@ -159,8 +159,14 @@ def run(api_port: int = 8080) -> None:
     log_dir = state / "log"
     stop = threading.Event()
 
+    # While preparing, a stop request interrupts even a long step (migrations, model uploads);
+    # once watching or stopping, it only sets the flag, so no child is left half-handled.
+    interruptible = True
+
     def request_stop(signum: int, _frame: FrameType | None) -> None:
         stop.set()
+        if interruptible:
+            raise Stopped
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, request_stop)
@@ -238,6 +244,7 @@ def run(api_port: int = 8080) -> None:
             "\nA service that stops is reported here and restarted. Ctrl-C stops everything.",
             fg=typer.colors.GREEN,
         )
+        interruptible = False
         supervisor.watch()
     except Stopped:
         pass
@@ -245,5 +252,6 @@ def run(api_port: int = 8080) -> None:
         typer.secho(f"\nhaven up could not start: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
     finally:
+        interruptible = False
         typer.echo("stopping Haven...")
         supervisor.stop_all()
