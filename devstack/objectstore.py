@@ -86,6 +86,10 @@ def command(state: Path, port: int, credentials: S3Credentials) -> list[str]:
         },
     )
     internal = dict(zip(_PORT_OPTIONS, _free_ports(len(_PORT_OPTIONS)), strict=True))
+    # The gateway's Unix socket in the store's folder: by default it is left in /tmp after a
+    # stop (one per S3 port). A socket path must fit in 108 bytes.
+    socket_path = data / "s3.sock"
+    local_socket = [f"-s3.localSocket={socket_path}"] if len(str(socket_path)) < 100 else []
     return [
         weed_binary(),
         "mini",
@@ -96,6 +100,7 @@ def command(state: Path, port: int, credentials: S3Credentials) -> list[str]:
         f"-s3.port={port}",
         f"-s3.config={identities}",
         *(f"-{option}={value}" for option, value in internal.items()),
+        *local_socket,
         # Haven is offline: no usage reports; and none of the extra gateways.
         "-master.telemetry=false",
         "-webdav=false",
