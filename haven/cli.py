@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+from collections.abc import Iterable
+from importlib.metadata import EntryPoint, entry_points
 from typing import Annotated
 
 import typer
@@ -24,10 +25,10 @@ app.add_typer(admin_app, name="admin")
 app.add_typer(models_app, name="models")
 
 
-def _add_plugin_commands(app: typer.Typer) -> None:
+def add_plugin_commands(app: typer.Typer, entries: Iterable[EntryPoint] | None = None) -> None:
     """Commands that other installed packages add to ``haven`` (entry-point group
     ``haven.cli``), e.g. ``haven up`` from ``devstack``: this package never names them."""
-    for entry in entry_points(group="haven.cli"):
+    for entry in entry_points(group="haven.cli") if entries is None else entries:
         try:
             command_function = entry.load()
         except ModuleNotFoundError as exc:
@@ -39,7 +40,7 @@ def _add_plugin_commands(app: typer.Typer) -> None:
         app.command(entry.name)(command_function)
 
 
-_add_plugin_commands(app)
+add_plugin_commands(app)
 
 
 @db_app.command("upgrade")

@@ -11,13 +11,17 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import httpx
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from devstack.state import signing_key
 from devstack.supervisor import Service, Supervisor
+from haven.cli import add_plugin_commands
 from haven.settings import DEV_JWT_KEYS, AuthSettings
 from tests.fixtures.services import free_port
 
@@ -117,3 +121,22 @@ def test_a_child_that_keeps_failing_is_retried_ever_more_slowly(supervised: Supe
     assert all("config is broken" in report for report in reports)
     delays = [report.rsplit("restarting crash in ", 1)[1] for report in reports[:3]]
     assert delays == ["1s", "2s", "4s"]
+
+
+def test_haven_up_reaches_the_cli_only_where_the_launcher_is_installed() -> None:
+    """The service images leave devstack/ out but keep the project's entry points: their
+    `haven` CLI still works, without `up`; a broken plugin is not hidden."""
+    shipped = EntryPoint(name="up", value="devstack.cli:up", group="haven.cli")
+    left_out = EntryPoint(name="gone", value="devstack_not_shipped.cli:up", group="haven.cli")
+    app = typer.Typer()
+    app.command("version")(lambda: None)
+    add_plugin_commands(app, [shipped, left_out])
+    result = CliRunner().invoke(app, ["--help"])
+    assert result.exit_code == 0, result.output
+    assert "Run Haven locally" in result.output  # the listing shows `up` with its summary
+    assert "gone" not in result.output
+    assert "--api-port" in CliRunner().invoke(app, ["up", "--help"]).output
+
+    broken = EntryPoint(name="broken", value="devstack.cli:no_such_command", group="haven.cli")
+    with pytest.raises(AttributeError):
+        add_plugin_commands(typer.Typer(), [broken])
