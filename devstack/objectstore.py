@@ -11,6 +11,7 @@ picked free at each start (the data does not depend on them).
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import sys
@@ -71,20 +72,12 @@ def command(state: Path, port: int, credentials: S3Credentials) -> list[str]:
     data.mkdir(parents=True, exist_ok=True)
     # SeaweedFS refuses every request not signed with one of these identities.
     identities = secrets_dir(state) / "seaweedfs-s3.json"
-    write_private(
-        identities,
-        {
-            "identities": [
-                {
-                    "name": "haven",
-                    "credentials": [
-                        {"accessKey": credentials.access_key, "secretKey": credentials.secret_key}
-                    ],
-                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
-            ]
-        },
-    )
+    identity = {
+        "name": "haven",
+        "credentials": [{"accessKey": credentials.access_key, "secretKey": credentials.secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+    }
+    write_private(identities, json.dumps({"identities": [identity]}))
     internal = dict(zip(_PORT_OPTIONS, _free_ports(len(_PORT_OPTIONS)), strict=True))
     # The gateway's Unix socket in the store's folder: by default it is left in /tmp after a
     # stop (one per S3 port). A socket path must fit in 108 bytes.

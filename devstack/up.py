@@ -23,7 +23,7 @@ from alembic import command
 from sqlalchemy.engine import make_url
 
 from devstack import objectstore
-from devstack.state import ROOT, s3_credentials, signing_key, state_dir
+from devstack.state import ROOT, s3_credentials, signing_keys, state_dir
 from devstack.supervisor import Service, StartFailed, Stopped, Supervisor
 from haven.auth.passwords import hash_password
 from haven.cli_support import alembic_config
@@ -114,11 +114,11 @@ def _environment(state: Path) -> tuple[dict[str, str], Service | None]:
     if "HAVEN_JWT_KEYS" in os.environ:
         typer.echo("signing tokens with HAVEN_JWT_KEYS from the environment")
     else:
-        key, created = signing_key(state)
-        env.update(key.environment())
+        keys, created = signing_keys(state)
+        env.update(keys.environment())
         typer.echo(
             f"{'created' if created else 'using'} this installation's token signing key "
-            f"{key.kid!r} ({state / 'secrets'})"
+            f"{keys.active_kid!r} ({state / 'secrets'})"
         )
     # The embedded vector store and the model cache live in the state folder too.
     for variable, folder in (("HAVEN_QDRANT_PATH", "qdrant"), ("HAVEN_MODEL_CACHE_DIR", "models")):
@@ -133,10 +133,11 @@ def _environment(state: Path) -> tuple[dict[str, str], Service | None]:
             "there, or set HAVEN_LOCAL_S3_PORT to a free port, or HAVEN_S3_ENDPOINT to an "
             "S3 server of your own"
         )
-    credentials = s3_credentials(state)
+    endpoint = f"127.0.0.1:{port}"
+    credentials = s3_credentials(state, endpoint)
     env.update(
         {
-            "HAVEN_S3_ENDPOINT": f"127.0.0.1:{port}",
+            "HAVEN_S3_ENDPOINT": endpoint,
             "HAVEN_S3_ACCESS_KEY": credentials.access_key,
             "HAVEN_S3_SECRET_KEY": credentials.secret_key,
             "HAVEN_S3_SECURE": "false",

