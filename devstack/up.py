@@ -151,6 +151,7 @@ def _environment(state: Path) -> tuple[dict[str, str], Service | None]:
         "s3",
         objectstore.command(state, port, credentials),
         f"http://127.0.0.1:{port}/healthz",
+        env=objectstore.environment(),
     )
     return env, store
 
