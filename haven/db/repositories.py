@@ -169,6 +169,8 @@ class PlatformRepository:
         return tenant
 
     def user_for_login(self, username: str) -> User | None:
+        if "\x00" in username:  # no username holds one, and PostgreSQL refuses to compare it
+            return None
         stmt = select(User).where(User.username == username)
         return self.session.execute(stmt).scalar_one_or_none()
 
