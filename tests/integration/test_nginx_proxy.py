@@ -51,7 +51,7 @@ def render_nginx_conf(listen: str, upstream: str, s3_upstream: str, temp_dir: Pa
     values = {
         "NGINX_HAVEN_LISTEN": listen,
         "NGINX_HAVEN_API_UPSTREAM": upstream,
-        "NGINX_HAVEN_S3_UPSTREAM": s3_upstream,
+        "NGINX_HAVEN_OBJECTS_UPSTREAM": s3_upstream,
     }
     text = re.sub(
         r"\$\{(NGINX_HAVEN_[A-Z_]+)\}", lambda m: values[m.group(1)], NGINX_TEMPLATE.read_text()

@@ -501,7 +501,7 @@ def test_nginx_template_variables_are_the_ones_deployments_set(
     assert placeholders == {
         "NGINX_HAVEN_LISTEN",
         "NGINX_HAVEN_API_UPSTREAM",
-        "NGINX_HAVEN_S3_UPSTREAM",
+        "NGINX_HAVEN_OBJECTS_UPSTREAM",
     }
     env = config["services"]["nginx"]["environment"]
     assert placeholders <= set(env)
