@@ -367,6 +367,17 @@ def test_nul_in_free_text_is_422(
     assert "NUL" in response.text
 
 
+def test_nul_in_a_chat_message_is_422(api_client: TestClient, tenant_a: Account) -> None:
+    chat = api_client.post("/api/v1/chats", json={}, headers=tenant_a.headers).json()
+    response = api_client.post(
+        f"/api/v1/chats/{chat['id']}/messages",
+        json={"content": "hello\x00there", "rag": False},
+        headers={**tenant_a.headers, "Accept": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+    assert "NUL" in response.text
+
+
 def test_nul_in_a_list_filter_is_422(api_client: TestClient, tenant_a: Account) -> None:
     response = api_client.get("/api/v1/documents?tag=a%00b", headers=tenant_a.headers)
     assert response.status_code == 422, response.text
