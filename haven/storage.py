@@ -17,7 +17,6 @@ from minio import Minio
 from minio.datatypes import PostPolicy
 from minio.error import S3Error
 
-from haven.errors import TooLarge
 from haven.settings import StoreSettings
 
 
@@ -118,32 +117,13 @@ def make_presigner(settings: StoreSettings, public_url: str | None) -> Presigner
     return Presigner(client, public_url.rstrip("/"))
 
 
-def download(
-    client: Minio,
-    bucket: str,
-    key: str,
-    path: Path,
-    *,
-    max_bytes: int | None = None,
-    chunk: int = 1 << 20,
-) -> int:
-    """Stream an object to ``path`` with one GET (``fget_object`` asks for its size first);
-    return its size. Past ``max_bytes`` the download stops with ``TooLarge``: what is read
-    may not be what an earlier ``stat`` measured (the object can be replaced in between)."""
+def download(client: Minio, bucket: str, key: str, path: Path, *, chunk: int = 1 << 20) -> None:
+    """Stream an object to ``path`` with one GET (``fget_object`` asks for its size first)."""
     response = client.get_object(bucket, key)
-    size = 0
     try:
         with path.open("wb") as out:
             for part in response.stream(chunk):
-                size += len(part)
-                if max_bytes is not None and size > max_bytes:
-                    raise TooLarge(
-                        f"the object is larger than {max_bytes} bytes",
-                        limit=max_bytes,
-                        code="storage.too_large",
-                    )
                 out.write(part)
     finally:
         response.close()
         response.release_conn()
-    return size

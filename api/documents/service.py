@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 from urllib.parse import quote
 
 from minio import Minio
@@ -66,13 +66,19 @@ from haven.filetypes import (
 )
 from haven.index import ChunkIndex
 from haven.queueing import INGEST_TASK
-from haven.storage import Presigner, download, tenant_key
+from haven.storage import Presigner, tenant_key
 
 READ_SIZE = 1024 * 1024
 TITLE_MAX = 500  # documents.title
 # Types a browser would run or render as a page: a download of one is sent as plain bytes.
 ACTIVE_TYPES = {HTML, "application/xhtml+xml", "image/svg+xml", "text/xml"}
 EXTENSIONS = {PLAIN: ".txt", MARKDOWN: ".md", HTML: ".html", PDF: ".pdf", DOCX: ".docx"}
+
+
+class Readable(Protocol):
+    """What an upload is read from: a multipart part or an object store response."""
+
+    def read(self, amt: int, /) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -123,7 +129,7 @@ def _too_large(max_bytes: int) -> TooLarge:
     )
 
 
-def hash_file(stream: BinaryIO, max_bytes: int, copy_to: BinaryIO | None = None) -> tuple[str, int]:
+def hash_file(stream: Readable, max_bytes: int, copy_to: BinaryIO | None = None) -> tuple[str, int]:
     """sha256 and size of a stream read block by block (optionally copied on the way)."""
     digest = hashlib.sha256()
     size = 0
@@ -138,7 +144,7 @@ def hash_file(stream: BinaryIO, max_bytes: int, copy_to: BinaryIO | None = None)
 
 
 @contextmanager
-def spooled(stream: BinaryIO, max_bytes: int) -> Iterator[IncomingFile]:
+def spooled(stream: Readable, max_bytes: int) -> Iterator[IncomingFile]:
     """The stream in a temporary file, hashed and measured; refused past ``max_bytes``."""
     with tempfile.TemporaryDirectory(prefix="haven-upload-") as tmp:
         path = Path(tmp) / "upload"
@@ -274,10 +280,28 @@ def accept_document(docs: Documents, incoming: IncomingFile, meta: UploadMeta) -
     return Accepted(document, version, job, duplicate=False)
 
 
-def receive(docs: Documents, stream: BinaryIO, meta: UploadMeta, max_bytes: int) -> Accepted:
+def receive(docs: Documents, stream: Readable, meta: UploadMeta, max_bytes: int) -> Accepted:
     """Both upload paths: spool the bytes, then accept them."""
     with spooled(stream, max_bytes) as incoming:
         return accept_document(docs, incoming, meta)
+
+
+def receive_object(docs: Documents, key: str, meta: UploadMeta, measured: int) -> Accepted:
+    """An object already in the store (a presigned upload), streamed into the same path as a
+    multipart upload. Reading stops past ``measured`` bytes, the size a ``stat`` gave: the
+    object may have been replaced by a larger one since."""
+    response = docs.s3.get_object(docs.bucket, key)
+    try:
+        return receive(docs, response, meta, measured)
+    except TooLarge as exc:
+        raise TooLarge(
+            "the uploaded file changed while it was read; upload it again",
+            limit=measured,
+            code="upload.changed",
+        ) from exc
+    finally:
+        response.close()
+        response.release_conn()
 
 
 # --- presigned uploads -------------------------------------------------------------------------
@@ -357,18 +381,7 @@ def complete_upload(docs: Documents, upload_id: uuid.UUID) -> Accepted:
         source_id=upload.source_id,
         tags=list(upload.tags),
     )
-    with tempfile.TemporaryDirectory(prefix="haven-upload-") as tmp:
-        path = Path(tmp) / "object"
-        try:
-            download(docs.s3, docs.bucket, upload.object_key, path, max_bytes=stat.size)
-        except TooLarge as exc:
-            raise TooLarge(
-                "the uploaded file changed while it was read; upload it again",
-                limit=limit,
-                code="upload.changed",
-            ) from exc
-        with path.open("rb") as fh:
-            result = receive(docs, fh, meta, stat.size)
+    result = receive_object(docs, upload.object_key, meta, stat.size)
     upload.completed_at = datetime.now(UTC)
     upload.document_id = result.document.id
     key, s3, bucket = upload.object_key, docs.s3, docs.bucket

@@ -25,7 +25,6 @@ from api.settings import ApiSettings
 from haven.db.engine import transaction
 from haven.db.tables import Role, Upload
 from haven.errors import TooLarge
-from haven.storage import download
 from haven.uploads import sweep_abandoned_uploads
 from tests.fixtures.api import (
     Account,
@@ -592,8 +591,12 @@ def test_an_uploaded_object_over_the_limit_is_refused_before_it_is_read(
 
 
 def test_an_object_replaced_by_a_larger_one_after_the_stat_is_refused(
-    api_client: TestClient, tenant_a: Account
+    api_client: TestClient, tenant_a: Account, session_factory: Any
 ) -> None:
+    from api.documents import service
+    from api.outbox import JobOutbox
+    from haven.auth.principal import Principal
+
     runtime = api_client.app.state.runtime  # type: ignore[attr-defined]
     bucket = runtime.settings.s3_bucket
     info = api_client.post(
@@ -601,14 +604,26 @@ def test_an_object_replaced_by_a_larger_one_after_the_stat_is_refused(
     ).json()
     key = info["fields"]["key"]
     assert post_upload(info, b"small and harmless").status_code < 300
-    measured = runtime.s3.stat_object(bucket, key).size
-    # ... and between `complete`'s stat and its download, the client sends a bigger file.
+    measured = runtime.s3.stat_object(bucket, key).size  # what `complete` checks first
+    # ... and between that stat and the download, the client sends a bigger file.
     assert post_upload(info, b"y" * 100_000).status_code < 300
-    target = Path(tempfile.mkdtemp()) / "object"
-    with pytest.raises(TooLarge) as refused:
-        download(runtime.s3, bucket, key, target, max_bytes=measured)
+    principal = Principal(
+        subject_id=tenant_a.user_id, tenant_id=tenant_a.tenant_id, role=Role.TENANT_ADMIN
+    )
+    session = session_factory()
+    try:
+        docs = service.Documents(
+            session, principal, JobOutbox(), runtime.s3, runtime.presigner, runtime.settings
+        )
+        meta = service.UploadMeta("a.txt", None, None, None, [])
+        with pytest.raises(TooLarge) as refused:
+            service.receive_object(docs, key, meta, measured)
+        session.rollback()
+    finally:
+        session.close()
     assert status_for(refused.value) == 413
-    assert target.stat().st_size <= measured  # never more than was measured reached the disk
+    assert refused.value.code == "upload.changed"
+    assert api_client.get("/api/v1/documents", headers=tenant_a.headers).json()["total"] == 0
 
 
 def test_downloads_are_attachments_with_a_safe_name(
