@@ -19,6 +19,7 @@ log = structlog.get_logger("haven.api")
 STATUS: dict[type[errors.DomainError], int] = {
     errors.NotFound: 404,
     errors.Invalid: 422,
+    errors.UnsupportedMediaType: 415,
     errors.Conflict: 409,
     errors.Gone: 410,
     errors.Unauthenticated: 401,
@@ -33,7 +34,7 @@ STATUS: dict[type[errors.DomainError], int] = {
 def status_for(exc: errors.DomainError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return 400
 
 

@@ -30,7 +30,7 @@ from haven.index import ChunkIndex
 from haven.job_metrics import JobPipelineCollector
 from haven.llm_client import AsyncLlmClient
 from haven.queueing import create_celery
-from haven.storage import make_client
+from haven.storage import Presigner, make_client, make_presigner
 from haven.telemetry import RequestMetrics
 from haven.vectors import make_index, release_qdrant
 
@@ -54,6 +54,8 @@ class ApiRuntime:
     emb: AsyncEmbClient
     llm: AsyncLlmClient
     answers: AnswerCache
+    # Signs the URLs clients use to reach the object store (for its public address).
+    presigner: Presigner
     # Requests that may hold a database session at once. Every session is opened under a
     # slot and a slot never waits in a thread, so a thread never waits for a connection:
     # with more concurrent requests than connections, the rest wait here, on the event loop,
@@ -88,6 +90,7 @@ class ApiRuntime:
                 settings.redis_url, socket_connect_timeout=2, socket_timeout=5
             ),
             s3=make_client(settings),
+            presigner=make_presigner(settings, settings.s3_public_url),
             tokens=TokenService(settings),
             metrics=RequestMetrics("api", registry),
             registry=registry,

@@ -11,7 +11,13 @@ class ApiSettings(StoreSettings, AuthSettings):
     readiness_timeout_seconds: float = 3.0
     cors_origins: list[str] = []
     max_upload_bytes: int = 100 * 1024 * 1024
-    presign_ttl_seconds: int = 900
+    presign_ttl_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
+    # Where clients reach the object store, e.g. https://haven.example.org/objects (nginx
+    # passes that path to MinIO): presigned URLs are signed for this host. Unset, they point
+    # at HAVEN_S3_ENDPOINT itself, which suits a single machine.
+    s3_public_url: str | None = None
+    # Presigned uploads a tenant may have open (neither completed nor expired) at once.
+    max_open_uploads: int = Field(default=20, ge=1)
     download_ttl_seconds: int = 300
     emb_url: str = "http://127.0.0.1:8082"
     # The dense alias queries are embedded with (the index holds one vector per alias).

@@ -41,6 +41,12 @@ class Invalid(DomainError):
     code = "invalid"
 
 
+class UnsupportedMediaType(Invalid):
+    """The content is of a type Haven does not take (an upload that is no supported document)."""
+
+    code = "unsupported_type"
+
+
 class Conflict(DomainError):
     """The request conflicts with the current state (a taken name, a job already finished)."""
 

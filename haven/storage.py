@@ -7,11 +7,14 @@ build such a key, so a key without a tenant prefix cannot be made by accident.
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import urllib3
 from minio import Minio
+from minio.datatypes import PostPolicy
 from minio.error import S3Error
 
 from haven.settings import StoreSettings
@@ -53,8 +56,65 @@ def tenant_key(tenant_id: uuid.UUID, *parts: str) -> str:
     return tenant_prefix(tenant_id) + "/".join(parts)
 
 
-def presigned_get(client: Minio, bucket: str, key: str, ttl: timedelta) -> str:
-    return client.presigned_get_object(bucket, key, expires=ttl)
+@dataclass(frozen=True)
+class Presigner:
+    """Signs the URLs handed to clients, for the address clients reach the store at.
+
+    SigV4 signs the Host header, so a URL signed for the internal ``minio:9000`` fails from
+    outside. With a public URL (``https://haven.example.org/objects``) the signature is made
+    for the public host and for the path the store receives; the public path prefix, which
+    nginx strips before passing the request on, is added to the URL afterwards. The client
+    here only computes signatures: it never opens a connection (the region is given, so
+    minio does not ask the store for it).
+    """
+
+    client: Minio
+    base: str  # scheme://host[:port][/prefix], what the client's URLs start with
+
+    def get_url(
+        self, bucket: str, key: str, ttl: timedelta, response_headers: dict[str, str]
+    ) -> str:
+        url = self.client.presigned_get_object(
+            bucket,
+            key,
+            expires=ttl,
+            response_headers=response_headers,  # type: ignore[arg-type]
+        )
+        return self._public(url)
+
+    def post_policy(
+        self, bucket: str, key: str, ttl: timedelta, max_bytes: int
+    ) -> tuple[str, dict[str, str]]:
+        """A browser-style POST upload of exactly ``key``, refused by the store itself when
+        the file is empty or over ``max_bytes`` (the policy's content-length-range)."""
+        policy = PostPolicy(bucket, datetime.now(UTC) + ttl)
+        policy.add_equals_condition("key", key)
+        policy.add_content_length_range_condition(1, max_bytes)
+        fields = {"key": key, **self.client.presigned_post_policy(policy)}
+        return f"{self.base}/{bucket}", fields
+
+    def _public(self, url: str) -> str:
+        base, signed = urlsplit(self.base), urlsplit(url)
+        return urlunsplit(signed._replace(path=base.path + signed.path))
+
+
+def make_presigner(settings: StoreSettings, public_url: str | None) -> Presigner:
+    """The presigner for ``public_url`` (scheme, host and an optional path prefix), or for
+    the store's own endpoint when no public URL is set (local development)."""
+    if not public_url:
+        scheme = "https" if settings.s3_secure else "http"
+        return Presigner(make_client(settings), f"{scheme}://{settings.s3_endpoint}")
+    parts = urlsplit(public_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"the public S3 URL {public_url!r} needs http(s)://host")
+    client = Minio(
+        parts.netloc,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key.get_secret_value(),
+        secure=parts.scheme == "https",
+        region=settings.s3_region,
+    )
+    return Presigner(client, public_url.rstrip("/"))
 
 
 def download(client: Minio, bucket: str, key: str, path: Path, *, chunk: int = 1 << 20) -> None:

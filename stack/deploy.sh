@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Deploy (or upgrade) Haven on Swarm, from a manager node:
 #
-#   IMAGE_TAG=1.4.0 JWT_ACTIVE_KID=2026-01 stack/deploy.sh
+#   IMAGE_TAG=1.4.0 JWT_ACTIVE_KID=2026-01 PUBLIC_URL=https://haven.example.org stack/deploy.sh
 #
 # Environment:
 #   IMAGE_TAG        Haven's image tag to run (required)
 #   JWT_ACTIVE_KID   the kid in the haven_jwt_keys secret that signs new tokens (required)
+#   PUBLIC_URL       the address clients reach nginx at; presigned URLs are signed for it
+#                    (required)
 #   IMAGE_REGISTRY   registry the nodes pull from (default registry.local:5000)
 #   STACK_NAME       default haven
 #   SMOKE_URL, SMOKE_TOKEN   when both are set, stack/smoke.sh runs after the deploy
@@ -21,7 +23,8 @@ cd "$(dirname "$0")/.."
 
 : "${IMAGE_TAG:?set IMAGE_TAG}"
 : "${JWT_ACTIVE_KID:?set JWT_ACTIVE_KID}"
-export IMAGE_TAG JWT_ACTIVE_KID
+: "${PUBLIC_URL:?set PUBLIC_URL, the address clients reach Haven at}"
+export IMAGE_TAG JWT_ACTIVE_KID PUBLIC_URL
 export IMAGE_REGISTRY=${IMAGE_REGISTRY:-registry.local:5000}
 STACK_NAME=${STACK_NAME:-haven}
 JOB_TIMEOUT=${JOB_TIMEOUT:-900}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Response, status
 
 from api.admin import service
 from api.admin.schemas import (
@@ -20,6 +20,7 @@ from api.admin.schemas import (
     UserUpdate,
 )
 from api.deps import PlatformAdminPrincipal, RequestIdDep, SessionDep, TenantAdminPrincipal
+from api.pagination import Page, pagination
 from haven.db.repositories import (
     ApiKeyRepository,
     AuditLog,
@@ -30,8 +31,7 @@ from haven.db.repositories import (
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
 
-Offset = Annotated[int, Query(ge=0)]
-Limit = Annotated[int, Query(ge=1, le=500)]
+AdminPage = Annotated[Page, pagination(default_limit=100, max_limit=500)]
 
 
 @router.post("/tenants", response_model=TenantRead, status_code=status.HTTP_201_CREATED)
@@ -48,10 +48,8 @@ def list_tenants(session: SessionDep, _: PlatformAdminPrincipal) -> list[TenantR
 
 
 @router.get("/users", response_model=list[UserRead])
-def list_users(
-    session: SessionDep, actor: TenantAdminPrincipal, offset: Offset = 0, limit: Limit = 100
-) -> list[UserRead]:
-    users = UserRepository(session, actor).list(offset=offset, limit=limit)
+def list_users(session: SessionDep, actor: TenantAdminPrincipal, page: AdminPage) -> list[UserRead]:
+    users = UserRepository(session, actor).list(offset=page.offset, limit=page.limit)
     return [UserRead.model_validate(u) for u in users]
 
 
@@ -90,9 +88,9 @@ def delete_user(
 
 @router.get("/api-keys", response_model=list[ApiKeyRead])
 def list_api_keys(
-    session: SessionDep, actor: TenantAdminPrincipal, offset: Offset = 0, limit: Limit = 100
+    session: SessionDep, actor: TenantAdminPrincipal, page: AdminPage
 ) -> list[ApiKeyRead]:
-    keys = ApiKeyRepository(session, actor).list(offset=offset, limit=limit)
+    keys = ApiKeyRepository(session, actor).list(offset=page.offset, limit=page.limit)
     return [ApiKeyRead.model_validate(k) for k in keys]
 
 
@@ -113,7 +111,7 @@ def revoke_api_key(
 
 @router.get("/audit", response_model=list[AuditRead])
 def list_audit(
-    session: SessionDep, actor: TenantAdminPrincipal, offset: Offset = 0, limit: Limit = 100
+    session: SessionDep, actor: TenantAdminPrincipal, page: AdminPage
 ) -> list[AuditRead]:
-    entries = AuditRepository(session, actor).list(offset=offset, limit=limit)
+    entries = AuditRepository(session, actor).list(offset=page.offset, limit=page.limit)
     return [AuditRead.model_validate(e) for e in entries]

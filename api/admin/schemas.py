@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from haven.contracts.text import Name
 from haven.db.tables import Role
 
 USERNAME = Field(min_length=3, max_length=200, pattern=r"^[A-Za-z0-9._@+-]+$")
@@ -15,7 +16,7 @@ TENANT_ROLES = (Role.VIEWER, Role.EDITOR, Role.TENANT_ADMIN)
 
 class TenantCreate(BaseModel):
     slug: str = Field(min_length=2, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
     token_budget: int | None = Field(default=None, ge=0)
     admin_username: str | None = USERNAME
     admin_password: str | None = Field(default=None, min_length=10, max_length=200)
@@ -56,7 +57,7 @@ class UserRead(BaseModel):
 
 
 class ApiKeyCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
     role: Role = Role.EDITOR
     expires_at: datetime | None = None
 

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Header, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from api.chat import service
@@ -30,6 +30,7 @@ from api.chat.schemas import (
 )
 from api.chat.stream import AnswerStream, sse_event, with_heartbeat
 from api.deps import CurrentPrincipal, RequestIdDep, RuntimeDep, SessionDep
+from api.pagination import Page, pagination
 from api.runtime import ApiRuntime
 from haven.db.repositories import ChatRepository, MessageRepository
 from haven.db.tables import Chat
@@ -46,12 +47,14 @@ def create_chat(body: ChatCreate, session: SessionDep, principal: CurrentPrincip
 def list_chats(
     session: SessionDep,
     principal: CurrentPrincipal,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    page: Annotated[Page, pagination(default_limit=50, max_limit=200)],
 ) -> ChatPage:
-    rows, total = ChatRepository(session, principal).list_page(offset=offset, limit=limit)
+    rows, total = ChatRepository(session, principal).list_page(offset=page.offset, limit=page.limit)
     return ChatPage(
-        items=[ChatRead.model_validate(r) for r in rows], total=total, offset=offset, limit=limit
+        items=[ChatRead.model_validate(r) for r in rows],
+        total=total,
+        offset=page.offset,
+        limit=page.limit,
     )
 
 
@@ -65,17 +68,16 @@ def list_messages(
     chat_id: uuid.UUID,
     session: SessionDep,
     principal: CurrentPrincipal,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=500)] = 200,
+    page: Annotated[Page, pagination(default_limit=200, max_limit=500)],
 ) -> MessagePage:
     ChatRepository(session, principal).require(chat_id)
     messages = MessageRepository(session, principal)
-    rows = messages.of_chat(chat_id, offset=offset, limit=limit)
+    rows = messages.of_chat(chat_id, offset=page.offset, limit=page.limit)
     return MessagePage(
         items=[service.message_read(m) for m in rows],
         total=messages.count_of_chat(chat_id),
-        offset=offset,
-        limit=limit,
+        offset=page.offset,
+        limit=page.limit,
     )
 
 

@@ -7,10 +7,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.search.schemas import SearchOptions
+from haven.contracts.text import FreeText, Title
 
 
 class ChatCreate(BaseModel):
-    title: str | None = Field(default=None, max_length=500)
+    title: Title | None = None
 
 
 class ChatRead(BaseModel):
@@ -36,7 +37,7 @@ class ChatSearch(SearchOptions):
 
 
 class MessageCreate(BaseModel):
-    content: str = Field(min_length=1, max_length=8000)
+    content: FreeText = Field(min_length=1, max_length=8000)
     rag: bool = True
     search: ChatSearch = Field(default_factory=ChatSearch)
     max_tokens: int | None = Field(default=None, ge=1, le=32768)

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import tempfile
 import uuid
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, Response, UploadFile, status
-from minio.error import S3Error
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile, status
 
 from api.deps import (
     CurrentPrincipal,
@@ -21,7 +16,7 @@ from api.deps import (
 )
 from api.documents import service
 from api.documents.schemas import (
-    TAG,
+    MAX_TAGS,
     DocumentDetail,
     DocumentPage,
     DocumentRead,
@@ -31,43 +26,48 @@ from api.documents.schemas import (
     UploadAccepted,
     VersionRead,
 )
-from api.outbox import JobOutbox
-from api.runtime import ApiRuntime
+from api.pagination import Page, pagination
 from haven.answer_cache import invalidate_documents
 from haven.auth.principal import Principal
-from haven.db.repositories import DocumentRepository, UploadRepository
+from haven.contracts.text import SourceId, Tag, Title
+from haven.db.repositories import DocumentRepository
 from haven.db.tables import DocumentState
 
 router = APIRouter(prefix="/api/v1/documents", tags=["documents"])
 
 
-def _accept(
-    runtime: ApiRuntime,
-    session: Session,
-    principal: Principal,
-    outbox: JobOutbox,
-    incoming: service.IncomingFile,
-    *,
-    title: str | None,
-    source_id: str | None,
-    tags: list[str],
-) -> service.Accepted:
-    """Both upload paths (multipart and presigned) end here."""
-    return service.accept_document(
-        session,
-        principal,
-        outbox,
-        runtime.s3,
-        runtime.settings.s3_bucket,
-        incoming,
-        title=title,
-        source_id=source_id,
-        tags=tags,
-        max_attempts=runtime.settings.job_max_attempts,
+def _documents(
+    session: SessionDep, outbox: OutboxDep, runtime: RuntimeDep, principal: Principal
+) -> service.Documents:
+    return service.Documents(
+        session=session,
+        principal=principal,
+        outbox=outbox,
+        s3=runtime.s3,
+        presigner=runtime.presigner,
+        settings=runtime.settings,
     )
 
 
-def _accepted(result: service.Accepted) -> UploadAccepted:
+def _editor_documents(
+    session: SessionDep, outbox: OutboxDep, runtime: RuntimeDep, principal: EditorPrincipal
+) -> service.Documents:
+    return _documents(session, outbox, runtime, principal)
+
+
+def _reader_documents(
+    session: SessionDep, outbox: OutboxDep, runtime: RuntimeDep, principal: CurrentPrincipal
+) -> service.Documents:
+    return _documents(session, outbox, runtime, principal)
+
+
+EditorDocuments = Annotated[service.Documents, Depends(_editor_documents)]
+ReaderDocuments = Annotated[service.Documents, Depends(_reader_documents)]
+
+
+def _accepted(result: service.Accepted, response: Response) -> UploadAccepted:
+    # 201 for a new document or version, 200 when the same bytes were there already.
+    response.status_code = status.HTTP_200_OK if result.duplicate else status.HTTP_201_CREATED
     return UploadAccepted(
         document=DocumentRead.model_validate(result.document),
         version=result.version.version,
@@ -80,144 +80,69 @@ def _accepted(result: service.Accepted) -> UploadAccepted:
 @router.post("", response_model=UploadAccepted, status_code=status.HTTP_201_CREATED)
 def upload_document(
     file: Annotated[UploadFile, File(description="the document")],
-    session: SessionDep,
-    principal: EditorPrincipal,
-    outbox: OutboxDep,
-    runtime: RuntimeDep,
+    docs: EditorDocuments,
     response: Response,
-    title: Annotated[str | None, Form(max_length=500)] = None,
-    source_id: Annotated[str | None, Form(min_length=1, max_length=500)] = None,
-    tags: Annotated[list[Annotated[str, TAG]] | None, Form()] = None,
+    title: Annotated[Title | None, Form()] = None,
+    source_id: Annotated[SourceId | None, Form()] = None,
+    tags: Annotated[list[Tag] | None, Form(max_length=MAX_TAGS)] = None,
 ) -> UploadAccepted:
-    settings = runtime.settings
-    with tempfile.TemporaryDirectory(prefix="haven-upload-") as tmp:
-        path = Path(tmp) / "upload"
-        with path.open("wb") as out:
-            sha, size = service.hash_file(file.file, settings.max_upload_bytes, copy_to=out)
-        incoming = service.IncomingFile(
-            path=path,
-            filename=file.filename or "upload",
-            declared_mime=file.content_type,
-            size=size,
-            sha256=sha,
-        )
-        result = _accept(
-            runtime,
-            session,
-            principal,
-            outbox,
-            incoming,
-            title=title,
-            source_id=source_id,
-            tags=tags or [],
-        )
-    if result.duplicate:
-        response.status_code = status.HTTP_200_OK
-    return _accepted(result)
+    meta = service.UploadMeta(
+        filename=file.filename or "upload",
+        declared_mime=file.content_type,
+        title=title,
+        source_id=source_id,
+        tags=tags or [],
+    )
+    result = service.receive(docs, file.file, meta, docs.settings.max_upload_bytes)
+    return _accepted(result, response)
 
 
 @router.post("/uploads", response_model=PresignedUpload, status_code=status.HTTP_201_CREATED)
-def create_upload(
-    body: PresignRequest, session: SessionDep, principal: EditorPrincipal, runtime: RuntimeDep
-) -> PresignedUpload:
-    ttl = timedelta(seconds=runtime.settings.presign_ttl_seconds)
-    upload, url = service.create_presigned_upload(
-        session,
-        principal,
-        runtime.s3,
-        runtime.settings.s3_bucket,
+def create_upload(body: PresignRequest, docs: EditorDocuments) -> PresignedUpload:
+    meta = service.UploadMeta(
         filename=body.filename,
-        mime=body.mime,
+        declared_mime=body.mime,
         title=body.title,
         source_id=body.source_id,
         tags=body.tags,
-        ttl=ttl,
     )
+    created = service.create_presigned_upload(docs, meta)
     return PresignedUpload(
-        upload_id=upload.id,
-        url=url,
-        expires_at=upload.expires_at,
-        max_bytes=runtime.settings.max_upload_bytes,
+        upload_id=created.upload.id,
+        url=created.url,
+        fields=created.fields,
+        expires_at=created.upload.expires_at,
+        max_bytes=docs.settings.max_upload_bytes,
     )
 
 
-@router.post("/uploads/{upload_id}/complete", response_model=UploadAccepted)
+@router.post(
+    "/uploads/{upload_id}/complete",
+    response_model=UploadAccepted,
+    status_code=status.HTTP_201_CREATED,
+)
 def complete_upload(
-    upload_id: uuid.UUID,
-    session: SessionDep,
-    principal: EditorPrincipal,
-    outbox: OutboxDep,
-    runtime: RuntimeDep,
-    response: Response,
+    upload_id: uuid.UUID, docs: EditorDocuments, response: Response
 ) -> UploadAccepted:
-    settings = runtime.settings
-    uploads = UploadRepository(session, principal)
-    upload = uploads.require_for_update(upload_id)
-    if upload.completed_at is not None and upload.document_id is not None:
-        document = DocumentRepository(session, principal).require(upload.document_id)
-        raise HTTPException(
-            status.HTTP_409_CONFLICT, f"upload already completed as document {document.id}"
-        )
-    if upload.expires_at <= datetime.now(UTC):
-        raise HTTPException(status.HTTP_410_GONE, "the upload URL has expired; request a new one")
-    try:
-        stat = runtime.s3.stat_object(settings.s3_bucket, upload.object_key)
-    except S3Error as exc:
-        raise HTTPException(
-            status.HTTP_409_CONFLICT, "nothing was uploaded to this URL yet"
-        ) from exc
-    if stat.size is not None and stat.size > settings.max_upload_bytes:
-        runtime.s3.remove_object(settings.s3_bucket, upload.object_key)
-        raise HTTPException(
-            status.HTTP_413_CONTENT_TOO_LARGE,
-            f"file is larger than {settings.max_upload_bytes} bytes",
-        )
-    with service.spooled_object(runtime.s3, settings.s3_bucket, upload.object_key) as path:
-        with path.open("rb") as fh:
-            sha, size = service.hash_file(fh, settings.max_upload_bytes)
-        incoming = service.IncomingFile(
-            path=path,
-            filename=upload.filename,
-            declared_mime=upload.mime,
-            size=size,
-            sha256=sha,
-        )
-        result = _accept(
-            runtime,
-            session,
-            principal,
-            outbox,
-            incoming,
-            title=upload.title,
-            source_id=upload.source_id,
-            tags=list(upload.tags),
-        )
-    upload.completed_at = datetime.now(UTC)
-    upload.document_id = result.document.id
-    key = upload.object_key
-    outbox.after_commit(lambda: runtime.s3.remove_object(settings.s3_bucket, key))
-    if not result.duplicate:
-        response.status_code = status.HTTP_201_CREATED
-    return _accepted(result)
+    return _accepted(service.complete_upload(docs, upload_id), response)
 
 
 @router.get("", response_model=DocumentPage)
 def list_documents(
     session: SessionDep,
     principal: CurrentPrincipal,
+    page: Annotated[Page, pagination(default_limit=50, max_limit=200)],
     state: DocumentState | None = None,
-    tag: Annotated[str | None, Query(max_length=100)] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    tag: Annotated[Tag | None, Query()] = None,
 ) -> DocumentPage:
     rows, total = DocumentRepository(session, principal).list_filtered(
-        state=state, tag=tag, offset=offset, limit=limit
+        state=state, tag=tag, offset=page.offset, limit=page.limit
     )
     return DocumentPage(
         items=[DocumentRead.model_validate(d) for d in rows],
         total=total,
-        offset=offset,
-        limit=limit,
+        offset=page.offset,
+        limit=page.limit,
     )
 
 
@@ -237,46 +162,16 @@ def get_document(
 @router.get("/{document_id}/download", response_model=DownloadLink)
 def download_document(
     document_id: uuid.UUID,
-    session: SessionDep,
-    principal: CurrentPrincipal,
-    runtime: RuntimeDep,
-    version: Annotated[int | None, Query(ge=1)] = None,
+    docs: ReaderDocuments,
+    version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
 ) -> DownloadLink:
-    documents = DocumentRepository(session, principal)
-    document = documents.require(document_id)
-    versions = documents.versions(document.id)
-    wanted = version or document.current_version or (versions[-1].version if versions else None)
-    chosen = next((v for v in versions if v.version == wanted), None)
-    if chosen is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"version {wanted} not found")
-    ttl = timedelta(seconds=runtime.settings.download_ttl_seconds)
-    url = runtime.s3.presigned_get_object(
-        runtime.settings.s3_bucket,
-        chosen.object_key,
-        expires=ttl,
-        response_headers={"response-content-type": document.mime},
-    )
-    return DownloadLink(url=url, expires_at=datetime.now(UTC) + ttl)
+    url, expires_at = service.download_url(docs, document_id, version)
+    return DownloadLink(url=url, expires_at=expires_at)
 
 
 @router.delete("/{document_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_document(
-    document_id: uuid.UUID,
-    session: SessionDep,
-    principal: EditorPrincipal,
-    outbox: OutboxDep,
-    runtime: RuntimeDep,
-) -> Response:
-    service.delete_document(
-        session,
-        principal,
-        outbox,
-        runtime.s3,
-        runtime.settings.s3_bucket,
-        runtime.index,
-        document_id,
-    )
-    outbox.after_commit(
-        lambda: invalidate_documents(runtime.redis, principal.tenant_id, [document_id])
-    )
+def delete_document(document_id: uuid.UUID, docs: EditorDocuments, runtime: RuntimeDep) -> Response:
+    service.delete_document(docs, runtime.index, document_id)
+    tenant_id = docs.principal.tenant_id
+    docs.outbox.after_commit(lambda: invalidate_documents(runtime.redis, tenant_id, [document_id]))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

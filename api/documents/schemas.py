@@ -5,9 +5,10 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from haven.contracts.text import Filename, MimeType, SourceId, Tag, Title
 from haven.db.tables import DocumentState, JobState
 
-TAG = Field(min_length=1, max_length=100)
+MAX_TAGS = 50
 
 
 class VersionRead(BaseModel):
@@ -56,17 +57,22 @@ class UploadAccepted(BaseModel):
 
 
 class PresignRequest(BaseModel):
-    filename: str = Field(min_length=1, max_length=500)
-    mime: str | None = Field(default=None, max_length=200)
-    title: str | None = Field(default=None, max_length=500)
-    source_id: str | None = Field(default=None, min_length=1, max_length=500)
-    tags: list[str] = Field(default_factory=list, max_length=50)
+    filename: Filename
+    mime: MimeType | None = None
+    title: Title | None = None
+    source_id: SourceId | None = None
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
 
 
 class PresignedUpload(BaseModel):
+    """Where the client sends the file: an HTML-form style POST to ``url`` with every entry of
+    ``fields`` as a form field and the file last, as the ``file`` field. The store itself
+    refuses a file over ``max_bytes`` (the policy's content-length-range)."""
+
     upload_id: uuid.UUID
     url: str
-    method: str = "PUT"
+    method: str = "POST"
+    fields: dict[str, str]
     expires_at: datetime
     max_bytes: int
 

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, status
 
 from api.deps import (
     CurrentPrincipal,
@@ -18,6 +18,7 @@ from api.deps import (
     TenantAdminPrincipal,
 )
 from api.jobs.schemas import DeadLetterRead, JobRead
+from api.pagination import Page, pagination
 from haven.db.repositories import AuditLog, DeadLetterRepository, JobRepository
 from haven.db.tables import JobKind, JobState
 from haven.dead_letters import drain_dead_letters
@@ -31,13 +32,12 @@ router = APIRouter(prefix="/api/v1", tags=["jobs"])
 def list_jobs(
     session: SessionDep,
     principal: CurrentPrincipal,
+    page: Annotated[Page, pagination(default_limit=50, max_limit=500)],
     state: JobState | None = None,
     kind: JobKind | None = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[JobRead]:
     rows = JobRepository(session, principal).list_filtered(
-        state=state, kind=kind, offset=offset, limit=limit
+        state=state, kind=kind, offset=page.offset, limit=page.limit
     )
     return [JobRead.model_validate(j) for j in rows]
 
@@ -100,12 +100,11 @@ def list_dead_letters(
     session: SessionDep,
     principal: TenantAdminPrincipal,
     runtime: RuntimeDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    page: Annotated[Page, pagination(default_limit=100, max_limit=500)],
 ) -> list[DeadLetterRead]:
     # Move whatever RabbitMQ dead-lettered since the last maintenance run into PostgreSQL.
     drain_dead_letters(runtime.celery, runtime.session_factory)
-    rows = DeadLetterRepository(session, principal).list(offset=offset, limit=limit)
+    rows = DeadLetterRepository(session, principal).list(offset=page.offset, limit=page.limit)
     return [DeadLetterRead.model_validate(d) for d in rows]
 
 

@@ -2,16 +2,21 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator
+
+from haven.contracts.text import FreeText, Tag
+
+Query = Annotated[FreeText, StringConstraints(min_length=1, max_length=4000)]
+Label = Annotated[FreeText, StringConstraints(max_length=200)]
 
 
 class SearchFiltersIn(BaseModel):
-    tags: list[str] | None = Field(default=None, max_length=50)
+    tags: list[Tag] | None = Field(default=None, max_length=50)
     document_ids: list[uuid.UUID] | None = Field(default=None, max_length=500)
-    mime: list[str] | None = Field(default=None, max_length=20)
-    lang: list[str] | None = Field(default=None, max_length=20)
+    mime: list[Label] | None = Field(default=None, max_length=20)
+    lang: list[Label] | None = Field(default=None, max_length=20)
     updated_from: datetime | None = None
     updated_to: datetime | None = None
 
@@ -29,7 +34,7 @@ class SearchOptions(BaseModel):
 
 
 class SearchRequest(SearchOptions):
-    query: str = Field(min_length=1, max_length=4000)
+    query: Query
 
     @field_validator("query")
     @classmethod

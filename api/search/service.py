@@ -8,13 +8,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from fastapi import HTTPException, status
+import structlog
 
 from api.runtime import ApiRuntime
 from api.search.schemas import SearchOptions
 from haven.emb_client import EmbeddingRejected, EmbeddingUnavailable
+from haven.errors import Invalid, Unavailable
 from haven.index import SparseVector
 from haven.search import QueryVectors, SearchFilters, SearchOutcome, SearchParams, search
+
+log = structlog.get_logger("haven.search")
 
 
 async def retrieve(
@@ -24,13 +27,17 @@ async def retrieve(
     try:
         embedded = await runtime.emb.embed([query], aliases=[alias], sparse="query")
     except EmbeddingUnavailable as exc:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
+        raise Unavailable(
             "the embedding service is busy or down",
-            headers={"Retry-After": str(max(1, int(exc.retry_after or 1)))},
+            retry_after=exc.retry_after,
+            code="search.embedding_unavailable",
         ) from exc
     except EmbeddingRejected as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+        # emb's own words go to the log with the request id, not to the caller.
+        log.warning("search.embedding_rejected", error=str(exc))
+        raise Invalid(
+            "the embedding service refused the query", code="search.query_rejected"
+        ) from exc
     item = embedded.data[0]
     sparse = item.sparse
     vectors = QueryVectors(

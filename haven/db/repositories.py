@@ -169,6 +169,8 @@ class PlatformRepository:
         return tenant
 
     def user_for_login(self, username: str) -> User | None:
+        if "\x00" in username:  # no username holds one, and PostgreSQL refuses to compare it
+            return None
         stmt = select(User).where(User.username == username)
         return self.session.execute(stmt).scalar_one_or_none()
 
@@ -407,12 +409,51 @@ class UploadRepository(TenantRepository[Upload]):
     model = Upload
     label = "upload"
 
+    def open_uploads(self, now: datetime) -> tuple[int, datetime | None]:
+        """How many of the tenant's uploads are open (neither completed nor expired), and
+        when the first of them expires. Holds the tenant's upload lock until the transaction
+        ends, so two requests cannot both take the last free place."""
+        self.session.execute(
+            select(
+                func.pg_advisory_xact_lock(func.hashtextextended(f"uploads:{self.tenant_id}", 0))
+            )
+        )
+        stmt = select(func.count(), func.min(Upload.expires_at)).where(
+            Upload.tenant_id == self.tenant_id,
+            Upload.completed_at.is_(None),
+            Upload.expires_at > now,
+        )
+        count, soonest = self.session.execute(stmt).one()
+        return int(count), soonest
+
     def require_for_update(self, upload_id: uuid.UUID) -> Upload:
         stmt = self._select().where(Upload.id == upload_id).with_for_update()
         found = self.session.execute(stmt).scalar_one_or_none()
         if found is None:
             raise NotFound(self.label, upload_id)
         return found
+
+
+class AbandonedUploads:
+    """Uploads of every tenant that expired without being completed: maintenance's sweep,
+    which runs for the platform rather than for one tenant."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def expired_before(self, cutoff: datetime, *, limit: int) -> Sequence[Upload]:
+        stmt = (
+            select(Upload)
+            .where(Upload.completed_at.is_(None), Upload.expires_at < cutoff)
+            .order_by(Upload.expires_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return self.session.execute(stmt).scalars().all()
+
+    def delete(self, upload: Upload) -> None:
+        self.session.delete(upload)
+        self.session.flush()
 
 
 class DeadLetterRepository(TenantRepository[DeadLetter]):

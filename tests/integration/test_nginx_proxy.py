@@ -47,8 +47,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def render_nginx_conf(listen: str, upstream: str, temp_dir: Path) -> str:
-    values = {"NGINX_HAVEN_LISTEN": listen, "NGINX_HAVEN_API_UPSTREAM": upstream}
+def render_nginx_conf(listen: str, upstream: str, s3_upstream: str, temp_dir: Path) -> str:
+    values = {
+        "NGINX_HAVEN_LISTEN": listen,
+        "NGINX_HAVEN_API_UPSTREAM": upstream,
+        "NGINX_HAVEN_OBJECTS_UPSTREAM": s3_upstream,
+    }
     text = re.sub(
         r"\$\{(NGINX_HAVEN_[A-Z_]+)\}", lambda m: values[m.group(1)], NGINX_TEMPLATE.read_text()
     )
@@ -87,8 +91,21 @@ def llm(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @pytest.fixture()
-def api_server(store_overrides: dict[str, Any], llm: Service) -> Iterator[tuple[str, ApiSettings]]:
-    settings = ApiSettings(**store_overrides, llm_url=llm.url, chat_heartbeat_seconds=0.3)
+def nginx_port() -> int:
+    return free_port()
+
+
+@pytest.fixture()
+def api_server(
+    store_overrides: dict[str, Any], llm: Service, nginx_port: int
+) -> Iterator[tuple[str, ApiSettings]]:
+    settings = ApiSettings(
+        **store_overrides,
+        llm_url=llm.url,
+        chat_heartbeat_seconds=0.3,
+        # Presigned URLs go through the proxy below, as in the deployments.
+        s3_public_url=f"http://127.0.0.1:{nginx_port}/objects",
+    )
     port = free_port()
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=port, ws="none", log_level="warning"
@@ -105,15 +122,19 @@ def api_server(store_overrides: dict[str, Any], llm: Service) -> Iterator[tuple[
 
 
 @pytest.fixture()
-def proxied(api_server: tuple[str, ApiSettings], tmp_path: Path) -> Iterator[Proxied]:
+def proxied(
+    api_server: tuple[str, ApiSettings], nginx_port: int, s3_endpoint: str, tmp_path: Path
+) -> Iterator[Proxied]:
     assert NGINX is not None
     api_url, settings = api_server
-    port = free_port()
+    port = nginx_port
     temp_dir = tmp_path / "nginx-temp"
     temp_dir.mkdir()
     conf = tmp_path / "nginx.conf"
     conf.write_text(
-        render_nginx_conf(f"127.0.0.1:{port}", api_url.removeprefix("http://"), temp_dir)
+        render_nginx_conf(
+            f"127.0.0.1:{port}", api_url.removeprefix("http://"), s3_endpoint, temp_dir
+        )
     )
     access_log, error_log = tmp_path / "access.log", tmp_path / "error.log"
     argv = [NGINX, "-p", str(tmp_path), "-c", str(conf), "-e", "stderr"]
@@ -158,6 +179,39 @@ def test_api_paths_arrive_unchanged_with_their_request_id(proxied: Proxied) -> N
     assert proxied.log_line_for("/elsewhere")["upstream"] == ""
     # The metrics stay internal: Prometheus scrapes the services directly.
     assert httpx.get(f"{proxied.url}/metrics").status_code == 404
+
+
+def test_presigned_uploads_and_downloads_go_through_nginx(proxied: Proxied) -> None:
+    headers = {"Authorization": f"Bearer {_admin_token(proxied)}"}
+    info = httpx.post(
+        f"{proxied.url}/api/v1/documents/uploads",
+        json={"filename": "page.html", "title": "page"},
+        headers=headers,
+    ).json()
+    # Signed for the address the client used to reach Haven, and sent there.
+    assert info["url"] == f"{proxied.url}/objects/{proxied.api.s3_bucket}"
+    page = b"<html><body><script>alert(1)</script>uploaded page</body></html>"
+    sent = httpx.post(info["url"], data=info["fields"], files={"file": ("page.html", page)})
+    assert sent.status_code < 300, sent.text
+    line = proxied.log_line_for(f"/objects/{proxied.api.s3_bucket}")
+    assert line["upstream"] != proxied.api_url.removeprefix("http://")  # the store, not the API
+
+    done = httpx.post(
+        f"{proxied.url}/api/v1/documents/uploads/{info['upload_id']}/complete", headers=headers
+    )
+    assert done.status_code == 201, done.text
+    document_id = done.json()["document"]["id"]
+    link = httpx.get(
+        f"{proxied.url}/api/v1/documents/{document_id}/download", headers=headers
+    ).json()
+    assert link["url"].startswith(f"{proxied.url}/objects/")
+    got = httpx.get(link["url"])
+    assert got.status_code == 200
+    assert got.content == page
+    # Never shown inline: a download, of a type no browser renders, and no sniffing.
+    assert got.headers["content-disposition"].startswith('attachment; filename="page.html"')
+    assert got.headers["content-type"] == "application/octet-stream"
+    assert got.headers["x-content-type-options"] == "nosniff"
 
 
 def _client_max_body_size() -> int:

@@ -34,6 +34,7 @@ DOCKERFILE = ROOT / "stack" / "Dockerfile"
 STACK_VARIABLES = {
     "IMAGE_TAG": "1.2.3",
     "JWT_ACTIVE_KID": "2026-01",
+    "PUBLIC_URL": "https://haven.example.org",
     "NGINX_CONF_DIGEST": "0123456789ab",
     "PROMETHEUS_CONF_DIGEST": "0123456789ab",
     "ALERT_RULES_DIGEST": "0123456789ab",
@@ -263,13 +264,18 @@ def test_stores_run_on_the_storage_node_and_not_on_the_front_network(
         networks = set(service.get("networks", {}))
         if name in STORES:
             assert _role(service) == "storage", name
-            assert networks == {"storage"}, f"{name} is on {networks}"
+            # minio also on `objects`, nginx's only way to it (presigned URLs).
+            expected = {"storage", "objects"} if name == "minio" else {"storage"}
+            assert networks == expected, f"{name} is on {networks}"
         elif name not in {"prometheus"}:
             assert _role(service) == "compute", name
     front = {n for n, s in stack["services"].items() if "front" in s.get("networks", {})}
     assert front == {"nginx", "api"}
     assert stack["networks"]["back"]["internal"] is True
     assert stack["networks"]["storage"]["internal"] is True
+    assert stack["networks"]["objects"]["internal"] is True
+    objects = {n for n, s in stack["services"].items() if "objects" in s.get("networks", {})}
+    assert objects == {"nginx", "minio"}
     for network in stack["networks"].values():
         assert network["driver"] == "overlay"
     published = {n for n, s in stack["services"].items() if s.get("ports")}
@@ -492,7 +498,11 @@ def test_nginx_template_variables_are_the_ones_deployments_set(
     _, config = deployment
     text = NGINX_CONF.read_text()
     placeholders = set(re.findall(r"\$\{([A-Za-z_]+)\}", text))
-    assert placeholders == {"NGINX_HAVEN_LISTEN", "NGINX_HAVEN_API_UPSTREAM"}
+    assert placeholders == {
+        "NGINX_HAVEN_LISTEN",
+        "NGINX_HAVEN_API_UPSTREAM",
+        "NGINX_HAVEN_OBJECTS_UPSTREAM",
+    }
     env = config["services"]["nginx"]["environment"]
     assert placeholders <= set(env)
     # The image substitutes only the variables whose names match this (an awk regex).
