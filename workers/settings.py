@@ -32,7 +32,7 @@ class WorkerSettings(ModelStoreSettings):
     extract_max_uncompressed_mb: int = 500
     # Extractor processes per worker process, and files each handles before it is replaced.
     extract_pool_size: int = 2
-    extract_recycle_after: int = 200
+    extract_recycle_after: int = 1000
     retry_backoff_seconds: float = 2.0
     retry_backoff_max_seconds: float = 300.0
     # A queued job whose message guard expired this long ago is sent again.

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import machine
-from bench.ingest.run import corpus_files
+from bench.extract_pool.run import corpus_files
 from haven.db.engine import make_engine, make_session_factory
 from haven.settings import StoreSettings
 from models.defaults import publish_default_embedding

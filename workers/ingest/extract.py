@@ -29,7 +29,6 @@ from typing import Any, Final
 import charset_normalizer
 import docx
 import pypdf
-import pytesseract
 import trafilatura
 from docx.opc.exceptions import OpcError
 from docx.table import Table
@@ -598,6 +597,8 @@ def _ocr_pdf_page(path: Path, number: int, limits: ExtractLimits) -> str:
     pdftoppm = shutil.which("pdftoppm")
     if pdftoppm is None:
         raise ExtractionError("OCR is on but pdftoppm (poppler-utils) is not installed")
+    import pytesseract  # only with OCR on: its import costs every extractor process a second
+
     with tempfile.TemporaryDirectory(prefix="haven-ocr-") as workdir:
         prefix = Path(workdir) / "page"
         command = [pdftoppm, "-r", "300", "-gray", "-png", "-singlefile"]

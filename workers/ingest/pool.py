@@ -13,30 +13,26 @@ after ``recycle_after`` files (so a slow leak in a parser cannot grow without en
 a limit ended it. The children are started with ``subprocess`` and ``exec`` — never ``fork`` of
 a process that has threads — and lazily, on the first file a worker process extracts.
 
-Protocol over the child's stdin and stdout: length-prefixed pickles, ``("ready",)`` once, then a
-reply per request. The child's own stdout is pointed at stderr so no library can corrupt it.
+The child's program and its protocol are in ``workers/ingest/extractor.py``.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import errno
 import math
 import os
 import pickle
 import queue
-import resource
 import select
 import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
@@ -52,8 +48,8 @@ from workers.ingest.extract import (
     ExtractTooLarge,
     TextBlock,
     UnsupportedType,
-    extract,
 )
+from workers.ingest.extractor import HEADER, send
 
 if TYPE_CHECKING:  # the child imports this module: it needs the parsers, not the settings
     from workers.settings import WorkerSettings
@@ -61,7 +57,6 @@ if TYPE_CHECKING:  # the child imports this module: it needs the parsers, not th
 log = structlog.get_logger("haven.ingest.pool")
 
 MiB: Final = 1024 * 1024
-_HEADER: Final = struct.Struct("!Q")
 _PROJECT_ROOT: Final = Path(__file__).resolve().parents[2]
 _LIMIT_ERRORS: Final[dict[str, type[ExtractLimitError]]] = {
     cls.code: cls for cls in (ExtractTooLarge, ExtractTimeout, ExtractMemory, ExtractCrashed)
@@ -76,7 +71,7 @@ class ExtractorUnavailable(RuntimeError):
 @dataclass(frozen=True)
 class PoolConfig:
     size: int = 2
-    recycle_after: int = 200
+    recycle_after: int = 1000
     timeout_seconds: float = 300.0
     memory_bytes: int = 1024 * MiB
     file_size_bytes: int = 500 * MiB
@@ -107,12 +102,6 @@ def limits_from_settings(settings: WorkerSettings) -> ExtractLimits:
 # --------------------------------------------------------------------------- parent side
 
 
-def _send(stream: IO[bytes], message: object) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_HEADER.pack(len(data)) + data)
-    stream.flush()
-
-
 class _Child:
     """One extractor process, used by one caller at a time."""
 
@@ -122,7 +111,7 @@ class _Child:
         self.ready = False
         self.retiring = False  # it said it leaves after this file
         self.process = child_limits.start(
-            [sys.executable, "-m", "workers.ingest.pool"],
+            [sys.executable, "-m", "workers.ingest.extractor"],
             child_limits.Limits(
                 memory_bytes=config.memory_bytes, file_size_bytes=config.file_size_bytes
             ),
@@ -154,10 +143,10 @@ class _Child:
         return bytes(data)
 
     def _receive(self, deadline: float) -> Any:
-        header = self._read(_HEADER.size, deadline)
+        header = self._read(HEADER.size, deadline)
         if header is None:
             return None
-        body = self._read(_HEADER.unpack(header)[0], deadline)
+        body = self._read(HEADER.unpack(header)[0], deadline)
         return None if body is None else pickle.loads(body)  # noqa: S301 - our own child
 
     def wait_ready(self) -> None:
@@ -180,7 +169,7 @@ class _Child:
         self.files += 1
         timeout = self.config.timeout_seconds
         try:
-            _send(self._requests, (str(path), mime, limits, math.ceil(timeout) + 1))
+            send(self._requests, (str(path), mime, limits, math.ceil(timeout) + 1))
             message = self._receive(time.monotonic() + timeout)
         except TimeoutError:
             self.kill()
@@ -371,51 +360,3 @@ def close_pools() -> None:
         _pools.clear()
     for pool in pools:
         pool.close()
-
-
-# --------------------------------------------------------------------------- child side
-
-
-def _serve() -> None:
-    requests = sys.stdin.buffer
-    replies = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # what a library prints goes to stderr, never into the replies
-    _send(replies, ("ready",))
-    while True:
-        header = requests.read(_HEADER.size)
-        if len(header) < _HEADER.size:
-            return  # the worker closed the pool, or died
-        path, mime, limits, cpu_seconds = pickle.loads(  # noqa: S301 - from our own worker
-            requests.read(_HEADER.unpack(header)[0])
-        )
-        child_limits.cpu_budget(cpu_seconds)
-        reply: tuple[Any, ...]
-        try:
-            blocks = extract(Path(path), mime, limits)
-            reply = ("ok", [(block.text, block.page, block.heading) for block in blocks])
-        except BaseException as exc:
-            if child_limits.out_of_memory(exc):
-                # Leave at once: the heap may be in pieces, and sending could fail too.
-                os._exit(child_limits.MEMORY_EXIT_CODE)
-            if isinstance(exc, ExtractLimitError):
-                reply = ("limit", exc.code, exc.detail)
-            elif isinstance(exc, OSError) and exc.errno == errno.EFBIG:
-                # RLIMIT_FSIZE: Python ignores SIGXFSZ, the write fails instead.
-                mib = resource.getrlimit(resource.RLIMIT_FSIZE)[0] // MiB
-                reply = ("limit", ExtractTooLarge.code, f"extraction wrote a file over {mib} MiB")
-            elif isinstance(exc, ExtractionError):
-                reply = ("invalid", str(exc))
-            elif isinstance(exc, Exception):
-                reply = ("error", f"{type(exc).__name__}: {exc}"[:2000])
-            else:
-                raise
-        # A file that took this process close to its memory limit: answer, then leave, so the
-        # next file starts with a fresh heap (and a peak that is its own).
-        retire = child_limits.near_memory_limit()
-        _send(replies, (reply, retire))
-        if retire:
-            return
-
-
-if __name__ == "__main__":
-    _serve()
