@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import tempfile
@@ -132,6 +133,7 @@ def main() -> None:
     lines = [
         f"## extract pool: per-document overhead — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         f"machine: {machine()}",
+        f"load average at the end: {os.getloadavg()[0]:.1f} (the machine is shared)",
         f"command: `.venv/bin/python -m bench.extract_pool.run --docs {args.docs}`",
         f"- documents: {n} SciFact abstracts as Markdown (mean {mean_size:.0f} bytes); pool of "
         f"{config.size} children; best of 2 runs",

@@ -222,6 +222,7 @@ def main() -> None:
         [
             f"## hostile uploads vs /healthz — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
             f"machine: {machine()}",
+            f"load average at the end: {os.getloadavg()[0]:.1f} (the machine is shared)",
             f"command: `.venv/bin/python -m bench.hostile.run --rounds {args.rounds} "
             f"--docs {args.docs}`",
             "- all-in-one API + worker, default concurrency and pool size; limits: "
