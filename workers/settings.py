@@ -23,6 +23,16 @@ class WorkerSettings(ModelStoreSettings):
     chunk_overlap_tokens: int = 32
     ocr_enabled: bool = False
     extract_max_pages: int = 2000
+    # Each file is extracted in a child process under these limits (workers/ingest/pool.py).
+    # The time covers OCR too: a long scanned PDF with OCR on needs more than the default.
+    extract_timeout_seconds: float = 300.0
+    # Address space of an extractor process, its interpreter and parsers (~200 MiB) included.
+    extract_memory_mb: int = 1024
+    # What a DOCX may expand to, all parts together (one XML part: at most 64 MiB of it).
+    extract_max_uncompressed_mb: int = 500
+    # Extractor processes per worker process, and files each handles before it is replaced.
+    extract_pool_size: int = 2
+    extract_recycle_after: int = 1000
     retry_backoff_seconds: float = 2.0
     retry_backoff_max_seconds: float = 300.0
     # A queued job whose message guard expired this long ago is sent again.

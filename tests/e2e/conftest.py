@@ -92,11 +92,16 @@ def _env(
 
 @pytest.fixture(scope="module")
 def stack(
-    database_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    database_url: str,
+    s3_endpoint: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("stack")
     emb_port, llm_port, api_port = free_port(), free_port(), free_port()
     env = _env(database_url, s3_endpoint, tmp, emb_port, llm_port)
+    # A test module may run its stack with settings of its own (STACK_ENV = {...}).
+    env.update(getattr(request.module, "STACK_ENV", {}))
     settings = StoreSettings(
         database_url=database_url,
         s3_endpoint=s3_endpoint,

@@ -14,6 +14,12 @@ from fpdf import FPDF
 from PIL import Image, ImageDraw, ImageFont
 
 from haven.filetypes import UnsupportedType as UnsupportedFileType
+from tests.fixtures.hostile_files import (
+    docx_with_large_part,
+    expanding_pdf,
+    many_pages_pdf,
+    redos_markdown,
+)
 from workers.ingest.extract import (
     DOCX,
     HTML,
@@ -23,6 +29,7 @@ from workers.ingest.extract import (
     SUPPORTED_TYPES,
     ExtractionError,
     ExtractLimits,
+    ExtractTooLarge,
     TextBlock,
     UnsupportedType,
     detect_mime,
@@ -223,6 +230,52 @@ def test_markdown_sections_carry_their_heading(tmp_path: Path) -> None:
     ]
 
 
+def test_markdown_lists_tables_and_markup_read_as_plain_text(tmp_path: Path) -> None:
+    document = """\
+# Shopping
+
+- **Milk**, two litres
+- Bread <!-- the brown one -->
+- See [the list][shop] and `code`
+
+| Item | Price |
+|------|------:|
+| Milk | 1.20 |
+| ~~Tea~~ Coffee | 3.50 |
+
+> Quoted *wisdom*\\
+> on two lines.
+
+<!--
+a comment
+over lines
+-->
+
+[shop]: https://example.com/shop "not text"
+"""
+    path = write(tmp_path, "list.md", document.encode())
+    [block] = extract_normalized(path, MARKDOWN)
+    assert block.heading == "Shopping"
+    assert block.text.split("\n\n") == [
+        "Milk, two litres",
+        "Bread",
+        "See the list and code",
+        "Item | Price",
+        "Milk | 1.20",
+        "Tea Coffee | 3.50",
+        "Quoted wisdom on two lines.",
+    ]
+
+
+@pytest.mark.parametrize("size", [30_000, 1_000_000])
+@pytest.mark.timeout(60)  # a backtracking regex took hours on the 1 MB line
+def test_a_markdown_line_of_open_brackets_extracts_as_its_text(tmp_path: Path, size: int) -> None:
+    path = write(tmp_path, "brackets.md", redos_markdown(size))
+    [block] = extract(path, MARKDOWN, LIMITS)
+    assert block.heading == "Brackets"
+    assert block.text == "[a" * (size // 2)
+
+
 # --------------------------------------------------------------------------- HTML
 
 ARTICLE_HTML = """\
@@ -306,6 +359,46 @@ def test_a_pdf_over_the_page_limit_is_refused(tmp_path: Path) -> None:
     path = make_pdf(tmp_path, ["one", "two", "three"])
     with pytest.raises(ExtractionError, match="PDF has 3 pages, over the limit of 2"):
         extract(path, PDF, ExtractLimits(max_pages=2))
+
+
+@pytest.mark.timeout(60)  # pypdf alone lists every one of the million pages first
+def test_a_pdf_whose_page_tree_names_one_page_a_million_times_is_refused(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "pages.pdf", many_pages_pdf(1_000_000))
+    assert path.stat().st_size < 10_000
+    with pytest.raises(ExtractTooLarge) as caught:
+        extract(path, PDF, ExtractLimits(max_pages=50))
+    assert caught.value.code == "extract.too_large"
+    assert str(caught.value) == ("extract.too_large: PDF has 1,000,000 pages, over the limit of 50")
+
+
+def test_a_pdf_stream_past_what_pypdf_decompresses_is_too_large(tmp_path: Path) -> None:
+    path = write(tmp_path, "expanding.pdf", expanding_pdf(expanded_mib=100))
+    assert path.stat().st_size < 200_000
+    with pytest.raises(ExtractTooLarge, match=r"^extract\.too_large: PDF page 1: "):
+        extract(path, PDF, LIMITS)
+
+
+def test_a_pdf_of_shared_pages_under_the_limit_is_read_page_by_page(tmp_path: Path) -> None:
+    path = write(tmp_path, "pages.pdf", many_pages_pdf(10))
+    blocks = extract_normalized(path, PDF)
+    assert blocks == [TextBlock("Hello from a page", page, None) for page in range(1, 11)]
+
+
+def test_a_pdf_page_tree_that_loops_is_corrupt(tmp_path: Path) -> None:
+    from tests.fixtures.hostile_files import pdf_bytes
+
+    looping = pdf_bytes(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Pages /Kids [2 0 R] /Count 1 >>",
+        ]
+    )
+    path = write(tmp_path, "loop.pdf", looping)
+    with pytest.raises(ExtractionError, match="corrupt PDF: "):
+        extract(path, PDF, LIMITS)
 
 
 def test_pdf_text_over_the_character_limit_is_refused(tmp_path: Path) -> None:
@@ -448,3 +541,49 @@ def test_a_zip_bomb_disguised_as_docx_is_stopped_by_its_expanded_size(tmp_path: 
     limits = ExtractLimits(max_uncompressed_bytes=8 * 1024 * 1024, max_compression_ratio=1e9)
     with pytest.raises(ExtractionError, match=r"expand to 16\.0 MiB, over the limit of 8\.0 MiB"):
         extract(path, DOCX, limits)
+
+
+def test_a_docx_with_a_300_mib_xml_part_is_refused_from_its_directory(tmp_path: Path) -> None:
+    path = docx_with_large_part(tmp_path / "big.docx", 300)
+    assert path.stat().st_size < 2 * 1024 * 1024
+    # A ratio limit this loose would let it through: the size of the part stops it.
+    limits = ExtractLimits(max_compression_ratio=1e9)
+    with pytest.raises(ExtractTooLarge) as caught:
+        extract(path, DOCX, limits)
+    assert caught.value.code == "extract.too_large"
+    assert str(caught.value) == (
+        "extract.too_large: DOCX part word/document.xml would expand to 300.0 MiB, "
+        "over the limit of 64.0 MiB for one XML part"
+    )
+
+
+def test_an_xml_part_named_like_an_image_is_held_to_the_xml_limit(tmp_path: Path) -> None:
+    source = make_docx(tmp_path)
+    disguised = tmp_path / "disguised.docx"
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(disguised, "w") as target:
+        for item in original.infolist():
+            data = original.read(item.filename)
+            if item.filename == "[Content_Types].xml":
+                data = data.replace(
+                    b"</Types>",
+                    b'<Default Extension="png" ContentType="image/png"/>'
+                    b'<Override PartName="/word/media/image1.png" '
+                    b'ContentType="application/xml"/></Types>',
+                )
+            target.writestr(item, data)
+        target.writestr("word/media/photo.png", b"\x89PNG" + b"\x00" * 2 * 1024 * 1024)
+    limits = ExtractLimits(max_xml_part_bytes=1024 * 1024, max_compression_ratio=1e9)
+    assert extract_normalized(disguised, DOCX, limits)  # a large image is not held to it
+
+    with zipfile.ZipFile(disguised, "a") as target:
+        target.writestr("word/media/image1.png", b"<x>" + b" " * 2 * 1024 * 1024 + b"</x>")
+    with pytest.raises(ExtractTooLarge, match=r"part word/media/image1\.png would expand"):
+        extract(disguised, DOCX, limits)
+
+
+def test_every_limit_error_names_its_code_and_fails_for_good() -> None:
+    error = ExtractTooLarge("PDF has 3 pages, over the limit of 2")
+    assert isinstance(error, ExtractionError)  # the worker does not retry these
+    assert error.code == "extract.too_large"
+    assert str(error) == "extract.too_large: PDF has 3 pages, over the limit of 2"
+    assert ExtractionError("corrupt PDF: x").code == "extract.invalid"

@@ -7,7 +7,10 @@ has it; ``normalize`` cleans it afterwards.
 
 Every failure a user can cause — a corrupt or encrypted file, a zip bomb, a file over a limit, a
 scan with OCR switched off — raises ``ExtractionError`` whose message is shown to the user as the
-job's last error, so it says what is wrong in plain words.
+job's last error, so it says what is wrong in plain words. Its ``code`` is the machine-readable
+reason; a file over a limit (``ExtractTooLarge`` here; ``ExtractTimeout``, ``ExtractMemory`` from
+the extractor pool, which runs this module in limited child processes) starts its message with
+the code, so the job's last error names it too.
 """
 
 from __future__ import annotations
@@ -21,20 +24,21 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import charset_normalizer
 import docx
 import pypdf
-import pytesseract
 import trafilatura
 from docx.opc.exceptions import OpcError
 from docx.table import Table
 from docx.text.paragraph import Paragraph
 from lxml import etree
 from lxml import html as lxml_html
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
 from pypdf import PasswordType
-from pypdf.errors import FileNotDecryptedError, PyPdfError
+from pypdf.errors import FileNotDecryptedError, LimitReachedError, PyPdfError
 
 MiB: Final = 1024 * 1024
 
@@ -51,7 +55,12 @@ from haven.filetypes import (  # noqa: E402 - one definition of the types for AP
 
 __all__ = [
     "SUPPORTED_TYPES",
+    "ExtractCrashed",
+    "ExtractLimitError",
     "ExtractLimits",
+    "ExtractMemory",
+    "ExtractTimeout",
+    "ExtractTooLarge",
     "ExtractionError",
     "TextBlock",
     "UnsupportedType",
@@ -81,6 +90,8 @@ class ExtractLimits:
     # A DOCX is a zip archive: these stop a zip bomb before anything is decompressed.
     max_uncompressed_bytes: int = 500 * MiB
     max_compression_ratio: float = 100.0
+    # Any one XML part of a DOCX: lxml builds a tree several times the size of its text.
+    max_xml_part_bytes: int = 64 * MiB
     ocr: bool = False
     ocr_lang: str = "eng"
     # Wall-clock bounds per scanned page, so one pathological page cannot hold a worker forever.
@@ -89,11 +100,50 @@ class ExtractLimits:
 
 
 class ExtractionError(Exception):
-    """The file cannot be turned into text; the message says why, for the user."""
+    """The file cannot be turned into text; the message says why, for the user.
+
+    Permanent: the same bytes fail the same way, so a job that raises it is not retried.
+    """
+
+    code = "extract.invalid"
 
 
 class UnsupportedType(ExtractionError, filetypes.UnsupportedType):
     """The file is of a type Haven does not ingest."""
+
+    code = "extract.unsupported"
+
+
+class ExtractLimitError(ExtractionError):
+    """A file over one of the extraction limits; the message starts with the code."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"{self.code}: {detail}")
+        self.detail = detail
+
+
+class ExtractTooLarge(ExtractLimitError):
+    """Over a size limit: bytes, pages, characters, or what a compressed part expands to."""
+
+    code = "extract.too_large"
+
+
+class ExtractTimeout(ExtractLimitError):
+    """Extraction took longer than its wall-clock (or CPU) limit and was stopped."""
+
+    code = "extract.timeout"
+
+
+class ExtractMemory(ExtractLimitError):
+    """Extraction needed more memory than its limit and was stopped."""
+
+    code = "extract.memory"
+
+
+class ExtractCrashed(ExtractLimitError):
+    """The extractor process died on this file (a crash inside a native parser)."""
+
+    code = "extract.crashed"
 
 
 # --------------------------------------------------------------------------- entry point
@@ -110,7 +160,7 @@ def extract(path: Path, mime: str, limits: ExtractLimits) -> list[TextBlock]:
         raise UnsupportedType(repr(mime))
     size = path.stat().st_size
     if size > limits.max_bytes:
-        raise ExtractionError(f"file is {_mib(size)}, over the limit of {_mib(limits.max_bytes)}")
+        raise ExtractTooLarge(f"file is {_mib(size)}, over the limit of {_mib(limits.max_bytes)}")
     blocks = extractor(path, limits)
     if not any(_HAS_WORD.search(block.text) for block in blocks):
         raise ExtractionError("no text found in the file")
@@ -134,7 +184,7 @@ class _CharBudget:
     def take(self, text: str) -> str:
         self.used += len(text)
         if self.used > self.limit:
-            raise ExtractionError(
+            raise ExtractTooLarge(
                 f"document has more than {self.limit:,} characters of text, over the limit"
             )
         return text
@@ -231,71 +281,82 @@ def _extract_plain(path: Path, limits: ExtractLimits) -> list[TextBlock]:
 
 # --------------------------------------------------------------------------- markdown
 
-_ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
-_SETEXT_UNDERLINE = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-_THEMATIC_BREAK = re.compile(r"^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
-_IMAGE = re.compile(r"!\[([^\]]*)\]\([^)]*\)")
-_LINK = re.compile(r"\[([^\]]+)\](?:\([^)]*\)|\[[^\]]*\])")
-_STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*")
-_HTML_COMMENT = re.compile(r"<!--.*?-->", re.S)
+# CommonMark plus GitHub's tables and strikethrough; raw HTML is recognised so comments can be
+# dropped. The blocks are parsed first and each block's inline markup on its own (the core
+# "inline" rule is off), so a block can keep its markup as written (see below).
+_MARKDOWN: Final = (
+    MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"]).disable("inline")
+)
+# markdown-it parses inline markup in linear time, but at several microseconds per markup
+# character in Python: a block denser in markup than prose ever is (``[a[a[a…``, a megabyte of
+# it) keeps its markup as written instead, so its cost stays that of plain text.
+_MARKUP_CHARS: Final = "[]!*_`<&\\~"
+_MAX_INLINE_MARKUP: Final = 2000
 
 
-def _markdown_inline(line: str) -> str:
-    """Markup that means nothing to a reader of the plain text: link targets, bold markers."""
-    line = _IMAGE.sub(r"\1", line)
-    line = _LINK.sub(r"\1", line)
-    return _STRONG.sub(r"\1", line)
+def _markdown_inline(token: Token, env: dict[str, Any]) -> str:
+    """The text a reader sees of an inline token: link and image targets, emphasis markers and
+    HTML comments go, the words (and an image's description) stay."""
+    content = token.content
+    if sum(content.count(char) for char in _MARKUP_CHARS) > _MAX_INLINE_MARKUP:
+        return content
+    return _inline_text(_MARKDOWN.inline.parse(content, _MARKDOWN, env, []))
+
+
+def _inline_text(tokens: list[Token]) -> str:
+    parts: list[str] = []
+    for child in tokens:
+        if child.type in ("text", "code_inline"):
+            parts.append(child.content)
+        elif child.type in ("softbreak", "hardbreak"):
+            parts.append("\n")
+        elif child.type == "image":
+            parts.append(_inline_text(child.children or []))
+        elif child.type == "html_inline" and not child.content.startswith("<!--"):
+            parts.append(child.content)
+    return "".join(parts)
+
+
+def _front_matter_end(lines: list[str]) -> int:
+    """The first line after YAML front matter (metadata, not content), or 0 without one."""
+    if lines and lines[0].strip() == "---":
+        for index in range(1, len(lines)):
+            if lines[index].strip() in ("---", "..."):
+                return index + 1
+    return 0
 
 
 def _extract_markdown(path: Path, limits: ExtractLimits) -> list[TextBlock]:
     text = _CharBudget(limits.max_chars).take(_read_text(path))
-    text = _HTML_COMMENT.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
-    lines = text.split("\n")
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    env: dict[str, Any] = {}  # link reference definitions, from the blocks to the inlines
+    tokens = _MARKDOWN.parse("\n".join(lines[_front_matter_end(lines) :]), env)
     sections = _Sections(_CharBudget(limits.max_chars))
-    paragraph: list[str] = []
-    fence: str | None = None
-
-    def end_paragraph() -> None:
-        sections.add("\n".join(paragraph))
-        paragraph.clear()
-
-    start = 0
-    if lines and lines[0].strip() == "---":  # YAML front matter: metadata, not content
-        for index in range(1, len(lines)):
-            if lines[index].strip() in ("---", "..."):
-                start = index + 1
-                break
-    for line in lines[start:]:
-        if fence is not None:
-            if line.strip().startswith(fence):
-                fence = None
+    row: list[str] = []  # the cells of a table row, written as one line "a | b"
+    heading_level: int | None = None
+    in_cell = False
+    for token in tokens:
+        if token.type == "heading_open":
+            heading_level = int(token.tag[1])
+        elif token.type == "heading_close":
+            heading_level = None
+        elif token.type in ("th_open", "td_open", "th_close", "td_close"):
+            in_cell = token.nesting == 1
+        elif token.type == "inline":
+            content = _markdown_inline(token, env)
+            if in_cell:
+                row.append(" ".join(content.split()))
+            elif heading_level is not None and heading_level <= _MAX_HEADING_LEVEL:
+                sections.start(content)
             else:
-                paragraph.append(line)
-            continue
-        if fence_match := _FENCE.match(line):
-            fence = fence_match.group(1)
-            end_paragraph()
-            continue
-        if heading := _ATX_HEADING.match(line):
-            end_paragraph()
-            title = _markdown_inline(heading.group(2) or "")
-            if len(heading.group(1)) <= _MAX_HEADING_LEVEL:
-                sections.start(title)
-            else:
-                sections.add(title)
-            continue
-        underline = _SETEXT_UNDERLINE.match(line)
-        if underline and len(paragraph) == 1:
-            # "Title\n=====" (level 1) or "Title\n-----" (level 2), both section headings.
-            title = paragraph.pop()
-            sections.start(_markdown_inline(title))
-            continue
-        if not line.strip() or _THEMATIC_BREAK.match(line):
-            end_paragraph()
-            continue
-        paragraph.append(_markdown_inline(line))
-    end_paragraph()
+                sections.add(content)
+        elif token.type in ("fence", "code_block") or (
+            token.type == "html_block" and not token.content.lstrip().startswith("<!--")
+        ):
+            sections.add(token.content.rstrip("\n"))
+        elif token.type == "tr_close":
+            sections.add(" | ".join(cell for cell in row if cell))
+            row.clear()
     sections.flush()
     return sections.blocks
 
@@ -457,6 +518,8 @@ def _open_pdf(path: Path) -> pypdf.PdfReader:
         raise ExtractionError("encrypted PDF: it needs a password") from exc
     except NotImplementedError as exc:  # an encryption algorithm pypdf does not support
         raise ExtractionError(f"encrypted PDF: {_reason(exc)}") from exc
+    except LimitReachedError as exc:  # pypdf's own caps on what a stream or array expands to
+        raise ExtractTooLarge(f"PDF: {_reason(exc)}") from exc
     except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         raise ExtractionError(f"corrupt PDF: {_reason(exc)}") from exc
 
@@ -469,13 +532,12 @@ def _extract_pdf(path: Path, limits: ExtractLimits) -> list[TextBlock]:
     reader = _open_pdf(path)
     budget = _CharBudget(limits.max_chars)
     try:
+        _check_page_count(reader, limits.max_pages)
         page_count = len(reader.pages)
-    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except LimitReachedError as exc:
+        raise ExtractTooLarge(f"PDF: {_reason(exc)}") from exc
+    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         raise ExtractionError(f"corrupt PDF: {_reason(exc)}") from exc
-    if page_count > limits.max_pages:
-        raise ExtractionError(
-            f"PDF has {page_count:,} pages, over the limit of {limits.max_pages:,}"
-        )
     blocks: list[TextBlock] = []
     pages_without_text = 0
     for number in range(1, page_count + 1):
@@ -483,6 +545,8 @@ def _extract_pdf(path: Path, limits: ExtractLimits) -> list[TextBlock]:
             text = reader.pages[number - 1].extract_text()
         except FileNotDecryptedError as exc:
             raise ExtractionError("encrypted PDF: it needs a password") from exc
+        except LimitReachedError as exc:
+            raise ExtractTooLarge(f"PDF page {number}: {_reason(exc)}") from exc
         except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
             raise ExtractionError(f"corrupt PDF: page {number}: {_reason(exc)}") from exc
         if not _HAS_WORD.search(text):
@@ -497,11 +561,44 @@ def _extract_pdf(path: Path, limits: ExtractLimits) -> list[TextBlock]:
     return blocks
 
 
+def _check_page_count(reader: pypdf.PdfReader, limit: int) -> None:
+    """Refuse a PDF of more than ``limit`` pages by walking its page tree, stopping at the
+    limit: ``len(reader.pages)`` first builds a list of every page, and a PDF of a few KB can
+    name one page object millions of times through shared branches of its tree."""
+    catalog: Any = reader.trailer["/Root"].get_object()
+    root: Any = catalog["/Pages"].get_object()
+    leaves = 0
+    # Each node with the ids of the branches above it: a branch that contains itself is a loop.
+    todo: list[tuple[Any, frozenset[int]]] = [(root, frozenset())]
+    visited = 0
+    while todo:
+        node, above = todo.pop()
+        visited += 1
+        kids = node.get("/Kids") if node.get("/Type") != "/Page" else None
+        if kids is None:
+            leaves += 1
+        if leaves > limit or visited > 2 * limit + 1000:
+            declared = root.get("/Count")
+            count = (
+                f"{declared:,}"
+                if isinstance(declared, int) and declared > limit
+                else (f"more than {limit:,}")
+            )
+            raise ExtractTooLarge(f"PDF has {count} pages, over the limit of {limit:,}")
+        for kid in reversed(kids.get_object() if kids is not None else []):
+            ref = getattr(kid, "idnum", None)
+            if ref is not None and ref in above:
+                raise ExtractionError("corrupt PDF: the page tree loops")
+            todo.append((kid.get_object(), above | {ref} if ref is not None else above))
+
+
 def _ocr_pdf_page(path: Path, number: int, limits: ExtractLimits) -> str:
     """Render one page with poppler's pdftoppm and read it with tesseract."""
     pdftoppm = shutil.which("pdftoppm")
     if pdftoppm is None:
         raise ExtractionError("OCR is on but pdftoppm (poppler-utils) is not installed")
+    import pytesseract  # only with OCR on: its import costs every extractor process a second
+
     with tempfile.TemporaryDirectory(prefix="haven-ocr-") as workdir:
         prefix = Path(workdir) / "page"
         command = [pdftoppm, "-r", "300", "-gray", "-png", "-singlefile"]
@@ -553,10 +650,18 @@ def _check_zip(path: Path, limits: ExtractLimits) -> None:
     total = sum(member.file_size for member in members)
     packed = sum(member.compress_size for member in members)
     if total > limits.max_uncompressed_bytes:
-        raise ExtractionError(
+        raise ExtractTooLarge(
             f"DOCX would expand to {_mib(total)}, over the limit of "
             f"{_mib(limits.max_uncompressed_bytes)} (zip bomb?)"
         )
+    large = [member for member in members if member.file_size > limits.max_xml_part_bytes]
+    is_xml = _xml_parts(path, limits) if large else None
+    for member in large:
+        if is_xml is not None and is_xml(member.filename):
+            raise ExtractTooLarge(
+                f"DOCX part {member.filename} would expand to {_mib(member.file_size)}, over "
+                f"the limit of {_mib(limits.max_xml_part_bytes)} for one XML part"
+            )
     # Per member too, but only for large ones: small XML parts legitimately compress very well.
     ratios = [total / max(packed, 1)] + [
         member.file_size / max(member.compress_size, 1)
@@ -564,10 +669,49 @@ def _check_zip(path: Path, limits: ExtractLimits) -> None:
         if member.file_size > MiB
     ]
     if max(ratios) > limits.max_compression_ratio:
-        raise ExtractionError(
+        raise ExtractTooLarge(
             f"DOCX compression ratio {max(ratios):,.0f}:1 is over the limit of "
             f"{limits.max_compression_ratio:,.0f}:1 (zip bomb?)"
         )
+
+
+_CONTENT_TYPES_NS: Final = "{http://schemas.openxmlformats.org/package/2006/content-types}"
+
+
+def _xml_parts(path: Path, limits: ExtractLimits) -> Callable[[str], bool]:
+    """Which members python-docx will parse as XML, by their content type in
+    ``[Content_Types].xml`` (a part's name proves nothing: an XML part may be called
+    ``image1.png``). A member with no content type counts as XML."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo("[Content_Types].xml")
+            if info.file_size > limits.max_xml_part_bytes:
+                raise ExtractTooLarge(
+                    f"DOCX part [Content_Types].xml would expand to {_mib(info.file_size)}, "
+                    f"over the limit of {_mib(limits.max_xml_part_bytes)} for one XML part"
+                )
+            root = etree.fromstring(
+                archive.read(info), parser=etree.XMLParser(resolve_entities=False)
+            )
+    except KeyError as exc:
+        raise ExtractionError("corrupt DOCX: the archive has no [Content_Types].xml") from exc
+    except (zipfile.BadZipFile, etree.LxmlError, ValueError, OSError) as exc:
+        raise ExtractionError(f"corrupt DOCX: {_reason(exc)}") from exc
+    defaults = {
+        (item.get("Extension") or "").lower(): item.get("ContentType") or ""
+        for item in root.iter(f"{_CONTENT_TYPES_NS}Default")
+    }
+    overrides = {
+        (item.get("PartName") or "").lstrip("/").lower(): item.get("ContentType") or ""
+        for item in root.iter(f"{_CONTENT_TYPES_NS}Override")
+    }
+
+    def is_xml(name: str) -> bool:
+        lowered = name.lower()
+        content_type = overrides.get(lowered) or defaults.get(lowered.rpartition(".")[2], "")
+        return not content_type or content_type.endswith("xml")
+
+    return is_xml
 
 
 _DOCX_HEADING = re.compile(r"heading ([1-9])", re.I)

@@ -31,8 +31,8 @@ from haven.jobs import JobStore, claim_statement, job_params
 from haven.storage import download
 from workers.heartbeat import Heartbeat, JobCanceled, JobLost
 from workers.ingest.chunking import ChunkDraft, chunk_blocks
-from workers.ingest.extract import ExtractLimits, extract
 from workers.ingest.normalize import normalize_blocks
+from workers.ingest.pool import extract_isolated
 from workers.runtime import WorkerRuntime
 
 log = structlog.get_logger("haven.ingest")
@@ -68,10 +68,7 @@ class IngestRun:
             path = Path(tmp) / "raw"
             download(self.rt.s3, self.settings.s3_bucket, s.object_key, path)
             self.beat(done=1)
-            limits = ExtractLimits(
-                ocr=self.settings.ocr_enabled, max_pages=self.settings.extract_max_pages
-            )
-            blocks = normalize_blocks(extract(path, s.mime, limits))
+            blocks = normalize_blocks(extract_isolated(path, s.mime, self.settings))
         self.beat(done=2)
         drafts = chunk_blocks(
             blocks,
