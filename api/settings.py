@@ -11,6 +11,8 @@ class ApiSettings(StoreSettings, AuthSettings):
     readiness_timeout_seconds: float = 3.0
     cors_origins: list[str] = []
     max_upload_bytes: int = 100 * 1024 * 1024
+    # Any request body but a multipart upload (JSON, forms): 413 past this many bytes.
+    max_json_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     presign_ttl_seconds: int = 900
     download_ttl_seconds: int = 300
     emb_url: str = "http://127.0.0.1:8082"
