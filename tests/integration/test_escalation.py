@@ -80,7 +80,7 @@ def world(
                 tenants[name] = accounts.create_tenant(
                     session, audit, slug=unique(name), name=name
                 ).id
-            roles = [("a", "root", Role.ADMIN)] + [
+            roles = [("a", "root", Role.ADMIN), ("a", "peer_admin", Role.TENANT_ADMIN)] + [
                 (t, r, Role(r)) for t in ("a", "b") for r in ("viewer", "editor", "tenant_admin")
             ]
             created = {
@@ -196,6 +196,14 @@ CREATE_CASES = [
     for role in ("admin", "tenant_admin", "editor")
     if actor != "tenant_admin" or role == "admin"
 ]
+
+
+def test_a_tenant_admin_cannot_set_a_peers_password(world: World) -> None:
+    """Equal roles may manage each other, but not take over each other's account."""
+    peer = world.people["a:peer_admin"]
+    method, body, action = USER_MUTATIONS["set_password"]
+    _attempt(world, "tenant_admin", method, f"/api/v1/admin/users/{peer.user_id}", body, action)
+    assert world.client.get("/api/v1/me", headers=peer.headers).status_code == 200
 
 
 @pytest.mark.parametrize(("actor", "role"), CREATE_CASES)
