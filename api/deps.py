@@ -115,7 +115,7 @@ async def check_current_state(runtime: ApiRuntime, principal: Principal) -> None
     (see ``haven.auth.state``)."""
     found = await runtime.auth.cached(principal)
     if found is None:
-        found = await runtime.in_db_thread(_load_caller_state, runtime, principal)
+        found = await runtime.in_auth_thread(_load_caller_state, runtime, principal)
         await runtime.auth.remember(principal, *found)
     refused = auth_state.refusal(principal, *found)
     if refused is not None:
@@ -133,7 +133,7 @@ async def get_principal(
         raise Unauthenticated("missing bearer token", code="token.missing")
     if api_keys.parse_prefix(credentials.credentials) is not None:
         # Read from PostgreSQL on every request: its current state is checked there.
-        principal = await runtime.in_db_thread(_api_key_principal, runtime, credentials)
+        principal = await runtime.in_auth_thread(_api_key_principal, runtime, credentials)
     else:
         try:
             principal = runtime.tokens.verify(credentials.credentials)

@@ -41,6 +41,8 @@ T = TypeVar("T")
 
 # Connections kept out of the request budget: readiness checks and metrics scrapes.
 RESERVED_CONNECTIONS = 2
+# Connections for reading a caller's state when Redis has no copy (see ``auth_slots``).
+AUTH_CONNECTIONS = 2
 
 
 @dataclass
@@ -68,6 +70,13 @@ class ApiRuntime:
     # instead of filling the thread pool with threads blocked on the pool (a deadlock: the
     # connections are released by teardowns that need those threads).
     db_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
+    # Slots of their own for the caller checks (a token's current state, an API key): a
+    # request may already hold its session's slot when its caller is checked, and waiting
+    # for a second slot of the same kind would deadlock once every slot is held that way.
+    # A caller check waits for nothing else, so these always come free.
+    auth_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(AUTH_CONNECTIONS)
+    )
     qdrant: QdrantClient | None = None
     # Readiness checks added by a process that runs more than this API (the all-in-one's
     # worker): name -> a call that raises while that part is not ready.
@@ -95,7 +104,8 @@ class ApiRuntime:
                     1,
                     settings.database_pool_size
                     + settings.database_max_overflow
-                    - RESERVED_CONNECTIONS,
+                    - RESERVED_CONNECTIONS
+                    - AUTH_CONNECTIONS,
                 )
             ),
             redis=sync_redis,
@@ -125,6 +135,13 @@ class ApiRuntime:
     async def in_db_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` (which opens its own session) in a thread, under a database slot."""
         async with self.db_slots:
+            return await run_in_threadpool(fn, *args)
+
+    async def in_auth_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Like ``in_db_thread``, for the caller checks and refusal audits: one short
+        transaction that waits for nothing else, so it may run while the request holds
+        its session's slot."""
+        async with self.auth_slots:
             return await run_in_threadpool(fn, *args)
 
     async def check_password(self, password_hash: str | None, password: str) -> bool:

@@ -89,7 +89,7 @@ async def audit_refusals(request: Request, runtime: RuntimeDep) -> AsyncIterator
             target = next(
                 (request.path_params[p] for p in _TARGET_PARAMS if p in request.path_params), None
             )
-            await runtime.in_db_thread(
+            await runtime.in_auth_thread(
                 _record_refusal,
                 runtime,
                 actor,
