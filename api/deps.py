@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import structlog
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -15,11 +15,13 @@ from starlette.concurrency import run_in_threadpool
 from api.outbox import JobOutbox
 from api.runtime import ApiRuntime
 from haven.auth import api_keys
+from haven.auth import state as auth_state
 from haven.auth.principal import Principal
 from haven.auth.tokens import TokenError
 from haven.db.engine import transaction
 from haven.db.repositories import PlatformRepository
 from haven.db.tables import Role
+from haven.errors import Forbidden, Unauthenticated
 
 
 def get_runtime(request: Request) -> ApiRuntime:
@@ -74,20 +76,21 @@ _bearer = HTTPBearer(auto_error=False)
 
 
 def principal_for_api_key(session: Session, plaintext: str) -> Principal:
-    """The application an API key stands for; 401 with the reason when it cannot be used."""
+    """The application an API key stands for; ``Unauthenticated`` with the reason when it
+    cannot be used."""
     platform = PlatformRepository(session)
     prefix = api_keys.parse_prefix(plaintext)
     key = platform.api_key_for_exchange(prefix) if prefix else None
     if key is None or not api_keys.matches(plaintext, key.key_hash):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown API key")
+        raise Unauthenticated("unknown API key", code="api_key.unknown")
     now = datetime.now(UTC)
     if key.revoked_at is not None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "API key has been revoked")
+        raise Unauthenticated("API key has been revoked", code="api_key.revoked")
     if key.expires_at is not None and key.expires_at <= now:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "API key has expired")
+        raise Unauthenticated("API key has expired", code="api_key.expired")
     tenant = platform.tenant(key.tenant_id)
     if tenant is None or not tenant.is_active:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "tenant is disabled")
+        raise Unauthenticated("tenant is disabled", code="tenant.disabled")
     # Recorded at most once a minute: an application may call many times a second.
     if key.last_used_at is None or now - key.last_used_at > timedelta(minutes=1):
         platform.touch_api_key(key)
@@ -99,33 +102,46 @@ def _api_key_principal(runtime: ApiRuntime, credentials: HTTPAuthorizationCreden
         return principal_for_api_key(session, credentials.credentials)
 
 
+def _load_caller_state(
+    runtime: ApiRuntime, principal: Principal
+) -> tuple[auth_state.CallerState, bool]:
+    with transaction(runtime.session_factory) as session:
+        return auth_state.load(session, principal)
+
+
+async def check_current_state(runtime: ApiRuntime, principal: Principal) -> None:
+    """Refuse a validly signed token whose user or key has since been disabled, deleted,
+    demoted, had their password changed or been revoked, or whose tenant is disabled
+    (see ``haven.auth.state``)."""
+    found = await runtime.auth.cached(principal)
+    if found is None:
+        found = await runtime.in_auth_thread(_load_caller_state, runtime, principal)
+        await runtime.auth.remember(principal, *found)
+    refused = auth_state.refusal(principal, *found)
+    if refused is not None:
+        raise Unauthenticated(refused.message, code=refused.code)
+
+
 async def get_principal(
     request: Request,
     runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """A bearer token (a user's or an application's) or, for OpenAI-style clients that send
-    the key itself, an API key."""
+    the key itself, an API key. Either way checked against the caller's current state."""
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing bearer token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise Unauthenticated("missing bearer token", code="token.missing")
     if api_keys.parse_prefix(credentials.credentials) is not None:
-        try:
-            principal = await runtime.in_db_thread(_api_key_principal, runtime, credentials)
-        except HTTPException as exc:
-            exc.headers = {"WWW-Authenticate": "Bearer"}
-            raise
+        # Read from PostgreSQL on every request: its current state is checked there.
+        principal = await runtime.in_auth_thread(_api_key_principal, runtime, credentials)
     else:
         try:
             principal = runtime.tokens.verify(credentials.credentials)
         except TokenError as exc:
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED, str(exc), headers={"WWW-Authenticate": "Bearer"}
-            ) from exc
+            raise Unauthenticated(str(exc), code="token.invalid") from exc
+        await check_current_state(runtime, principal)
     request.state.tenant_id = str(principal.tenant_id)
+    request.state.principal = principal
     structlog.contextvars.bind_contextvars(tenant_id=str(principal.tenant_id))
     return principal
 
@@ -136,7 +152,7 @@ CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 def require_role(role: Role) -> Callable[[Principal], Principal]:
     def check(principal: CurrentPrincipal) -> Principal:
         if not principal.has_role(role):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"this action needs the {role} role")
+            raise Forbidden(f"this action needs the {role} role", code="role.required")
         return principal
 
     return check

@@ -20,6 +20,7 @@ from api.runtime import ApiRuntime
 from api.search.router import router as search_router
 from api.settings import ApiSettings
 from haven import __version__
+from haven.body_limit import BodyLimitMiddleware
 from haven.queueing import declare_topology
 from haven.storage import ensure_bucket
 from haven.telemetry import RequestContextMiddleware, configure_logging, log
@@ -49,6 +50,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app = FastAPI(title="Haven API", version=__version__, lifespan=lifespan)
     app.state.runtime = runtime
     install_error_handlers(app)
+    # Every body but a multipart upload's is refused with 413 past this size, before it is
+    # parsed (uploads have their own limit, below).
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_json_body_bytes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -1,4 +1,9 @@
-"""Operations endpoints: liveness, readiness of every dependency, version, metrics."""
+"""Operations endpoints: liveness, readiness of every dependency, version, metrics.
+
+``/readyz`` is public, so a failed check shows a reason code (``timeout``, ``unreachable``,
+``refused_credentials`` ...), never the dependency's own error text, which can name hosts,
+users or paths; that goes to the log, with the request id.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import structlog
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from kombu.connection import Connection
@@ -17,6 +23,9 @@ from sqlalchemy import text
 from api.deps import RuntimeDep
 from api.runtime import ApiRuntime
 from haven import __version__
+from haven.errors import DomainError
+
+log = structlog.get_logger("haven.api")
 
 router = APIRouter(tags=["ops"])
 
@@ -48,7 +57,7 @@ def _check_s3(rt: ApiRuntime) -> None:
 
 def _check_vector_store(rt: ApiRuntime) -> None:
     if rt.qdrant is None:
-        raise RuntimeError("vector store client is not open")
+        raise DomainError("the vector store client is not open", code="not_open")
     rt.qdrant.get_collections()
 
 
@@ -64,7 +73,7 @@ CHECKS: dict[str, Callable[[ApiRuntime], None]] = {
 def _check_service(url: str, timeout: float) -> None:
     response = httpx.get(f"{url.rstrip('/')}/readyz", timeout=timeout)
     if response.status_code != 200:
-        raise RuntimeError(f"{url}/readyz answers {response.status_code}")
+        raise DomainError("the service is not ready", code=f"not_ready_{response.status_code}")
 
 
 # The model services: while one is down the API still signs in, lists and serves files (and
@@ -79,16 +88,37 @@ def _ignore_runtime(check: Callable[[], None]) -> Callable[[ApiRuntime], None]:
     return lambda _rt: check()
 
 
-async def _run_check(rt: ApiRuntime, check: Callable[[ApiRuntime], None]) -> dict[str, Any]:
+def reason_code(exc: BaseException) -> str:
+    """A stable, safe name for why a check failed. A check that knows better raises a
+    ``DomainError`` with its own code (``worker.starting``)."""
+    if isinstance(exc, DomainError):
+        return exc.code
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    text = str(exc).lower()
+    if names & {"AuthenticationError", "AccessRefused"} or "authentication" in text:
+        return "refused_credentials"
+    if names & {"ConnectionError", "OperationalError", "OSError", "MaxRetryError"}:
+        return "unreachable"
+    if "S3Error" in names:
+        return "store_error"
+    return "check_failed"
+
+
+async def _run_check(
+    name: str, rt: ApiRuntime, check: Callable[[ApiRuntime], None]
+) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         await asyncio.wait_for(
             asyncio.to_thread(check, rt), timeout=rt.settings.readiness_timeout_seconds
         )
-    except TimeoutError:
-        return {"ok": False, "error": "timed out"}
-    except Exception as exc:  # any failure means "not ready"; the reason is reported
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    except Exception as exc:  # any failure means "not ready"; its code is reported
+        reason = reason_code(exc)
+        # The full text only in the log (the request id is bound to every line).
+        log.warning("readyz.check_failed", check=name, reason=reason, error=repr(exc)[:1000])
+        return {"ok": False, "reason": reason}
     return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}
 
 
@@ -100,8 +130,8 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     }
     names = list(checks_to_run)
     results = await asyncio.gather(
-        *(_run_check(runtime, checks_to_run[n]) for n in names),
-        *(_run_check(runtime, SERVICES[n]) for n in SERVICES),
+        *(_run_check(n, runtime, checks_to_run[n]) for n in names),
+        *(_run_check(n, runtime, SERVICES[n]) for n in SERVICES),
     )
     checks = dict(zip(names, results[: len(names)], strict=True))
     services = dict(zip(SERVICES, results[len(names) :], strict=True))

@@ -23,6 +23,9 @@ from starlette.concurrency import run_in_threadpool
 
 from api.settings import ApiSettings
 from haven.answer_cache import AnswerCache
+from haven.auth.passwords import hash_password, verify_password
+from haven.auth.state import AuthStates
+from haven.auth.throttle import SignInThrottle
 from haven.auth.tokens import TokenService
 from haven.db.engine import make_engine, make_session_factory
 from haven.emb_client import AsyncEmbClient
@@ -38,6 +41,8 @@ T = TypeVar("T")
 
 # Connections kept out of the request budget: readiness checks and metrics scrapes.
 RESERVED_CONNECTIONS = 2
+# Connections for reading a caller's state when Redis has no copy (see ``auth_slots``).
+AUTH_CONNECTIONS = 2
 
 
 @dataclass
@@ -56,12 +61,24 @@ class ApiRuntime:
     answers: AnswerCache
     # Signs the URLs clients use to reach the object store (for its public address).
     presigner: Presigner
+    # The callers' current state (tokens checked against it) and sign-in throttling.
+    auth: AuthStates
+    signin: SignInThrottle
+    # Password checks (argon2, 64 MiB each) at once; they never hold a database slot.
+    password_checks: asyncio.Semaphore
     # Requests that may hold a database session at once. Every session is opened under a
     # slot and a slot never waits in a thread, so a thread never waits for a connection:
     # with more concurrent requests than connections, the rest wait here, on the event loop,
     # instead of filling the thread pool with threads blocked on the pool (a deadlock: the
     # connections are released by teardowns that need those threads).
     db_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
+    # Slots of their own for the caller checks (a token's current state, an API key): a
+    # request may already hold its session's slot when its caller is checked, and waiting
+    # for a second slot of the same kind would deadlock once every slot is held that way.
+    # A caller check waits for nothing else, so these always come free.
+    auth_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(AUTH_CONNECTIONS)
+    )
     qdrant: QdrantClient | None = None
     # Readiness checks added by a process that runs more than this API (the all-in-one's
     # worker): name -> a call that raises while that part is not ready.
@@ -73,6 +90,12 @@ class ApiRuntime:
         registry = CollectorRegistry()
         session_factory = make_session_factory(engine)
         celery = create_celery(settings)
+        sync_redis = redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=5
+        )
+        async_redis = aredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=5
+        )
         registry.register(JobPipelineCollector(celery, session_factory, settings.job_lease_seconds))
         return cls(
             settings=settings,
@@ -83,12 +106,11 @@ class ApiRuntime:
                     1,
                     settings.database_pool_size
                     + settings.database_max_overflow
-                    - RESERVED_CONNECTIONS,
+                    - RESERVED_CONNECTIONS
+                    - AUTH_CONNECTIONS,
                 )
             ),
-            redis=redis.Redis.from_url(
-                settings.redis_url, socket_connect_timeout=2, socket_timeout=5
-            ),
+            redis=sync_redis,
             s3=make_client(settings),
             presigner=make_presigner(settings, settings.s3_public_url),
             tokens=TokenService(settings),
@@ -103,12 +125,36 @@ class ApiRuntime:
                 ),
                 settings.answer_cache_ttl_seconds,
             ),
+            auth=AuthStates(async_redis, sync_redis, settings.auth_state_ttl_seconds),
+            signin=SignInThrottle(
+                async_redis,
+                per_username=settings.signin_failures_per_username,
+                per_address=settings.signin_attempts_per_address,
+                window_seconds=settings.signin_window_seconds,
+            ),
+            password_checks=asyncio.Semaphore(settings.password_check_concurrency),
         )
 
     async def in_db_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` (which opens its own session) in a thread, under a database slot."""
         async with self.db_slots:
             return await run_in_threadpool(fn, *args)
+
+    async def in_auth_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Like ``in_db_thread``, for the caller checks and refusal audits: one short
+        transaction that waits for nothing else, so it may run while the request holds
+        its session's slot."""
+        async with self.auth_slots:
+            return await run_in_threadpool(fn, *args)
+
+    async def check_password(self, password_hash: str | None, password: str) -> bool:
+        """argon2 in a thread, a few at a time, holding no database slot."""
+        async with self.password_checks:
+            return await asyncio.to_thread(verify_password, password_hash, password)
+
+    async def hash_password(self, password: str) -> str:
+        async with self.password_checks:
+            return await asyncio.to_thread(hash_password, password)
 
     @property
     def index(self) -> ChunkIndex:
@@ -120,6 +166,7 @@ class ApiRuntime:
         await self.emb.aclose()
         await self.llm.aclose()
         await self.answers.client.aclose()
+        await self.auth.client.aclose()
         self.close()
 
     def close(self) -> None:

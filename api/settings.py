@@ -18,6 +18,8 @@ class ApiSettings(StoreSettings, AuthSettings):
     s3_public_url: str | None = None
     # Presigned uploads a tenant may have open (neither completed nor expired) at once.
     max_open_uploads: int = Field(default=20, ge=1)
+    # Any request body but a multipart upload (JSON, forms): 413 past this many bytes.
+    max_json_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     download_ttl_seconds: int = 300
     emb_url: str = "http://127.0.0.1:8082"
     # The dense alias queries are embedded with (the index holds one vector per alias).

@@ -25,11 +25,11 @@ from sqlalchemy.engine import make_url
 from devstack import objectstore
 from devstack.state import ROOT, s3_credentials, signing_keys, state_dir
 from devstack.supervisor import Service, StartFailed, Stopped, Supervisor
-from haven.auth.passwords import hash_password
+from haven.auth import accounts
 from haven.cli_support import alembic_config
 from haven.db.engine import make_engine, make_session_factory, transaction
 from haven.db.repositories import AuditLog, PlatformRepository
-from haven.db.tables import Role, Tenant, User
+from haven.db.tables import Role
 from haven.settings import StoreSettings
 from models.defaults import publish_default_embedding, publish_default_llm
 from models.store import registry_from_settings
@@ -56,30 +56,16 @@ def bootstrap_admin(settings: StoreSettings) -> None:
         if platform.tenants():
             return
         password = os.environ.get("HAVEN_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
-        tenant = platform.add_tenant(Tenant(slug="default", name="Default"))
-        user = User(
-            tenant_id=tenant.id,
-            username="admin",
-            password_hash=hash_password(password),
-            role=Role.ADMIN,
-        )
-        session.add(user)
-        session.flush()
         audit = AuditLog(session, None, None)
-        audit.record(
-            "tenant.create",
-            target_type="tenant",
-            target_id=tenant.id,
-            tenant_id=tenant.id,
-            slug="default",
-        )
-        audit.record(
-            "user.create",
-            target_type="user",
-            target_id=user.id,
+        tenant = accounts.create_tenant(session, audit, slug="default", name="Default")
+        accounts.create_user(
+            session,
+            audit,
             tenant_id=tenant.id,
             username="admin",
-            role="admin",
+            password=password,
+            role=Role.ADMIN,
+            actor=None,
         )
     typer.secho(
         f"\nFirst start: sign in as 'admin' with password {password!r} (shown only now).\n",

@@ -120,3 +120,24 @@ def invalidate_documents(
     except redis.RedisError as exc:
         log.warning("answer_cache.invalidate_failed", error=str(exc))
     return dropped
+
+
+def forget_tenant(client: redis.Redis, tenant_id: uuid.UUID | str) -> int:
+    """Drop every cached answer of a tenant (and its per-document lists); returns how many
+    answers there were. The tenant's keys all start with its id, so one SCAN finds them."""
+    answers = 0
+    for pattern, counted in (
+        (f"{PREFIX}:{tenant_id}:*", True),
+        (f"{PREFIX}-docs:{tenant_id}:*", False),
+    ):
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=pattern, count=500):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted = int(client.delete(*batch))
+                answers += deleted if counted else 0
+                batch = []
+        if batch:
+            deleted = int(client.delete(*batch))
+            answers += deleted if counted else 0
+    return answers

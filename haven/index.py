@@ -159,6 +159,14 @@ class ChunkIndex:
     def delete_document(self, tenant_id: uuid.UUID, document_id: uuid.UUID) -> None:
         self._delete(tenant_filter(tenant_id, _match("document_id", str(document_id))))
 
+    def delete_tenant(self, tenant_id: uuid.UUID) -> int:
+        """Delete every vector of a tenant; returns how many there were."""
+        if not self.client.collection_exists(self.collection):
+            return 0
+        found = self.count(tenant_id)
+        self._delete(tenant_filter(tenant_id))
+        return found
+
     def count(self, tenant_id: uuid.UUID | None = None, *, active_only: bool = False) -> int:
         conditions: list[models.Condition] = []
         if tenant_id is not None:

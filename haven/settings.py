@@ -3,7 +3,8 @@
 Each service has one pydantic-settings class built once at start (``create_app`` / the
 worker's start-up) and passed down. Values come from the environment (``HAVEN_*``) and from
 Swarm secrets in ``/run/secrets`` (a file named after the variable, lower case). Defaults work
-for local development; ``HAVEN_ENV=production`` refuses the development secrets.
+for local development; ``HAVEN_ENV=production`` refuses the development secrets, and no
+environment but ``test`` accepts the published development signing key.
 """
 
 from __future__ import annotations
@@ -104,18 +105,35 @@ class AuthSettings(HavenSettings):
 
     ``jwt_keys`` maps key id to secret. The active key signs; every key in the set verifies,
     so a rotation is: add the next key, make it active, keep the old one until its tokens
-    have expired, then remove it.
+    have expired, then remove it. With one key, it is the active one.
+
+    There is no default key: a published key would let anyone mint tokens. Only the test
+    environment falls back to the development key; every other environment refuses it, and
+    ``haven up`` generates a key per installation.
     """
 
-    jwt_keys: SecretStr = SecretStr(DEV_JWT_KEYS)
-    jwt_active_kid: str = "dev-1"
+    jwt_keys: SecretStr | None = None
+    jwt_active_kid: str = ""
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
     access_token_minutes: int = 60
     api_key_token_minutes: int = 15
+    # Seconds Redis keeps a caller's current state (active, role, token version) before it is
+    # read again from PostgreSQL; every change writes the new state at once, so this only
+    # bounds how long a change made while Redis was unreachable can go unseen.
+    auth_state_ttl_seconds: int = Field(default=30, ge=1)
+    # Sign-in throttling (Redis): failed attempts per username, attempts per client address,
+    # in a window that starts at the first counted attempt.
+    signin_failures_per_username: int = Field(default=10, ge=1)
+    signin_attempts_per_address: int = Field(default=100, ge=1)
+    signin_window_seconds: int = Field(default=900, ge=1)
+    # Password checks (argon2, 64 MiB each) run at once; more wait their turn.
+    password_check_concurrency: int = Field(default=4, ge=1)
 
     @field_validator("jwt_keys")
     @classmethod
-    def _keys_are_a_json_object(cls, value: SecretStr) -> SecretStr:
+    def _keys_are_a_json_object(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
         try:
             keys = json.loads(value.get_secret_value())
         except json.JSONDecodeError as exc:
@@ -128,16 +146,28 @@ class AuthSettings(HavenSettings):
         return value
 
     @model_validator(mode="after")
-    def _active_key_exists(self) -> AuthSettings:
+    def _keys_are_this_installations(self) -> AuthSettings:
+        if self.jwt_keys is None:
+            if self.env != "test":
+                raise ValueError(
+                    "HAVEN_JWT_KEYS is not set: give this installation its own signing key,"
+                    ' e.g. {"k1": "<at least 32 random characters>"} (haven up generates one)'
+                )
+            self.jwt_keys = SecretStr(DEV_JWT_KEYS)
         keys = self.signing_keys()
+        published = set(json.loads(DEV_JWT_KEYS).values())
+        if self.env != "test" and set(keys.values()) & published:
+            raise ValueError("HAVEN_JWT_KEYS contains the published development key; set your own")
+        if not self.jwt_active_kid and len(keys) == 1:
+            self.jwt_active_kid = next(iter(keys))
         if self.jwt_active_kid not in keys:
             raise ValueError(
                 f"HAVEN_JWT_ACTIVE_KID {self.jwt_active_kid!r} is not in HAVEN_JWT_KEYS"
             )
-        if self.env == "production" and set(keys.values()) & set(json.loads(DEV_JWT_KEYS).values()):
-            raise ValueError("HAVEN_JWT_KEYS contains the development key; set real keys")
         return self
 
     def signing_keys(self) -> dict[str, str]:
+        if self.jwt_keys is None:
+            return {}
         keys: dict[str, Any] = json.loads(self.jwt_keys.get_secret_value())
         return {str(kid): str(secret) for kid, secret in keys.items()}

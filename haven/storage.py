@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import urllib3
 from minio import Minio
 from minio.datatypes import PostPolicy
+from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
 from haven.settings import StoreSettings
@@ -127,3 +128,16 @@ def download(client: Minio, bucket: str, key: str, path: Path, *, chunk: int = 1
     finally:
         response.close()
         response.release_conn()
+
+
+def delete_prefix(client: Minio, bucket: str, tenant_id: uuid.UUID) -> int:
+    """Delete every object of a tenant (``tenant/<id>/``); returns how many were deleted."""
+    names = [
+        obj.object_name
+        for obj in client.list_objects(bucket, prefix=tenant_prefix(tenant_id), recursive=True)
+        if obj.object_name is not None
+    ]
+    failed = list(client.remove_objects(bucket, (DeleteObject(name) for name in names)))
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(names)} objects could not be deleted")
+    return len(names)

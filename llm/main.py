@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from haven import __version__
+from haven.body_limit import BodyLimitMiddleware
+from haven.contracts.openai import error_body
 from haven.telemetry import RequestContextMiddleware, RequestMetrics, configure_logging, log
 from llm.errors import install_error_handlers
 from llm.metrics import LlmMetrics
@@ -47,9 +50,19 @@ def create_app(settings: LlmSettings | None = None) -> FastAPI:
     app = FastAPI(title="Haven LLM", version=__version__, lifespan=lifespan)
     app.state.runtime = runtime
     install_error_handlers(app, settings.llm_retry_after_seconds)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.llm_max_body_bytes, body=_too_large)
     app.add_middleware(RequestContextMiddleware, metrics=RequestMetrics("llm", registry))
     app.include_router(router)
     return app
+
+
+def _too_large(limit: int) -> dict[str, Any]:
+    return error_body(
+        f"the request body is over the limit of {limit} bytes",
+        type_="invalid_request_error",
+        code="request_too_large",
+        limit=limit,
+    )
 
 
 async def _load(service: LlmService) -> None:

@@ -22,6 +22,7 @@ from haven.contracts.openai import (
     new_id,
     now,
 )
+from llm.model import LoadedModel
 from llm.service import Generation, LlmService, NotReady, Prompt
 from llm.slots import Overloaded
 from llm.streaming import (
@@ -123,7 +124,9 @@ async def chat_completions(
     service = runtime.service
     arrived, deadline = time.perf_counter(), _deadline(service)
     service.check_model_name(body.model)
-    prompt = service.chat_prompt(body)
+    # Rendering and tokenising a long conversation takes CPU time: in a thread, so every
+    # other stream on this event loop keeps flowing.
+    prompt = await asyncio.to_thread(service.chat_prompt, body)
     shape = ChatShape(new_id("chatcmpl"), now(), service.settings.llm_alias)
     return await _generate(runtime, body, prompt, shape, request, arrived, deadline)
 
@@ -133,7 +136,7 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
     service = runtime.service
     arrived, deadline = time.perf_counter(), _deadline(service)
     service.check_model_name(body.model)
-    prompt = service.completion_prompt(body)
+    prompt = await asyncio.to_thread(service.completion_prompt, body)
     shape = TextShape(new_id("cmpl"), now(), service.settings.llm_alias)
     return await _generate(runtime, body, prompt, shape, request, arrived, deadline)
 
@@ -143,6 +146,13 @@ async def tokenize(body: TokenizeRequest, runtime: RuntimeDep) -> TokenizeRespon
     """How many tokens texts (without BOS) and a rendered chat prompt take in this model."""
     service = runtime.service
     model, _ = service.ready()
+    # Off the event loop: a thousand texts take a while to tokenise.
+    return await asyncio.to_thread(_count_tokens, service, model, body)
+
+
+def _count_tokens(
+    service: LlmService, model: LoadedModel, body: TokenizeRequest
+) -> TokenizeResponse:
     counts = [
         len(model.tokenizer.tokenize(text.encode("utf-8"), add_bos=False, special=False))
         for text in body.texts

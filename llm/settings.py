@@ -24,6 +24,9 @@ class LlmSettings(ModelStoreSettings):
     # Wall-clock limit of one request, waiting for a slot included.
     llm_request_timeout_seconds: float = Field(default=300.0, gt=0)
     llm_retry_after_seconds: int = Field(default=2, ge=1)
+    # Request bodies past this many bytes are refused with 413 before they are parsed (room
+    # for the API's token counts: a full conversation plus its passages).
+    llm_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # Where verified model files are cached; by default the cache shared with the other
     # model services (HAVEN_MODEL_CACHE_DIR).
     llm_cache_dir: Path | None = None

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
 
 from api.admin import service
 from api.admin.schemas import (
@@ -14,13 +15,24 @@ from api.admin.schemas import (
     ApiKeyRead,
     AuditRead,
     TenantCreate,
+    TenantDeleted,
     TenantRead,
+    TenantUpdate,
     UserCreate,
     UserRead,
     UserUpdate,
 )
-from api.deps import PlatformAdminPrincipal, RequestIdDep, SessionDep, TenantAdminPrincipal
+from api.deps import (
+    PlatformAdminPrincipal,
+    RequestIdDep,
+    RuntimeDep,
+    SessionDep,
+    TenantAdminPrincipal,
+)
 from api.pagination import Page, pagination
+from api.runtime import ApiRuntime
+from haven.auth.principal import Principal
+from haven.db.engine import transaction
 from haven.db.repositories import (
     ApiKeyRepository,
     AuditLog,
@@ -28,8 +40,69 @@ from haven.db.repositories import (
     PlatformRepository,
     UserRepository,
 )
+from haven.errors import Forbidden, NotFound
 
-router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
+# The audit action of each mutation, by endpoint name; a refusal is recorded as
+# "<action>.refused".
+ACTIONS = {
+    "create_tenant": "tenant.create",
+    "update_tenant": "tenant.update",
+    "delete_tenant": "tenant.delete",
+    "create_user": "user.create",
+    "update_user": "user.update",
+    "delete_user": "user.delete",
+    "create_api_key": "api_key.create",
+    "revoke_api_key": "api_key.revoke",
+}
+_TARGET_PARAMS = ("user_id", "key_id", "tenant_id")
+
+
+def _record_refusal(
+    runtime: ApiRuntime,
+    actor: Principal,
+    request_id: str | None,
+    action: str,
+    target_id: str | None,
+    refused: Forbidden | NotFound,
+) -> None:
+    # Its own transaction: the request's rolls back with the refusal.
+    with transaction(runtime.session_factory) as session:
+        AuditLog(session, actor, request_id).record(
+            f"{action}.refused",
+            target_type=action.split(".")[0],
+            target_id=target_id,
+            tenant_id=actor.tenant_id,
+            code=refused.code,
+            reason=refused.message,
+        )
+
+
+async def audit_refusals(request: Request, runtime: RuntimeDep) -> AsyncIterator[None]:
+    """Every refused admin mutation (a role too low, a target above the caller's role or in
+    another tenant) is audited, whichever check refused it."""
+    try:
+        yield
+    except (Forbidden, NotFound) as refused:
+        route = request.scope.get("route")
+        action = ACTIONS.get(getattr(route, "name", ""))
+        actor: Principal | None = getattr(request.state, "principal", None)
+        if action is not None and actor is not None:
+            target = next(
+                (request.path_params[p] for p in _TARGET_PARAMS if p in request.path_params), None
+            )
+            await runtime.in_auth_thread(
+                _record_refusal,
+                runtime,
+                actor,
+                getattr(request.state, "request_id", None),
+                action,
+                target,
+                refused,
+            )
+        raise
+
+
+router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[Depends(audit_refusals)])
 
 AdminPage = Annotated[Page, pagination(default_limit=100, max_limit=500)]
 
@@ -38,8 +111,31 @@ AdminPage = Annotated[Page, pagination(default_limit=100, max_limit=500)]
 def create_tenant(
     body: TenantCreate, session: SessionDep, actor: PlatformAdminPrincipal, rid: RequestIdDep
 ) -> TenantRead:
-    tenant = service.create_tenant(session, AuditLog(session, actor, rid), body)
+    tenant = service.create_tenant(session, actor, AuditLog(session, actor, rid), body)
     return TenantRead.model_validate(tenant)
+
+
+@router.patch("/tenants/{tenant_id}", response_model=TenantRead)
+def update_tenant(
+    tenant_id: uuid.UUID,
+    body: TenantUpdate,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    actor: PlatformAdminPrincipal,
+    rid: RequestIdDep,
+) -> TenantRead:
+    tenant = service.update_tenant(
+        session, actor, AuditLog(session, actor, rid), runtime.auth, tenant_id, body
+    )
+    return TenantRead.model_validate(tenant)
+
+
+@router.delete("/tenants/{tenant_id}", response_model=TenantDeleted)
+async def delete_tenant(
+    tenant_id: uuid.UUID, runtime: RuntimeDep, actor: PlatformAdminPrincipal, rid: RequestIdDep
+) -> TenantDeleted:
+    """Delete a tenant with everything it holds: rows, objects, vectors, cached answers."""
+    return await runtime.in_db_thread(service.delete_tenant, runtime, actor, rid, tenant_id)
 
 
 @router.get("/tenants", response_model=list[TenantRead])
@@ -71,18 +167,24 @@ def update_user(
     user_id: uuid.UUID,
     body: UserUpdate,
     session: SessionDep,
+    runtime: RuntimeDep,
     actor: TenantAdminPrincipal,
     rid: RequestIdDep,
 ) -> UserRead:
-    user = service.update_user(session, actor, AuditLog(session, actor, rid), user_id, body)
+    audit = AuditLog(session, actor, rid)
+    user = service.update_user(session, actor, audit, runtime.auth, user_id, body)
     return UserRead.model_validate(user)
 
 
 @router.delete("/users/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_user(
-    user_id: uuid.UUID, session: SessionDep, actor: TenantAdminPrincipal, rid: RequestIdDep
+    user_id: uuid.UUID,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    actor: TenantAdminPrincipal,
+    rid: RequestIdDep,
 ) -> Response:
-    service.delete_user(session, actor, AuditLog(session, actor, rid), user_id)
+    service.delete_user(session, actor, AuditLog(session, actor, rid), runtime.auth, user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -103,9 +205,14 @@ def create_api_key(
 
 @router.delete("/api-keys/{key_id}", response_model=ApiKeyRead)
 def revoke_api_key(
-    key_id: uuid.UUID, session: SessionDep, actor: TenantAdminPrincipal, rid: RequestIdDep
+    key_id: uuid.UUID,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    actor: TenantAdminPrincipal,
+    rid: RequestIdDep,
 ) -> ApiKeyRead:
-    key = service.revoke_api_key(session, actor, AuditLog(session, actor, rid), key_id)
+    audit = AuditLog(session, actor, rid)
+    key = service.revoke_api_key(session, actor, audit, runtime.auth, key_id)
     return ApiKeyRead.model_validate(key)
 
 

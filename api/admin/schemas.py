@@ -4,14 +4,13 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from haven.contracts.text import Name
 from haven.db.tables import Role
 
 USERNAME = Field(min_length=3, max_length=200, pattern=r"^[A-Za-z0-9._@+-]+$")
 PASSWORD = Field(min_length=10, max_length=200)
-TENANT_ROLES = (Role.VIEWER, Role.EDITOR, Role.TENANT_ADMIN)
 
 
 class TenantCreate(BaseModel):
@@ -20,6 +19,24 @@ class TenantCreate(BaseModel):
     token_budget: int | None = Field(default=None, ge=0)
     admin_username: str | None = USERNAME
     admin_password: str | None = Field(default=None, min_length=10, max_length=200)
+
+
+class TenantUpdate(BaseModel):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    # Disabling refuses every request of the tenant's users and keys at once.
+    is_active: bool | None = None
+    token_budget: int | None = Field(default=None, ge=0)
+
+
+class TenantDeleted(BaseModel):
+    """What deleting a tenant removed, store by store."""
+
+    id: uuid.UUID
+    slug: str
+    rows: dict[str, int] = Field(description="rows deleted per table")
+    objects: int
+    vectors: int
+    cache_entries: int
 
 
 class TenantRead(BaseModel):
@@ -59,7 +76,8 @@ class UserRead(BaseModel):
 class ApiKeyCreate(BaseModel):
     name: Name
     role: Role = Role.EDITOR
-    expires_at: datetime | None = None
+    # With its time zone: a bare local time would be read as UTC by some and not by others.
+    expires_at: AwareDatetime | None = None
 
 
 class ApiKeyRead(BaseModel):

@@ -1,122 +1,207 @@
 """Administration of tenants, users and API keys. Every change writes an audit row in the
-same transaction, so an action and its record commit or fail together."""
+same transaction, so an action and its record commit or fail together; every change goes
+through the one role check (``haven.auth.policy.authorize``); every change that affects what
+a caller may do is published to the callers' current state (``haven.auth.state``) when it
+commits, so the very next request of that caller sees it."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
 
-from fastapi import HTTPException, status
+import structlog
 from sqlalchemy.orm import Session
 
 from api.admin.schemas import (
-    TENANT_ROLES,
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyRead,
     TenantCreate,
+    TenantDeleted,
+    TenantUpdate,
     UserCreate,
     UserUpdate,
 )
-from haven.auth import api_keys
+from api.runtime import ApiRuntime
+from haven import answer_cache, storage
+from haven.auth import accounts, api_keys
 from haven.auth.passwords import hash_password
+from haven.auth.policy import Action, Target, authorize
 from haven.auth.principal import Principal
+from haven.auth.state import AuthStates, CallerState
+from haven.db.engine import transaction
 from haven.db.repositories import ApiKeyRepository, AuditLog, PlatformRepository, UserRepository
 from haven.db.tables import ApiKey, Role, Tenant, User
+from haven.errors import Conflict, Invalid, NotFound, Unavailable
+
+log = structlog.get_logger("haven.admin")
 
 
-def _check_grantable(actor: Principal, role: Role) -> None:
-    if role not in TENANT_ROLES and not actor.is_platform_admin:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"only a platform admin can grant {role}")
-    if not actor.has_role(role):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"you cannot grant {role}")
-
-
-def create_tenant(session: Session, audit: AuditLog, body: TenantCreate) -> Tenant:
-    platform = PlatformRepository(session)
-    if platform.tenant_by_slug(body.slug) is not None:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"tenant {body.slug!r} already exists")
+def create_tenant(
+    session: Session, actor: Principal, audit: AuditLog, body: TenantCreate
+) -> Tenant:
     if (body.admin_username is None) != (body.admin_password is None):
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            "admin_username and admin_password go together",
-        )
-    tenant = platform.add_tenant(
-        Tenant(slug=body.slug, name=body.name, token_budget=body.token_budget)
-    )
-    audit.record(
-        "tenant.create",
-        target_type="tenant",
-        target_id=tenant.id,
-        tenant_id=tenant.id,
-        slug=tenant.slug,
+        raise Invalid("admin_username and admin_password go together")
+    tenant = accounts.create_tenant(
+        session, audit, slug=body.slug, name=body.name, token_budget=body.token_budget
     )
     if body.admin_username and body.admin_password:
-        if platform.username_taken(body.admin_username):
-            raise HTTPException(
-                status.HTTP_409_CONFLICT, f"username {body.admin_username!r} is taken"
-            )
-        admin = User(
+        accounts.create_user(
+            session,
+            audit,
             tenant_id=tenant.id,
             username=body.admin_username,
-            password_hash=hash_password(body.admin_password),
+            password=body.admin_password,
             role=Role.TENANT_ADMIN,
-        )
-        session.add(admin)
-        session.flush()
-        audit.record(
-            "user.create",
-            target_type="user",
-            target_id=admin.id,
-            tenant_id=tenant.id,
-            username=admin.username,
-            role=admin.role.value,
+            actor=actor,
         )
     return tenant
 
 
-def create_user(session: Session, actor: Principal, audit: AuditLog, body: UserCreate) -> User:
-    _check_grantable(actor, body.role)
-    if PlatformRepository(session).username_taken(body.username):
-        raise HTTPException(status.HTTP_409_CONFLICT, f"username {body.username!r} is taken")
-    user = UserRepository(session, actor).add(
-        User(
-            username=body.username,
-            password_hash=hash_password(body.password),
-            role=body.role,
+def update_tenant(
+    session: Session,
+    actor: Principal,
+    audit: AuditLog,
+    auth: AuthStates,
+    tenant_id: uuid.UUID,
+    body: TenantUpdate,
+) -> Tenant:
+    platform = PlatformRepository(session)
+    tenant = platform.tenant(tenant_id)
+    if tenant is None:
+        raise NotFound("tenant", tenant_id)
+    changes: dict[str, object] = {}
+    if body.name is not None and body.name != tenant.name:
+        changes["name"] = {"from": tenant.name, "to": body.name}
+        tenant.name = body.name
+    if "token_budget" in body.model_fields_set and body.token_budget != tenant.token_budget:
+        changes["token_budget"] = {"from": tenant.token_budget, "to": body.token_budget}
+        tenant.token_budget = body.token_budget
+    if body.is_active is not None and body.is_active != tenant.is_active:
+        if tenant.id == actor.tenant_id and not body.is_active:
+            raise Conflict("you cannot disable your own tenant", code="tenant.own")
+        changes["is_active"] = body.is_active
+        platform.set_tenant_active(tenant, body.is_active)
+        auth.publish_after_commit(session, tenants={tenant.id: body.is_active})
+    session.flush()
+    if changes:
+        audit.record(
+            "tenant.update",
+            target_type="tenant",
+            target_id=tenant.id,
+            tenant_id=tenant.id,
+            slug=tenant.slug,
+            changes=changes,
         )
+    return tenant
+
+
+def delete_tenant(
+    runtime: ApiRuntime, actor: Principal, request_id: str | None, tenant_id: uuid.UUID
+) -> TenantDeleted:
+    """Disable the tenant (every request of its users and keys is refused from here on), purge
+    its vectors, objects and cached answers, then delete its rows; audited with the counts.
+
+    The stores outside PostgreSQL are purged first and the rows last, so a purge that fails
+    half-way leaves a disabled tenant whose deletion can simply be asked again, never rows
+    gone with their data left behind."""
+    with transaction(runtime.session_factory) as session:
+        platform = PlatformRepository(session)
+        tenant = platform.tenant(tenant_id)
+        if tenant is None:
+            raise NotFound("tenant", tenant_id)
+        if tenant.id == actor.tenant_id:
+            raise Conflict("you cannot delete your own tenant", code="tenant.own")
+        slug = tenant.slug
+        platform.set_tenant_active(tenant, False)
+        runtime.auth.publish_after_commit(session, tenants={tenant_id: False})
+    try:
+        vectors = runtime.index.delete_tenant(tenant_id)
+        objects = storage.delete_prefix(runtime.s3, runtime.settings.s3_bucket, tenant_id)
+        cached = answer_cache.forget_tenant(runtime.redis, tenant_id)
+    except Exception as exc:
+        log.exception("admin.tenant.purge_failed", tenant=str(tenant_id))
+        raise Unavailable(
+            "purging the tenant's data failed; it stays disabled: ask again to finish",
+            code="tenant.purge_failed",
+            retry_after=5,
+        ) from exc
+    with transaction(runtime.session_factory) as session:
+        platform = PlatformRepository(session)
+        rows = platform.tenant_row_counts(tenant_id)
+        platform.delete_tenant(tenant_id)
+        AuditLog(session, actor, request_id).record(
+            "tenant.delete",
+            target_type="tenant",
+            target_id=tenant_id,
+            tenant_id=None,  # the tenant is gone; the audit row stays
+            slug=slug,
+            rows=rows,
+            objects=objects,
+            vectors=vectors,
+            cache_entries=cached,
+        )
+        runtime.auth.publish_after_commit(session, tenants={tenant_id: False})
+    log.info("admin.tenant.deleted", tenant=str(tenant_id), objects=objects, vectors=vectors)
+    return TenantDeleted(
+        id=tenant_id,
+        slug=slug,
+        rows=rows,
+        objects=objects,
+        vectors=vectors,
+        cache_entries=cached,
     )
-    audit.record(
-        "user.create",
-        target_type="user",
-        target_id=user.id,
+
+
+def create_user(session: Session, actor: Principal, audit: AuditLog, body: UserCreate) -> User:
+    return accounts.create_user(
+        session,
+        audit,
         tenant_id=actor.tenant_id,
-        username=user.username,
-        role=user.role.value,
+        username=body.username,
+        password=body.password,
+        role=body.role,
+        actor=actor,
     )
-    return user
+
+
+def _target(user: User) -> Target:
+    return Target(tenant_id=user.tenant_id, role=user.role, subject_id=user.id)
 
 
 def update_user(
-    session: Session, actor: Principal, audit: AuditLog, user_id: uuid.UUID, body: UserUpdate
+    session: Session,
+    actor: Principal,
+    audit: AuditLog,
+    auth: AuthStates,
+    user_id: uuid.UUID,
+    body: UserUpdate,
 ) -> User:
     user = UserRepository(session, actor).require(user_id)
+    target = _target(user)
+    authorize(actor, Action.UPDATE_USER, target)
     changes: dict[str, object] = {}
     if body.role is not None and body.role != user.role:
-        _check_grantable(actor, body.role)
-        _check_grantable(actor, user.role)
+        authorize(actor, Action.UPDATE_USER, target, grants=body.role)
+        if user.id == actor.subject_id:
+            raise Conflict("you cannot change your own role", code="user.own_role")
         changes["role"] = {"from": user.role.value, "to": body.role.value}
         user.role = body.role
     if body.is_active is not None and body.is_active != user.is_active:
+        authorize(actor, Action.DISABLE_USER, target)
         if user.id == actor.subject_id and not body.is_active:
-            raise HTTPException(status.HTTP_409_CONFLICT, "you cannot disable your own account")
+            raise Conflict("you cannot disable your own account", code="user.own_account")
         changes["is_active"] = body.is_active
         user.is_active = body.is_active
     if body.password is not None:
+        authorize(actor, Action.SET_PASSWORD, target)
         user.password_hash = hash_password(body.password)
         changes["password"] = "changed"  # noqa: S105 - a note, not a secret
-    session.flush()
     if changes:
+        # A new role, a disable or a new password ends the user's sessions.
+        user.token_version += 1
+        session.flush()
+        auth.publish_after_commit(session, subjects={("user", user.id): CallerState.of_user(user)})
         audit.record(
             "user.update",
             target_type="user",
@@ -128,13 +213,17 @@ def update_user(
     return user
 
 
-def delete_user(session: Session, actor: Principal, audit: AuditLog, user_id: uuid.UUID) -> None:
+def delete_user(
+    session: Session, actor: Principal, audit: AuditLog, auth: AuthStates, user_id: uuid.UUID
+) -> None:
+    """The user's chats (private to them) are deleted with them."""
     users = UserRepository(session, actor)
     user = users.require(user_id)
     if user.id == actor.subject_id:
-        raise HTTPException(status.HTTP_409_CONFLICT, "you cannot delete your own account")
-    _check_grantable(actor, user.role)
+        raise Conflict("you cannot delete your own account", code="user.own_account")
+    authorize(actor, Action.DELETE_USER, _target(user))
     users.delete(user)
+    auth.publish_after_commit(session, subjects={("user", user_id): CallerState(active=False)})
     audit.record(
         "user.delete",
         target_type="user",
@@ -147,11 +236,9 @@ def delete_user(session: Session, actor: Principal, audit: AuditLog, user_id: uu
 def create_api_key(
     session: Session, actor: Principal, audit: AuditLog, body: ApiKeyCreate
 ) -> ApiKeyCreated:
-    if body.role not in TENANT_ROLES:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "API keys carry tenant roles only")
-    _check_grantable(actor, body.role)
+    authorize(actor, Action.CREATE_API_KEY, grants=body.role)
     if body.expires_at is not None and body.expires_at <= datetime.now(UTC):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "expires_at is in the past")
+        raise Invalid("expires_at is in the past", code="api_key.expired")
     new = api_keys.generate_api_key()
     key = ApiKeyRepository(session, actor).add(
         ApiKey(
@@ -175,12 +262,21 @@ def create_api_key(
 
 
 def revoke_api_key(
-    session: Session, actor: Principal, audit: AuditLog, key_id: uuid.UUID
+    session: Session, actor: Principal, audit: AuditLog, auth: AuthStates, key_id: uuid.UUID
 ) -> ApiKey:
     key = ApiKeyRepository(session, actor).require(key_id)
+    authorize(
+        actor,
+        Action.REVOKE_API_KEY,
+        Target(tenant_id=key.tenant_id, role=key.role, subject_id=key.id, kind="api_key"),
+    )
     if key.revoked_at is None:
         key.revoked_at = datetime.now(UTC)
         session.flush()
+        # Tokens exchanged from the key are refused from the next request on.
+        auth.publish_after_commit(
+            session, subjects={("api_key", key.id): CallerState(active=False)}
+        )
         audit.record(
             "api_key.revoke",
             target_type="api_key",

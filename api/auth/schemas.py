@@ -25,3 +25,8 @@ class MeRead(BaseModel):
     tenant_slug: str
     role: Role
     username: str | None
+
+
+class PasswordChange(BaseModel):
+    current_password: str = Field(min_length=1, max_length=200)
+    new_password: str = Field(min_length=10, max_length=200)

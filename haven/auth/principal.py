@@ -18,6 +18,9 @@ class Principal:
     role: Role
     kind: Literal["user", "api_key"] = "user"
     token_id: str | None = None
+    # The user's token version when the token was issued; raising it ends every session
+    # (password change, disable, role change). API keys have none.
+    version: int = 0
 
     def has_role(self, needed: Role) -> bool:
         """Roles nest: viewer < editor < tenant_admin < admin (platform)."""

@@ -44,6 +44,7 @@ class TokenService:
             "iat": int(now.timestamp()),
             "exp": int(expires.timestamp()),
             "jti": secrets.token_hex(16),
+            "ver": principal.version,
         }
         token = jwt.encode(
             claims,
@@ -58,11 +59,14 @@ class TokenService:
             header = jwt.get_unverified_header(token)
         except JWTError as exc:
             raise TokenError("malformed token") from exc
-        if header.get("alg") != self._algorithm:
-            raise TokenError(f"token algorithm {header.get('alg')!r} is not accepted")
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg != self._algorithm:
+            raise TokenError(f"token algorithm {str(alg)[:20]!r} is not accepted")
         kid = header.get("kid")
         if not kid:
             raise TokenError("token has no key id (kid)")
+        if not isinstance(kid, str):  # a list or an object cannot name a key
+            raise TokenError("token key id (kid) must be a string")
         key = self._keys.get(kid)
         if key is None:
             raise TokenError(f"unknown signing key {kid!r}")
@@ -86,6 +90,14 @@ class TokenService:
                 role=Role(roles[0]),
                 kind="api_key" if claims.get("kind") == "api_key" else "user",
                 token_id=str(claims["jti"]),
+                version=_version(claims["ver"]),
             )
         except (KeyError, IndexError, ValueError, TypeError) as exc:
             raise TokenError("token claims are incomplete") from exc
+
+
+def _version(value: object) -> int:
+    # bool is an int to Python; a token version never is.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError("ver must be an integer")
+    return value

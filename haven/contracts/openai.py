@@ -15,6 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 FinishReason = Literal["stop", "length"]
 
+# Caps on what one request may carry, checked when the request is parsed (a 4xx naming the
+# limit), before anything is tokenised: no model's context holds more, and tokenising
+# unbounded text costs every other caller time.
+MAX_MESSAGES = 1024
+MAX_TEXT_CHARS = 1_000_000
+MAX_PROMPT_TOKEN_IDS = 262_144
+
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -73,10 +80,21 @@ class SamplingRequest(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
+def check_text_size(messages: list[ChatMessage]) -> None:
+    total = sum(len(message.text()) for message in messages)
+    if total > MAX_TEXT_CHARS:
+        raise ValueError(f"the messages hold {total} characters; the limit is {MAX_TEXT_CHARS}")
+
+
 class ChatCompletionRequest(SamplingRequest):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     # Newer OpenAI clients send this name instead of max_tokens.
     max_completion_tokens: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _text_is_bounded(self) -> ChatCompletionRequest:
+        check_text_size(self.messages)
+        return self
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -84,6 +102,19 @@ class ChatCompletionRequest(SamplingRequest):
 
 class CompletionRequest(SamplingRequest):
     prompt: str | list[int] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _prompt_is_bounded(self) -> CompletionRequest:
+        if isinstance(self.prompt, str) and len(self.prompt) > MAX_TEXT_CHARS:
+            raise ValueError(
+                f"the prompt holds {len(self.prompt)} characters; the limit is {MAX_TEXT_CHARS}"
+            )
+        if isinstance(self.prompt, list) and len(self.prompt) > MAX_PROMPT_TOKEN_IDS:
+            raise ValueError(
+                f"the prompt holds {len(self.prompt)} token ids; the limit is"
+                f" {MAX_PROMPT_TOKEN_IDS}"
+            )
+        return self
 
     def token_limit(self) -> int | None:
         return self.max_tokens

@@ -168,6 +168,32 @@ class PlatformRepository:
         self.session.flush()
         return tenant
 
+    def set_tenant_active(self, tenant: Tenant, active: bool) -> None:
+        tenant.is_active = active
+        self.session.flush()
+
+    def tenant_row_counts(self, tenant_id: uuid.UUID) -> dict[str, int]:
+        """Rows of every tenant-owned table that belong to the tenant (what deleting it removes)."""
+        counts: dict[str, int] = {}
+        for table in Base.metadata.sorted_tables:
+            column = table.c.get("tenant_id")
+            if column is None or table.name == AuditEntry.__tablename__:
+                continue  # the audit log outlives the tenant
+            stmt = select(func.count()).select_from(table).where(column == tenant_id)
+            counts[table.name] = int(self.session.execute(stmt).scalar_one())
+        return counts
+
+    def delete_tenant(self, tenant_id: uuid.UUID) -> None:
+        """Every tenant-owned row goes with it (the foreign keys cascade); its audit rows stay,
+        detached from it."""
+        self.session.execute(delete(Tenant).where(Tenant.id == tenant_id))
+        self.session.expire_all()
+
+    def add_user(self, user: User) -> User:
+        self.session.add(user)
+        self.session.flush()
+        return user
+
     def user_for_login(self, username: str) -> User | None:
         if "\x00" in username:  # no username holds one, and PostgreSQL refuses to compare it
             return None
@@ -177,12 +203,19 @@ class PlatformRepository:
     def user_by_id(self, user_id: uuid.UUID) -> User | None:
         return self.session.get(User, user_id)
 
+    def user_for_update(self, user_id: uuid.UUID) -> User | None:
+        stmt = select(User).where(User.id == user_id).with_for_update()
+        return self.session.execute(stmt).scalar_one_or_none()
+
     def username_taken(self, username: str) -> bool:
         return self.user_for_login(username) is not None
 
     def api_key_for_exchange(self, prefix: str) -> ApiKey | None:
         stmt = select(ApiKey).where(ApiKey.prefix == prefix)
         return self.session.execute(stmt).scalar_one_or_none()
+
+    def api_key_by_id(self, key_id: uuid.UUID) -> ApiKey | None:
+        return self.session.get(ApiKey, key_id)
 
     def touch_api_key(self, key: ApiKey) -> None:
         key.last_used_at = datetime.now(UTC)

@@ -120,6 +120,9 @@ class User(Timestamped, Base):
     password_hash: Mapped[str] = mapped_column(String(200))
     role: Mapped[Role] = mapped_column(_enum(Role))
     is_active: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
+    # Tokens carry the version they were issued at; raising it ends every session of the user
+    # (password change, disable, role change).
+    token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ApiKey(Timestamped, Base):
@@ -222,12 +225,15 @@ class Job(Timestamped, Base):
 
 
 class Chat(Timestamped, Base):
+    """A user's chat (private to them, deleted with them), or, with no user, a chat of the
+    tenant's applications (API keys)."""
+
     __tablename__ = "chats"
 
     id: Mapped[uuid.UUID] = _uuid_pk()
     tenant_id: Mapped[uuid.UUID] = _tenant_fk()
     user_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("users.id", ondelete="SET NULL"), index=True
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
     )
     title: Mapped[str] = mapped_column(String(500))
 

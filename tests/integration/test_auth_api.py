@@ -144,3 +144,26 @@ def test_duplicate_username_is_a_conflict(api_client: TestClient, tenant_a: Acco
     )
     assert response.status_code == 409
     assert login(api_client, tenant_a.username)  # the existing account is untouched
+
+
+def test_a_deleted_users_chats_are_deleted_with_them(
+    api_client: TestClient, tenant_a: Account
+) -> None:
+    """A user's chats are private to them; deleting the user must not hand them to the
+    tenant's applications (which share the chats no user owns)."""
+    viewer = create_user(api_client, tenant_a, Role.VIEWER)
+    chat = api_client.post(
+        "/api/v1/chats", json={"title": "my private plans"}, headers=viewer.headers
+    ).json()
+    key = api_client.post(
+        "/api/v1/admin/api-keys", json={"name": "app", "role": "viewer"}, headers=tenant_a.headers
+    ).json()["api_key"]
+    app_headers = bearer(key)
+    assert api_client.get(f"/api/v1/chats/{chat['id']}", headers=app_headers).status_code == 404
+
+    deleted = api_client.delete(f"/api/v1/admin/users/{viewer.user_id}", headers=tenant_a.headers)
+    assert deleted.status_code == 204
+    assert api_client.get(f"/api/v1/chats/{chat['id']}", headers=app_headers).status_code == 404
+    listed = api_client.get("/api/v1/chats", headers=app_headers)
+    assert listed.status_code == 200
+    assert "my private plans" not in listed.text

@@ -15,6 +15,7 @@ from api.main import create_app
 from api.settings import ApiSettings
 from haven.db.engine import transaction
 from haven.db.tables import Job, JobState
+from haven.errors import Unavailable
 from tests.fixtures.api import Account
 
 DEPENDENCIES = {"postgres", "redis", "broker", "s3", "vector_store"}
@@ -44,7 +45,10 @@ def test_readyz_names_the_dependency_that_is_down(store_overrides: dict[str, Any
     body = response.json()
     assert sorted(body["failed"]) == ["broker", "redis"]
     assert body["checks"]["postgres"]["ok"] is True
-    assert "error" in body["checks"]["redis"]
+    # A reason code, never the dependency's own error text (hosts, ports, users).
+    assert body["checks"]["redis"] == {"ok": False, "reason": "unreachable"}
+    assert body["checks"]["broker"] == {"ok": False, "reason": "unreachable"}
+    assert "127.0.0.1" not in response.text and "Error" not in response.text
 
 
 def test_readyz_waits_for_what_runs_beside_the_api(api_client: TestClient) -> None:
@@ -53,13 +57,13 @@ def test_readyz_waits_for_what_runs_beside_the_api(api_client: TestClient) -> No
 
     def check_worker() -> None:
         if not worker_started.is_set():
-            raise RuntimeError("the worker is starting")
+            raise Unavailable("the worker is starting", code="worker.starting")
 
     api_client.app.state.runtime.readiness_checks["worker"] = check_worker  # type: ignore[attr-defined]
     starting = api_client.get("/readyz")
     assert starting.status_code == 503
     assert starting.json()["failed"] == ["worker"]
-    assert "the worker is starting" in starting.json()["checks"]["worker"]["error"]
+    assert starting.json()["checks"]["worker"] == {"ok": False, "reason": "worker.starting"}
     worker_started.set()
     ready = api_client.get("/readyz")
     assert ready.status_code == 200

@@ -9,20 +9,32 @@ import pytest
 from pydantic import ValidationError
 
 from api.settings import ApiSettings
+from haven.settings import DEV_JWT_KEYS
 
 REAL_KEYS = json.dumps({"prod-1": "p" * 48})
 
 
-def test_development_defaults_work() -> None:
+def test_development_defaults_work_with_the_installations_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HAVEN_JWT_KEYS", REAL_KEYS)
     settings = ApiSettings()
     assert settings.env == "development"
-    assert settings.jwt_active_kid in settings.signing_keys()
+    assert settings.jwt_active_kid == "prod-1"
+
+
+def test_only_tests_fall_back_to_the_development_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValidationError, match="HAVEN_JWT_KEYS is not set"):
+        ApiSettings()
+    monkeypatch.setenv("HAVEN_ENV", "test")
+    assert ApiSettings().signing_keys() == json.loads(DEV_JWT_KEYS)
 
 
 def test_production_refuses_development_jwt_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HAVEN_ENV", "production")
     monkeypatch.setenv("HAVEN_S3_SECRET_KEY", "s" * 40)
     monkeypatch.setenv("HAVEN_DATABASE_URL", "postgresql+psycopg://haven:pw@db/haven")
+    monkeypatch.setenv("HAVEN_JWT_KEYS", DEV_JWT_KEYS)
     with pytest.raises(ValidationError, match="development key"):
         ApiSettings()
 
@@ -51,6 +63,7 @@ def test_production_settings_from_swarm_secrets(
 
 
 def test_active_kid_must_be_a_known_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HAVEN_JWT_KEYS", REAL_KEYS)
     monkeypatch.setenv("HAVEN_JWT_ACTIVE_KID", "missing")
     with pytest.raises(ValidationError, match="not in HAVEN_JWT_KEYS"):
         ApiSettings()

@@ -23,7 +23,7 @@ SECRETS = {kid: f"{kid}-secret-{'x' * 40}" for kid in (OLD, CUR, NEXT, "k-2028")
 
 def service(kids: list[str], active: str) -> TokenService:
     keys = json.dumps({kid: SECRETS[kid] for kid in kids})
-    return TokenService(AuthSettings(jwt_keys=keys, jwt_active_kid=active))
+    return TokenService(AuthSettings(env="test", jwt_keys=keys, jwt_active_kid=active))
 
 
 def principal() -> Principal:
@@ -120,4 +120,37 @@ def test_malformed_tokens_are_refused(garbage: str) -> None:
 def test_unknown_kid_is_refused() -> None:
     token, _ = service([OLD], OLD).issue(principal(), timedelta(minutes=5))
     with pytest.raises(TokenError, match="unknown signing key 'k-2025'"):
+        service([CUR], CUR).verify(token)
+
+
+@pytest.mark.parametrize("kid", [[CUR], {"k": CUR}, 1])
+def test_a_kid_that_is_not_a_string_is_refused(kid: object) -> None:
+    svc = service([CUR], CUR)
+    token, _ = svc.issue(principal(), timedelta(minutes=5))
+    _, claims, signature = token.split(".")
+    forged = f"{_b64({'alg': 'HS256', 'typ': 'JWT', 'kid': kid})}.{claims}.{signature}"
+    with pytest.raises(TokenError, match="must be a string"):
+        svc.verify(forged)
+
+
+def test_a_token_carries_the_users_token_version() -> None:
+    svc = service([CUR], CUR)
+    who = Principal(subject_id=uuid.uuid4(), tenant_id=uuid.uuid4(), role=Role.VIEWER, version=7)
+    token, _ = svc.issue(who, timedelta(minutes=5))
+    assert svc.verify(token).version == 7
+
+
+def test_a_token_without_a_version_is_refused() -> None:
+    """Issued before sessions could be ended: it cannot be checked, so it is not accepted."""
+    claims = {
+        "sub": str(uuid.uuid4()),
+        "tenant": str(uuid.uuid4()),
+        "roles": ["viewer"],
+        "iat": 0,
+        "exp": 9999999999,
+        "jti": "x",
+        "iss": "haven",
+    }
+    token = jwt.encode(claims, SECRETS[CUR], algorithm="HS256", headers={"kid": CUR})
+    with pytest.raises(TokenError, match="incomplete"):
         service([CUR], CUR).verify(token)
