@@ -99,7 +99,7 @@ _NUMBER = re.compile(
     r")"
 )
 _LIST_MARKER = re.compile(r"(?m)^[ \t]*\d{1,2}[.)][ \t]")
-_CAPITALISED = re.compile(r"(?<![\w'’-])(?:[A-ZА-ЯЁ][a-zа-яё'’]+|[A-ZА-ЯЁ]{2,})(?![\w])")
+_CAPITALISED = re.compile(r"(?<![\w'\u2019-])(?:[A-ZА-ЯЁ][a-zа-яё'\u2019]+|[A-ZА-ЯЁ]{2,})(?![\w])")
 _WORD = re.compile(r"[^\W\d_]+")
 # Where a sentence (or a list item, or a heading) starts: the word after it is capitalised
 # by grammar, not because it is a name.
@@ -218,7 +218,7 @@ _RU_EXACT = {
 _RU_STEMS = sorted(_RU_NUMBERS, key=len, reverse=True)
 
 # Capitalised by grammar wherever they stand.
-_NOT_NAMES = frozenset({"I", "I'm", "I've", "I'll", "I'd", "I’m", "OK"})
+_NOT_NAMES = frozenset({"I", "I'm", "I've", "I'll", "I'd", "I\u2019m", "OK"})
 
 _local = threading.local()  # snowballstemmer's stemmers keep state: one set per thread
 
@@ -424,16 +424,16 @@ def _dates(text: str) -> list[_Date]:
         if 1 <= month <= 12 and 1 <= day <= 31:
             found.append(_Date((_year(m.group(4)), month, day), m.start(), m.end()))
     for m in _DAY_MONTH.finditer(text):
-        month = _month(m.group(2))
+        named = _month(m.group(2))
         day = int(m.group(1))
-        if month is not None and 1 <= day <= 31:
+        if named is not None and 1 <= day <= 31:
             end = m.end() if m.group(3) else m.end(2)
-            found.append(_Date((_year(m.group(3)), month, day), m.start(), end))
+            found.append(_Date((_year(m.group(3)), named, day), m.start(), end))
     for m in _MONTH_DAY.finditer(text):
-        month = _month(m.group(1))
+        named = _month(m.group(1))
         day = int(m.group(2))
-        if month is not None and 1 <= day <= 31:
-            found.append(_Date((_year(m.group(3)), month, day), m.start(), m.end()))
+        if named is not None and 1 <= day <= 31:
+            found.append(_Date((_year(m.group(3)), named, day), m.start(), m.end()))
     # Overlapping matches of different patterns: keep the first and longest.
     found.sort(key=lambda d: (d.start, -(d.end - d.start)))
     kept: list[_Date] = []
@@ -466,7 +466,7 @@ def _stem(word: str) -> str:
         )
     english, russian = stemmers
     stemmer = russian if re.search(r"[а-я]", word) else english
-    return str(stemmer.stemWord(word.rstrip("'’")))
+    return str(stemmer.stemWord(word.rstrip("'\u2019")))
 
 
 def _unsupported_names(text: str, known: _Known, free: Any) -> list[Span]:

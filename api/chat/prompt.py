@@ -1,10 +1,14 @@
 """The RAG prompt: passages packed into the model's context, numbered for citation.
 
-Packing takes the passages in relevance order and keeps each one whole: a passage that does
-not fit what is left of the budget is left out (a shorter, less relevant one may still fit),
-never cut. The budget is the model's context minus the longest answer asked for, the
-instructions, the question and the conversation history kept, and a margin for the chat
-template's own tokens.
+Packing takes the passages in relevance order: a passage that does not fit what is left of the
+budget is left out (a shorter, less relevant one may still fit). The budget is the model's
+context minus the longest answer asked for, the instructions, the question and the
+conversation history kept, and a margin for the chat template's own tokens.
+
+Small models lose the question in a long prompt: with a small context (which is what small
+models are served with) the prompt offers fewer passages, each cut at a sentence end to a
+shorter length (``passage_limits``), and the question always comes last, after a one-line
+reminder of what to do with the sources.
 """
 
 from __future__ import annotations
@@ -24,7 +28,13 @@ RAG_INSTRUCTIONS = (
     "You are Haven, an assistant that answers questions about the organisation's documents. "
     "Answer using only the numbered sources given with the question. After each statement, "
     "cite the sources it comes from by their numbers in square brackets, like [1] or [2][3]. "
+    "Copy figures, dates and names exactly as the sources write them. "
     "If the sources do not contain the answer, say that you do not know."
+)
+# Just before the question: small models follow the last thing they read.
+RAG_REMINDER = (
+    "Answer the question below from the sources above, briefly, in the language of the "
+    "question, citing them like [1]. If they do not contain the answer, say you do not know."
 )
 PLAIN_INSTRUCTIONS = "You are Haven, a helpful assistant. Answer clearly and briefly."
 NO_SOURCES_NOTE = "(No passage of the documents matched the question.)"
@@ -65,7 +75,40 @@ def user_content(question: str, blocks: Sequence[str], rag: bool) -> str:
     if not rag:
         return question
     sources = "\n\n".join(blocks) if blocks else NO_SOURCES_NOTE
-    return f"Sources:\n\n{sources}\n\nQuestion: {question}"
+    return f"Sources:\n\n{sources}\n\n{RAG_REMINDER}\n\nQuestion: {question}"
+
+
+@dataclass(frozen=True)
+class PassageLimits:
+    count: int  # passages offered at most
+    tokens: int | None  # tokens per passage at most (None: whole chunks)
+
+
+def passage_limits(context_length: int) -> PassageLimits:
+    """Fewer, shorter passages for a small context: a 4k-token model gets three passages
+    of about 200 tokens, an 8k one four of about 350, larger ones every passage retrieved."""
+    if context_length <= 4096:
+        return PassageLimits(3, 200)
+    if context_length <= 8192:
+        return PassageLimits(4, 350)
+    return PassageLimits(20, None)
+
+
+_SENTENCE_END = re.compile(r"[.!?…](?=\s)|\n")
+
+
+def shorten(text: str, tokens: int, limit: int) -> tuple[str, int]:
+    """``text`` (``tokens`` long) cut to about ``limit`` tokens at a sentence end, with the
+    estimated tokens of what is kept; whole when it fits."""
+    if tokens <= limit or not text:
+        return text, tokens
+    keep = int(len(text) * limit / tokens)
+    ends = [m.end() for m in _SENTENCE_END.finditer(text, 0, keep)]
+    # A sentence end in the second half of the budget; otherwise cut at a word.
+    cut = ends[-1] if ends and ends[-1] >= keep // 2 else text.rfind(" ", 0, keep)
+    if cut <= 0:
+        cut = keep
+    return text[:cut].rstrip() + " …", limit
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,9 @@ def test_the_same_value_written_another_way_is_supported(answer: str, source: st
 
 
 def test_russian_answers_are_checked_with_inflected_names() -> None:
-    good = "Отпуск составляет 30 дней [1]. Заявление по форме ОТ-7 согласует Мария Иванова, в Цюрихе."
+    good = (
+        "Отпуск составляет 30 дней [1]. Заявление по форме ОТ-7 согласует Мария Иванова, в Цюрихе."
+    )
     assert unsupported(good, LEAVE_RU) == []
     bad = "Отпуск составляет 28 дней, заявление по форме ОТ-9 согласует Пётр Сидоров с 1 июня."
     assert unsupported(bad, LEAVE_RU) == [
