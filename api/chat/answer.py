@@ -58,7 +58,7 @@ from haven.search import Hit
 log = structlog.get_logger("haven.chat")
 
 # The labels ``user_content`` adds around the passages and the question.
-LABEL_TOKENS = 60
+LABEL_TOKENS = 12
 # Below this, an answer is not worth starting.
 MIN_ANSWER_TOKENS = 16
 # Chat-template markers a model may spell out instead of ending its turn; they are not an
@@ -185,10 +185,12 @@ def _prompt_hash(instructions: str, turns: list[Turn], rag: bool) -> str:
     return hashlib.sha256(material.encode()).hexdigest()
 
 
-def answer_budget(requested: int | None, cap: int, room: int) -> int:
+def answer_budget(requested: int | None, cap: int, room: int, reserve: int = 0) -> int:
     """Answer tokens to ask the model for: what the request asked, never more than the
-    operator's cap (``HAVEN_CHAT_MAX_ANSWER_TOKENS``) nor than the context leaves."""
-    return min(requested or cap, cap, room)
+    operator's cap (``HAVEN_CHAT_MAX_ANSWER_TOKENS``) nor than the context leaves once
+    ``reserve`` (the best passage) is kept: a long answer asked for must not push every
+    source out of the prompt, or the answer comes without any."""
+    return min(requested or cap, cap, max(MIN_ANSWER_TOKENS, room - reserve))
 
 
 async def prepare(
@@ -239,15 +241,6 @@ async def prepare(
             f" {context} tokens",
             code="chat.question_too_long",
         )
-    answer_tokens = answer_budget(
-        request.max_tokens, settings.chat_max_answer_tokens, context - fixed
-    )
-    room = context - fixed - answer_tokens
-    history = keep_history(request.history, history_counts, min(room, int(context * 0.25)))
-    # The kept turns are the newest ones: a suffix of the history.
-    kept_counts = history_counts[len(history_counts) - len(history) :] if history else []
-    room -= sum(c + TEMPLATE_TOKENS_PER_MESSAGE for c in kept_counts)
-
     limits = passage_limits(context)
     passages = passages[: limits.count]
     passage_counts = passage_counts[: limits.count]
@@ -257,6 +250,18 @@ async def prepare(
         ]
         passages = [replace(p, text=text) for p, (text, _) in zip(passages, shortened, strict=True)]
         passage_counts = [n for _, n in shortened]
+    answer_tokens = answer_budget(
+        request.max_tokens,
+        settings.chat_max_answer_tokens,
+        context - fixed,
+        reserve=passage_counts[0] if passage_counts else 0,
+    )
+    room = context - fixed - answer_tokens
+    history = keep_history(request.history, history_counts, min(room, int(context * 0.25)))
+    # The kept turns are the newest ones: a suffix of the history.
+    kept_counts = history_counts[len(history_counts) - len(history) :] if history else []
+    room -= sum(c + TEMPLATE_TOKENS_PER_MESSAGE for c in kept_counts)
+
     kept = pack(passages, passage_counts, room)
     sources = [
         Source(
@@ -274,7 +279,9 @@ async def prepare(
     ]
     if passages and not kept:
         reason = "no retrieved passage fits the model's context"
-    blocks = [source_block(s.n, passages[i]) for s, i in zip(sources, kept, strict=True)]
+    blocks = [
+        source_block(s.n, passages[i], limits.compact) for s, i in zip(sources, kept, strict=True)
+    ]
     messages = [
         {"role": "system", "content": instructions},
         *({"role": t.role, "content": t.content} for t in history),

@@ -7,8 +7,8 @@ conversation history kept, and a margin for the chat template's own tokens.
 
 Small models lose the question in a long prompt: with a small context (which is what small
 models are served with) the prompt offers fewer passages, each cut at a sentence end to a
-shorter length (``passage_limits``), and the question always comes last, after a one-line
-reminder of what to do with the sources.
+shorter length and without title labels (``passage_limits``); the question always comes
+last.
 """
 
 from __future__ import annotations
@@ -24,17 +24,13 @@ TEMPLATE_TOKENS_BASE = 32
 # History never takes more than this share of the context.
 HISTORY_SHARE = 0.25
 
+# Short and plain: a 135M-parameter model follows three sentences, not a paragraph (measured
+# with bench/answers: a longer version with a reminder before the question got fewer facts
+# right and made the model list the sources instead of answering).
 RAG_INSTRUCTIONS = (
-    "You are Haven, an assistant that answers questions about the organisation's documents. "
-    "Answer using only the numbered sources given with the question. After each statement, "
-    "cite the sources it comes from by their numbers in square brackets, like [1] or [2][3]. "
-    "Copy figures, dates and names exactly as the sources write them. "
-    "If the sources do not contain the answer, say that you do not know."
-)
-# Just before the question: small models follow the last thing they read.
-RAG_REMINDER = (
-    "Answer the question below from the sources above, briefly, in the language of the "
-    "question, citing them like [1]. If they do not contain the answer, say you do not know."
+    "You answer questions about the organisation's documents. Use only the sources. "
+    "Cite the source number in square brackets, like [1]. "
+    "If the sources do not say, answer that you do not know."
 )
 PLAIN_INSTRUCTIONS = "You are Haven, a helpful assistant. Answer clearly and briefly."
 NO_SOURCES_NOTE = "(No passage of the documents matched the question.)"
@@ -62,7 +58,11 @@ class Turn:
     content: str
 
 
-def source_block(n: int, passage: Passage) -> str:
+def source_block(n: int, passage: Passage, compact: bool = False) -> str:
+    """``[n] (title, page — heading)`` and the text; only ``[n]`` and the text when
+    ``compact`` (a small model copies the labels instead of answering)."""
+    if compact:
+        return f"[{n}] {passage.text}"
     where = passage.title or "untitled"
     if passage.page is not None:
         where += f", page {passage.page}"
@@ -75,23 +75,25 @@ def user_content(question: str, blocks: Sequence[str], rag: bool) -> str:
     if not rag:
         return question
     sources = "\n\n".join(blocks) if blocks else NO_SOURCES_NOTE
-    return f"Sources:\n\n{sources}\n\n{RAG_REMINDER}\n\nQuestion: {question}"
+    return f"Sources:\n{sources}\n\nQuestion: {question}"
 
 
 @dataclass(frozen=True)
 class PassageLimits:
     count: int  # passages offered at most
     tokens: int | None  # tokens per passage at most (None: whole chunks)
+    compact: bool  # passages without their title labels
 
 
 def passage_limits(context_length: int) -> PassageLimits:
     """Fewer, shorter passages for a small context: a 4k-token model gets three passages
-    of about 200 tokens, an 8k one four of about 350, larger ones every passage retrieved."""
+    of about 160 tokens without labels, an 8k one four of about 350, larger ones every
+    passage retrieved, whole."""
     if context_length <= 4096:
-        return PassageLimits(3, 200)
+        return PassageLimits(3, 160, compact=True)
     if context_length <= 8192:
-        return PassageLimits(4, 350)
-    return PassageLimits(20, None)
+        return PassageLimits(4, 350, compact=False)
+    return PassageLimits(20, None, compact=False)
 
 
 _SENTENCE_END = re.compile(r"[.!?…](?=\s)|\n")

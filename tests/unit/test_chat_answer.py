@@ -50,6 +50,10 @@ def test_a_request_never_gets_more_answer_tokens_than_the_operator_allows() -> N
     assert answer_budget(None, cap=512, room=4000) == 512
     assert answer_budget(40, cap=512, room=4000) == 40
     assert answer_budget(100_000, cap=512, room=300) == 300  # the context is the other bound
+    # An answer as long as the context allows would push every passage out of the prompt
+    # (and the answer would come without sources): the best passage keeps its room.
+    assert answer_budget(100_000, cap=100_000, room=4000, reserve=250) == 3750
+    assert answer_budget(100_000, cap=100_000, room=300, reserve=295) == 16
 
 
 def test_an_answer_with_no_visible_text_ends_empty_with_a_notice_naming_the_sources() -> None:
