@@ -37,6 +37,7 @@ from api.chat.prompt import (
     TEMPLATE_TOKENS_PER_MESSAGE,
     Passage,
     Turn,
+    by_question_terms,
     cited_numbers,
     keep_history,
     pack,
@@ -242,6 +243,10 @@ async def prepare(
             code="chat.question_too_long",
         )
     limits = passage_limits(context)
+    if limits.compact:
+        order = by_question_terms(request.question, passages)
+        passages = [passages[i] for i in order]
+        passage_counts = [passage_counts[i] for i in order]
     passages = passages[: limits.count]
     passage_counts = passage_counts[: limits.count]
     if limits.tokens is not None:

@@ -313,7 +313,7 @@ class _Known:
             numbers.update(Decimal(v) for v in _spelled_numbers(text))
             dates.update(d.value for d in _dates(text))
             codes.update(_code_key(m.group()) for m in _TOKEN.finditer(text))
-            stems.update(_stem(word) for word in _WORD.findall(text))
+            stems.update(stem(word) for word in _WORD.findall(text))
         return cls(frozenset(numbers), frozenset(dates), frozenset(codes), frozenset(stems))
 
     def has_date(self, value: tuple[int | None, int, int]) -> bool:
@@ -456,7 +456,8 @@ def _code_key(token: str) -> str:
     return re.sub(r"[-/_]", "", token.casefold())
 
 
-def _stem(word: str) -> str:
+def stem(word: str) -> str:
+    """The Snowball stem of an English or Russian word (by its script), case folded."""
     word = word.casefold().replace("ё", "е")
     stemmers = getattr(_local, "stemmers", None)
     if stemmers is None:
@@ -478,7 +479,7 @@ def _unsupported_names(text: str, known: _Known, free: Any) -> list[Span]:
             continue
         if _SENTENCE_START.search(text[max(0, start - 8) : start]) and not word.isupper():
             continue
-        if _stem(word) in known.stems:
+        if stem(word) in known.stems:
             continue
         # Adjacent unsupported words make one name: "Anna Petrova", not two.
         if spans and spans[-1].kind == "name" and text[spans[-1].end : start] in (" ", "-"):
