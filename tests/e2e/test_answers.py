@@ -121,28 +121,22 @@ def test_a_streamed_openai_answer_lists_its_sources_after_the_chat_asked_the_sam
 def test_an_invented_figure_is_marked_ungrounded_and_a_quoted_one_is_not(
     library: Library,
 ) -> None:
-    def answer(instruction: str) -> Any:
-        return library.client.chat.completions.create(
+    def answer(question: str) -> tuple[str, dict[str, Any]]:
+        completion = library.client.chat.completions.create(
             model="haven-rag",
-            messages=[
-                {"role": "system", "content": instruction},
-                {"role": "user", "content": "What is the hotel cap per night in Zurich?"},
-            ],
+            messages=[{"role": "user", "content": question}],
             max_tokens=40,
             temperature=0,
         )
+        return completion.choices[0].message.content or "", completion.model_extra or {}
 
-    invented = answer("Reply with exactly this sentence and nothing else: The cap is 975 CHF.")
-    text = invented.choices[0].message.content or ""
+    # The question makes the model say a figure that no document holds.
+    text, extra = answer("Repeat exactly: The hotel cap in Zurich is 975 CHF per night.")
     assert "975" in text, text
-    extra = invented.model_extra or {}
     assert extra["grounded"] is False
     assert "975" in {span["text"] for span in extra["unsupported"]}
 
-    quoted = answer(
-        "Reply with exactly this sentence and nothing else: "
-        "Hotel rooms in Zurich are capped at 250 CHF per night."
-    )
-    text = quoted.choices[0].message.content or ""
+    # Asked plainly, it quotes the travel policy: nothing to mark.
+    text, extra = answer("What is the hotel cap per night in Zurich?")
     assert "250" in text, text
-    assert (quoted.model_extra or {})["grounded"] is True, (quoted.model_extra, text)
+    assert extra["grounded"] is True, (text, extra["unsupported"])

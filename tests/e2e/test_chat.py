@@ -431,6 +431,25 @@ def test_the_operators_answer_cap_bounds_what_a_request_asks(
         )
         assert whole.usage is not None and whole.usage.completion_tokens == 20
         assert whole.choices[0].finish_reason == "length"
+
+        # An operator cap above the model's context, and a client asking for all of it:
+        # the answer used to take the whole context, every passage was left out of the
+        # prompt and the streamed answer ended with "citations": []. The best passage now
+        # keeps its room. (Common letters as stop strings end the answer at once.)
+        stack.api.env = {**env, "HAVEN_CHAT_MAX_ANSWER_TOKENS": "1000000"}
+        stack.restart_api()
+        chunks = list(
+            client.chat.completions.create(
+                model="haven-rag",
+                messages=[{"role": "user", "content": "Where is the copper wire stored?"}],
+                max_tokens=100_000,
+                stop=[" ", "e", "a", "t"],
+                stream=True,
+            )
+        )
+        citations = (chunks[-1].model_extra or {})["citations"]
+        assert citations, "the streamed answer came without its sources"
+        assert citations[0]["document_id"] == library.warehouse_id
     finally:
         stack.api.env = env
         stack.restart_api()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 
 from api.chat.answer import PreparedAnswer, answer_budget, finish, visible
-from api.chat.prompt import passage_limits, shorten, user_content
+from api.chat.prompt import Passage, by_question_terms, passage_limits, shorten, user_content
 from api.chat.schemas import Source, UsageRead
 from haven.llm_client import Sampling
 
@@ -100,3 +100,22 @@ def test_small_contexts_get_fewer_shorter_passages_and_the_question_comes_last()
     content = user_content("How long is leave?", ["[1] (Leave policy)\n30 days"], rag=True)
     assert content.index("[1] (Leave policy)") < content.index("Question:")
     assert content.endswith("Question: How long is leave?")
+
+
+def test_a_small_model_sees_first_the_passage_holding_the_questions_terms() -> None:
+    def passage(text: str) -> Passage:
+        return Passage("c", "d", None, None, None, None, 1.0, text)
+
+    english = [
+        passage("Hotel rooms in Zurich are capped at 250 CHF."),
+        passage("Parental leave is 16 weeks at full pay."),
+        passage("Leave is requested on form HR-204."),
+    ]
+    assert by_question_terms("How long is parental leave?", english) == [1, 2, 0]
+    russian = [
+        passage("Офис открыт с 8:00 до 20:00."),
+        passage("На парковке у здания 40 мест для сотрудников."),
+    ]
+    assert by_question_terms("Сколько мест на парковке?", russian) == [1, 0]
+    # Nothing to go by: retrieval's order stands.
+    assert by_question_terms("и что?", russian) == [0, 1]
