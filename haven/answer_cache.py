@@ -1,9 +1,14 @@
 """The answer cache (Redis, ephemeral): a question asked again over the same passages, to the
-same model version, is answered at once from the stored answer.
+same model with the same generation parameters, is answered at once from the stored answer.
 
-Key: tenant + normalised question + llm model version + the hashes of the retrieved chunks
-that went into the prompt (+ the hash of any conversation history in the prompt, since a
-follow-up question means something else in another conversation). A new version of a
+Key: tenant + normalised question + the model's identity (manifest name, version and the
+file's sha256: another file behind the same alias and version string is another model) +
+every generation parameter (answer length, temperature, seed, ...: a truncated answer asked
+for with ``max_tokens`` 10 is never served to a question asked without it) + the hashes of
+the retrieved chunks that went into the prompt + the hash of the rest of the prompt (the
+instructions and any conversation history, since a follow-up question means something else
+in another conversation). Only the answer's text is kept: its citations and grounding are
+worked out again from the passages of the request being answered. A new version of a
 document changes its chunks' ids, so the key changes by itself; on top of that every entry is
 listed under each document it cites, and re-ingesting or deleting a document drops those
 entries at once (``invalidate_documents``), so no stale answer outlives its sources.
@@ -18,7 +23,7 @@ import json
 import re
 import unicodedata
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -46,19 +51,25 @@ def chunk_hash(chunk_id: uuid.UUID | str, text: str) -> str:
 def cache_key(
     tenant_id: uuid.UUID,
     question: str,
-    model_version: str,
+    model: str,
     chunk_hashes: Iterable[str],
     history_hash: str = "",
+    generation: Mapping[str, Any] | None = None,
 ) -> str:
+    """``model`` is the served model's identity; ``generation`` every parameter of the
+    request that shapes the text (a missing key and a None value are the same)."""
+    parameters = {k: v for k, v in (generation or {}).items() if v is not None}
     material = json.dumps(
         [
             str(tenant_id),
             normalise_question(question),
-            model_version,
+            model,
             list(chunk_hashes),
             history_hash,
+            parameters,
         ],
         separators=(",", ":"),
+        sort_keys=True,
     )
     return f"{PREFIX}:{tenant_id}:{hashlib.sha256(material.encode()).hexdigest()}"
 
@@ -70,10 +81,12 @@ def _document_set(tenant_id: uuid.UUID | str, document_id: uuid.UUID | str) -> s
 @dataclass(frozen=True)
 class CachedAnswer:
     text: str
-    citations: list[dict[str, Any]]
     usage: dict[str, Any]
     finish_reason: str
     document_ids: list[str] = field(default_factory=list)
+    # Kept so that entries written by earlier releases still load; never served: citations
+    # always come from the passages of the request being answered.
+    citations: list[dict[str, Any]] = field(default_factory=list)
 
     def dumps(self) -> str:
         return json.dumps(asdict(self))

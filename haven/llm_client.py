@@ -31,11 +31,48 @@ class LlmRejected(Exception):
 
 @dataclass(frozen=True)
 class TokenCounts:
-    model: str
+    model: str  # the alias the service serves
     version: str
     context_length: int
     counts: list[int]
     prompt_tokens: int | None
+    # The served file itself (manifest name and sha256); None from a service that does not
+    # report them.
+    name: str | None = None
+    sha256: str | None = None
+
+    @property
+    def identity(self) -> str:
+        """What the served model is, whatever alias it is behind: two files never share it."""
+        if self.name is None or self.sha256 is None:
+            return f"{self.model}:{self.version}"
+        return f"{self.name}/{self.version}/{self.sha256}"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Every request parameter that shapes the generated text."""
+
+    max_tokens: int
+    temperature: float
+    seed: int | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+    def body(self) -> dict[str, Any]:
+        """The request fields, leaving out what is not set (the service's defaults apply)."""
+        fields: dict[str, Any] = {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "seed": self.seed,
+            "top_p": self.top_p,
+            "stop": list(self.stop) or None,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+        }
+        return {key: value for key, value in fields.items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -110,15 +147,12 @@ class AsyncLlmClient:
             context_length=data["context_length"],
             counts=data["counts"],
             prompt_tokens=data.get("prompt_tokens"),
+            name=data.get("name"),
+            sha256=data.get("sha256"),
         )
 
     async def stream_chat(
-        self,
-        messages: list[dict[str, str]],
-        *,
-        max_tokens: int,
-        temperature: float,
-        seed: int | None = None,
+        self, messages: list[dict[str, str]], sampling: Sampling
     ) -> AsyncIterator[StreamEvent]:
         """Text deltas, then one ``Completed``. Raises before the first delta when the
         service refuses the request, and ``LlmUnavailable`` when the stream breaks."""
@@ -126,11 +160,8 @@ class AsyncLlmClient:
             "messages": messages,
             "stream": True,
             "stream_options": {"include_usage": True},
-            "max_tokens": max_tokens,
-            "temperature": temperature,
+            **sampling.body(),
         }
-        if seed is not None:
-            body["seed"] = seed
         try:
             async with self._client.stream("POST", "/v1/chat/completions", json=body) as response:
                 if response.status_code >= 400:

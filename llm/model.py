@@ -84,6 +84,15 @@ def load_model(settings: LlmSettings) -> LoadedModel:
     bos_token = _token_text(first.llama, first.llama.token_bos())
     eos_token = _token_text(first.llama, first.llama.token_eos())
     template = ChatTemplate.from_metadata(first.llama.metadata, bos_token, eos_token)
+    if template.origin == "fallback":
+        # A GGUF without a chat template is usually a base model: its answers to ChatML
+        # prompts are often empty or fragments, so the operator should hear about it.
+        log.warning(
+            "llm.chat_template.fallback",
+            alias=settings.llm_alias,
+            model=manifest.ref,
+            template="chatml",
+        )
     log.info(
         "llm.model.loaded",
         alias=settings.llm_alias,

@@ -165,6 +165,8 @@ def _count_tokens(
     return TokenizeResponse(
         model=model.alias,
         version=model.manifest.version,
+        name=model.manifest.name,
+        sha256=model.sha256,
         context_length=model.context_length,
         counts=counts,
         prompt_tokens=prompt_tokens,

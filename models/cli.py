@@ -82,8 +82,8 @@ def publish(
 
 @app.command("publish-defaults")
 def publish_defaults(alias: str = DEFAULT_EMBED_ALIAS, llm_alias: str = DEFAULT_LLM_ALIAS) -> None:
-    """Publish the bundled default models (all-MiniLM-L6-v2 and Gemma 3 270M); safe to
-    repeat."""
+    """Publish the bundled default models (all-MiniLM-L6-v2, SmolLM2-135M-Instruct and
+    Gemma 3 270M); safe to repeat."""
     registry = _registry()
     manifest = publish_default_embedding(registry, alias)
     typer.echo(f"default embedding model {_describe(manifest)}")

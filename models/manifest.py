@@ -94,6 +94,9 @@ class AliasRecord(BaseModel):
     # Versions the alias pointed at before, oldest first; rollback pops the last one.
     previous: list[ModelRef] = []
     updated_at: datetime
+    # Who put it here: "installer" (the bundled defaults, `haven up` / models-init) or
+    # "operator" (a command); None in records written before this was kept.
+    set_by: Literal["installer", "operator"] | None = None
 
     @property
     def target(self) -> ModelRef:

@@ -13,7 +13,7 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from minio import Minio
 from minio.error import S3Error
@@ -182,7 +182,14 @@ class ModelRegistry:
                 records.append(self.alias(key[len(ALIAS_PREFIX) : -len(".json")]))
         return sorted(records, key=lambda r: r.alias)
 
-    def set_alias(self, alias: str, name: str, version: str) -> None:
+    def set_alias(
+        self,
+        alias: str,
+        name: str,
+        version: str,
+        *,
+        set_by: Literal["installer", "operator"] = "operator",
+    ) -> None:
         """Point ``alias`` at a published version, remembering where it pointed before.
 
         Alias records are written by administrators, one at a time; S3 offers no
@@ -202,6 +209,7 @@ class ModelRegistry:
             version=version,
             previous=previous[-MAX_ALIAS_HISTORY:],
             updated_at=now(),
+            set_by=set_by,
         )
         self._put_json(self._alias_key(alias), record.model_dump(mode="json"))
 
@@ -218,6 +226,7 @@ class ModelRegistry:
             version=target.version,
             previous=record.previous[:-1],
             updated_at=now(),
+            set_by="operator",
         )
         self._put_json(self._alias_key(alias), rolled.model_dump(mode="json"))
         return manifest

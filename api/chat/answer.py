@@ -1,9 +1,16 @@
 """One RAG answer: retrieve, pack the prompt, answer from the cache or stream from llm.
 
-``prepare`` does everything that can fail with a plain HTTP status (the embedding or the
-generation service busy, a question too long for the model): it runs before a response starts.
-``generate`` yields the answer as events; what goes wrong once the answer has started is an
-``AnswerFailed`` event, which the chat stream sends as ``event: error``.
+``prepare`` does everything that can fail before a response starts (the embedding or the
+generation service busy, a question too long for the model) and raises ``haven.errors``
+domain errors for it. ``generate`` yields the answer as events; what goes wrong once the
+answer has started is an ``AnswerFailed`` event, which the chat stream sends as
+``event: error``.
+
+Every answer ends with what a user needs to check it: the citations of *every* source the
+prompt offered (each marked cited or not) and the grounding check (``api.chat.grounding``),
+both worked out from this request's own sources, from the cache or not. An answer in which
+the model said nothing visible ends ``empty`` and carries a notice with the sources instead
+of an empty string; it is never cached.
 
 The chat endpoint (SSE or JSON) and the OpenAI-compatible endpoint both answer through here.
 """
@@ -12,14 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import redis
 import structlog
-from fastapi import HTTPException, status
 
+from api.chat.grounding import Grounding, check
 from api.chat.prompt import (
     PLAIN_INSTRUCTIONS,
     RAG_INSTRUCTIONS,
@@ -27,18 +37,23 @@ from api.chat.prompt import (
     TEMPLATE_TOKENS_PER_MESSAGE,
     Passage,
     Turn,
+    by_question_terms,
     cited_numbers,
     keep_history,
     pack,
+    passage_limits,
+    shorten,
     source_block,
     user_content,
 )
 from api.chat.schemas import Citation, Source, UsageRead
+from api.errors import status_for
 from api.runtime import ApiRuntime
 from api.search.schemas import SearchOptions
 from api.search.service import retrieve
+from haven import errors
 from haven.answer_cache import CachedAnswer, cache_key, chunk_hash
-from haven.llm_client import Completed, Delta, LlmRejected, LlmUnavailable
+from haven.llm_client import Completed, Delta, LlmRejected, LlmUnavailable, Sampling
 from haven.search import Hit
 
 log = structlog.get_logger("haven.chat")
@@ -47,6 +62,14 @@ log = structlog.get_logger("haven.chat")
 LABEL_TOKENS = 12
 # Below this, an answer is not worth starting.
 MIN_ANSWER_TOKENS = 16
+# Chat-template markers a model may spell out instead of ending its turn; they are not an
+# answer a user can read.
+_TEMPLATE_MARKERS = re.compile(r"<\|[^|<>\s]{1,40}\|>|<(?:start|end)_of_turn>|</?s>")
+EMPTY_NOTICE = "The model gave no answer to this question."
+
+
+# "empty": the model said nothing a user can see.
+FinishReason = Literal["stop", "length", "empty"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +81,10 @@ class AnswerRequest:
     max_tokens: int | None = None
     temperature: float | None = None
     seed: int | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     # An application's own instructions (an OpenAI client's system message).
     instructions: str | None = None
 
@@ -66,13 +93,16 @@ class AnswerRequest:
 class PreparedAnswer:
     sources: list[Source]
     messages: list[dict[str, str]]
-    answer_tokens: int
-    temperature: float
-    seed: int | None
+    sampling: Sampling
     model: str
     cache_key: str | None
     cached: CachedAnswer | None
     reason: str | None
+    rag: bool = True
+
+    @property
+    def answer_tokens(self) -> int:
+        return self.sampling.max_tokens
 
 
 @dataclass(frozen=True)
@@ -82,29 +112,51 @@ class AnswerToken:
 
 @dataclass(frozen=True)
 class AnswerDone:
+    # What the user is shown and what is stored: the model's text, or for an empty answer
+    # the notice with the sources.
     text: str
-    finish_reason: str
+    finish_reason: FinishReason
     usage: UsageRead
     citations: list[Citation]
     cached: bool
+    # None when the answer did not use the documents (nothing to compare it with).
+    grounding: Grounding | None = None
+    notice: str | None = None
+
+    @property
+    def grounded(self) -> bool | None:
+        return None if self.grounding is None else self.grounding.grounded
+
+    @property
+    def unsupported(self) -> list[dict[str, Any]]:
+        if self.grounding is None:
+            return []
+        return [span.as_dict() for span in self.grounding.unsupported]
+
+    def grounding_fields(self) -> dict[str, Any]:
+        return {"grounded": self.grounded, "unsupported": self.unsupported}
 
 
 @dataclass(frozen=True)
 class AnswerFailed:
-    reason: str
-    status: int
-    retry_after: int | None = None
+    error: errors.DomainError
+
+    @property
+    def reason(self) -> str:
+        return self.error.message
+
+    @property
+    def status(self) -> int:
+        return status_for(self.error)
+
+    @property
+    def retry_after(self) -> int | None:
+        if isinstance(self.error, errors.Unavailable | errors.LimitExceeded):
+            return max(1, math.ceil(self.error.retry_after or 1))
+        return None
 
 
 AnswerEvent = AnswerToken | AnswerDone | AnswerFailed
-
-
-def unavailable(what: str, retry_after: float | None) -> HTTPException:
-    return HTTPException(
-        status.HTTP_503_SERVICE_UNAVAILABLE,
-        f"{what} is busy or down; retry shortly",
-        headers={"Retry-After": str(max(1, int(retry_after or 1)))},
-    )
 
 
 def _int(value: object) -> int | None:
@@ -127,11 +179,19 @@ def _passages(hits: list[Hit]) -> list[Passage]:
     ]
 
 
-def _history_hash(turns: list[Turn], rag: bool, instructions: str | None) -> str:
+def _prompt_hash(instructions: str, turns: list[Turn], rag: bool) -> str:
     material = json.dumps(
-        [rag, instructions or "", [[t.role, t.content] for t in turns]], separators=(",", ":")
+        [rag, instructions, [[t.role, t.content] for t in turns]], separators=(",", ":")
     )
     return hashlib.sha256(material.encode()).hexdigest()
+
+
+def answer_budget(requested: int | None, cap: int, room: int, reserve: int = 0) -> int:
+    """Answer tokens to ask the model for: what the request asked, never more than the
+    operator's cap (``HAVEN_CHAT_MAX_ANSWER_TOKENS``) nor than the context leaves once
+    ``reserve`` (the best passage) is kept: a long answer asked for must not push every
+    source out of the prompt, or the answer comes without any."""
+    return min(requested or cap, cap, max(MIN_ANSWER_TOKENS, room - reserve))
 
 
 async def prepare(
@@ -158,9 +218,16 @@ async def prepare(
     try:
         counted = await runtime.llm.count_tokens(texts)
     except LlmUnavailable as exc:
-        raise unavailable("the generation service", exc.retry_after) from exc
+        raise errors.Unavailable(
+            "the generation service is busy or down; retry shortly",
+            retry_after=exc.retry_after,
+            code="llm.unavailable",
+        ) from exc
     except LlmRejected as exc:
-        raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(exc)) from exc
+        log.warning("chat.llm_rejected", error=str(exc))
+        raise errors.UpstreamFailed(
+            "the generation service refused to count the prompt", code="llm.rejected"
+        ) from exc
     counts = counted.counts
     history_counts = counts[2 : 2 + len(request.history)]
     passage_counts = counts[2 + len(request.history) :]
@@ -170,17 +237,36 @@ async def prepare(
         LABEL_TOKENS if request.rag else 0
     )
     if context - fixed < MIN_ANSWER_TOKENS:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
+        raise errors.Invalid(
             f"the question takes {counts[1]} tokens, too many for the model's context of"
             f" {context} tokens",
+            code="chat.question_too_long",
         )
-    answer_tokens = min(request.max_tokens or settings.chat_max_answer_tokens, context - fixed)
+    limits = passage_limits(context)
+    if limits.compact:
+        order = by_question_terms(request.question, passages)
+        passages = [passages[i] for i in order]
+        passage_counts = [passage_counts[i] for i in order]
+    passages = passages[: limits.count]
+    passage_counts = passage_counts[: limits.count]
+    if limits.tokens is not None:
+        shortened = [
+            shorten(p.text, n, limits.tokens) for p, n in zip(passages, passage_counts, strict=True)
+        ]
+        passages = [replace(p, text=text) for p, (text, _) in zip(passages, shortened, strict=True)]
+        passage_counts = [n for _, n in shortened]
+    answer_tokens = answer_budget(
+        request.max_tokens,
+        settings.chat_max_answer_tokens,
+        context - fixed,
+        reserve=passage_counts[0] if passage_counts else 0,
+    )
     room = context - fixed - answer_tokens
     history = keep_history(request.history, history_counts, min(room, int(context * 0.25)))
     # The kept turns are the newest ones: a suffix of the history.
     kept_counts = history_counts[len(history_counts) - len(history) :] if history else []
     room -= sum(c + TEMPLATE_TOKENS_PER_MESSAGE for c in kept_counts)
+
     kept = pack(passages, passage_counts, room)
     sources = [
         Source(
@@ -198,20 +284,32 @@ async def prepare(
     ]
     if passages and not kept:
         reason = "no retrieved passage fits the model's context"
-    blocks = [source_block(s.n, passages[i]) for s, i in zip(sources, kept, strict=True)]
+    blocks = [
+        source_block(s.n, passages[i], limits.compact) for s, i in zip(sources, kept, strict=True)
+    ]
     messages = [
         {"role": "system", "content": instructions},
         *({"role": t.role, "content": t.content} for t in history),
         {"role": "user", "content": user_content(request.question, blocks, request.rag)},
     ]
-
-    model = f"{counted.model}:{counted.version}"
+    sampling = Sampling(
+        max_tokens=answer_tokens,
+        temperature=settings.chat_temperature
+        if request.temperature is None
+        else request.temperature,
+        seed=request.seed,
+        top_p=request.top_p,
+        stop=request.stop,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+    )
     key = cache_key(
         tenant_id,
         request.question,
-        model,
+        counted.identity,
         [chunk_hash(s.chunk_id, s.text) for s in sources],
-        _history_hash(history, request.rag, request.instructions),
+        _prompt_hash(instructions, history, request.rag),
+        sampling.body(),
     )
     cached = None
     if settings.answer_cache_ttl_seconds > 0:
@@ -222,19 +320,17 @@ async def prepare(
     return PreparedAnswer(
         sources=sources,
         messages=messages,
-        answer_tokens=answer_tokens,
-        temperature=settings.chat_temperature
-        if request.temperature is None
-        else request.temperature,
-        seed=request.seed,
-        model=model,
+        sampling=sampling,
+        model=f"{counted.model}:{counted.version}",
         cache_key=key if settings.answer_cache_ttl_seconds > 0 else None,
         cached=cached,
         reason=reason,
+        rag=request.rag,
     )
 
 
 def citations_of(text: str, sources: list[Source]) -> list[Citation]:
+    """Every source offered, each marked with whether the answer cites it."""
     cited = set(cited_numbers(text, len(sources)))
     return [
         Citation(
@@ -250,54 +346,114 @@ def citations_of(text: str, sources: list[Source]) -> list[Citation]:
     ]
 
 
+def visible(text: str) -> bool:
+    """Whether a user would see anything: not only whitespace or chat-template markers."""
+    return bool(_TEMPLATE_MARKERS.sub("", text).strip())
+
+
+def empty_answer_notice(sources: Sequence[Source]) -> str:
+    if not sources:
+        return f"{EMPTY_NOTICE} No passage of the documents matched it either."
+    lines = [f"{EMPTY_NOTICE} The passages found for it, which may hold the answer:"]
+    for s in sources:
+        where = s.title or "untitled"
+        if s.page is not None:
+            where += f", page {s.page}"
+        if s.heading:
+            where += f" — {s.heading}"
+        lines.append(f"[{s.n}] {where}")
+    return "\n".join(lines)
+
+
+def grounding_of(text: str, prepared: PreparedAnswer) -> Grounding | None:
+    if not prepared.rag:
+        return None
+    material = [
+        part for s in prepared.sources for part in (s.text, s.title or "", s.heading or "") if part
+    ]
+    return check(text, material)
+
+
+def finish(
+    text: str, finish_reason: str, usage: UsageRead, prepared: PreparedAnswer, cached: bool
+) -> AnswerDone:
+    """The end of an answer, with its citations and grounding from this request's sources."""
+    if not visible(text):
+        notice = empty_answer_notice(prepared.sources)
+        return AnswerDone(
+            text=notice,
+            finish_reason="empty",
+            usage=usage,
+            citations=citations_of("", prepared.sources),
+            cached=cached,
+            grounding=grounding_of("", prepared),
+            notice=notice,
+        )
+    return AnswerDone(
+        text=text,
+        finish_reason="stop" if finish_reason == "stop" else "length",
+        usage=usage,
+        citations=citations_of(text, prepared.sources),
+        cached=cached,
+        grounding=grounding_of(text, prepared),
+    )
+
+
 async def generate(
     runtime: ApiRuntime, tenant_id: uuid.UUID, prepared: PreparedAnswer
 ) -> AsyncIterator[AnswerEvent]:
     cached = prepared.cached
-    if cached is not None:
+    if cached is not None and visible(cached.text):
         yield AnswerToken(cached.text)
-        yield AnswerDone(
-            text=cached.text,
-            finish_reason=cached.finish_reason,
-            usage=UsageRead.model_validate(cached.usage),
-            citations=[Citation.model_validate(c) for c in cached.citations],
+        yield finish(
+            cached.text,
+            cached.finish_reason,
+            UsageRead.model_validate(cached.usage),
+            prepared,
             cached=True,
         )
         return
 
     parts: list[str] = []
     try:
-        async for event in runtime.llm.stream_chat(
-            prepared.messages,
-            max_tokens=prepared.answer_tokens,
-            temperature=prepared.temperature,
-            seed=prepared.seed,
-        ):
+        async for event in runtime.llm.stream_chat(prepared.messages, prepared.sampling):
             if isinstance(event, Delta):
                 parts.append(event.text)
                 yield AnswerToken(event.text)
             elif isinstance(event, Completed):
                 text = "".join(parts)
-                done = AnswerDone(
-                    text=text,
-                    finish_reason="stop" if event.finish_reason == "stop" else "length",
-                    usage=UsageRead(
+                done = finish(
+                    text,
+                    event.finish_reason,
+                    UsageRead(
                         prompt_tokens=event.prompt_tokens,
                         completion_tokens=event.completion_tokens,
                         total_tokens=event.prompt_tokens + event.completion_tokens,
                     ),
-                    citations=citations_of(text, prepared.sources),
+                    prepared,
                     cached=False,
                 )
-                await _remember(runtime, tenant_id, prepared, done)
+                if done.notice is not None:
+                    log.warning("chat.answer.empty", model=prepared.model, text=text[:200])
+                    # The notice reaches the reader the way the answer would have.
+                    yield AnswerToken(("\n\n" if parts else "") + done.notice)
+                else:
+                    await _remember(runtime, tenant_id, prepared, done)
                 yield done
                 return
     except LlmUnavailable as exc:
         yield AnswerFailed(
-            str(exc), status.HTTP_503_SERVICE_UNAVAILABLE, max(1, int(exc.retry_after or 1))
+            errors.Unavailable(
+                "the generation service is busy or down; retry shortly",
+                retry_after=exc.retry_after,
+                code="llm.unavailable",
+            )
         )
     except LlmRejected as exc:
-        yield AnswerFailed(str(exc), status.HTTP_502_BAD_GATEWAY)
+        log.warning("chat.llm_rejected", error=str(exc))
+        yield AnswerFailed(
+            errors.UpstreamFailed("the generation service refused the prompt", code="llm.rejected")
+        )
 
 
 async def _remember(
@@ -307,7 +463,6 @@ async def _remember(
         return
     answer = CachedAnswer(
         text=done.text,
-        citations=[c.model_dump(mode="json") for c in done.citations],
         usage=done.usage.model_dump(),
         finish_reason=done.finish_reason,
         document_ids=sorted({str(s.document_id) for s in prepared.sources}),

@@ -1,10 +1,14 @@
 """The RAG prompt: passages packed into the model's context, numbered for citation.
 
-Packing takes the passages in relevance order and keeps each one whole: a passage that does
-not fit what is left of the budget is left out (a shorter, less relevant one may still fit),
-never cut. The budget is the model's context minus the longest answer asked for, the
-instructions, the question and the conversation history kept, and a margin for the chat
-template's own tokens.
+Packing takes the passages in relevance order: a passage that does not fit what is left of the
+budget is left out (a shorter, less relevant one may still fit). The budget is the model's
+context minus the longest answer asked for, the instructions, the question and the
+conversation history kept, and a margin for the chat template's own tokens.
+
+Small models lose the question in a long prompt: with a small context (which is what small
+models are served with) the prompt offers fewer passages, each cut at a sentence end to a
+shorter length and without title labels (``passage_limits``); the question always comes
+last.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from api.chat.grounding import stem
+from haven.lexical import STOP_WORDS
+
 # Tokens a chat template adds around each message (role markers, turn separators), and
 # around the whole prompt; generous for the templates Haven serves (Gemma, Llama, ChatML).
 TEMPLATE_TOKENS_PER_MESSAGE = 8
@@ -20,11 +27,13 @@ TEMPLATE_TOKENS_BASE = 32
 # History never takes more than this share of the context.
 HISTORY_SHARE = 0.25
 
+# Short and plain: a 135M-parameter model follows three sentences, not a paragraph (measured
+# with bench/answers: a longer version with a reminder before the question got fewer facts
+# right and made the model list the sources instead of answering).
 RAG_INSTRUCTIONS = (
-    "You are Haven, an assistant that answers questions about the organisation's documents. "
-    "Answer using only the numbered sources given with the question. After each statement, "
-    "cite the sources it comes from by their numbers in square brackets, like [1] or [2][3]. "
-    "If the sources do not contain the answer, say that you do not know."
+    "You answer questions about the organisation's documents. Use only the sources. "
+    "Cite the source number in square brackets, like [1]. "
+    "If the sources do not say, answer that you do not know."
 )
 PLAIN_INSTRUCTIONS = "You are Haven, a helpful assistant. Answer clearly and briefly."
 NO_SOURCES_NOTE = "(No passage of the documents matched the question.)"
@@ -52,7 +61,11 @@ class Turn:
     content: str
 
 
-def source_block(n: int, passage: Passage) -> str:
+def source_block(n: int, passage: Passage, compact: bool = False) -> str:
+    """``[n] (title, page — heading)`` and the text; only ``[n]`` and the text when
+    ``compact`` (a small model copies the labels instead of answering)."""
+    if compact:
+        return f"[{n}] {passage.text}"
     where = passage.title or "untitled"
     if passage.page is not None:
         where += f", page {passage.page}"
@@ -65,7 +78,73 @@ def user_content(question: str, blocks: Sequence[str], rag: bool) -> str:
     if not rag:
         return question
     sources = "\n\n".join(blocks) if blocks else NO_SOURCES_NOTE
-    return f"Sources:\n\n{sources}\n\nQuestion: {question}"
+    return f"Sources:\n{sources}\n\nQuestion: {question}"
+
+
+@dataclass(frozen=True)
+class PassageLimits:
+    count: int  # passages offered at most
+    tokens: int | None  # tokens per passage at most (None: whole chunks)
+    compact: bool  # passages without their title labels
+
+
+def passage_limits(context_length: int) -> PassageLimits:
+    """Fewer, shorter passages for a small context: a 4k-token model gets two passages
+    of about 160 tokens without labels, an 8k one four of about 350, larger ones every
+    passage retrieved, whole."""
+    if context_length <= 4096:
+        return PassageLimits(2, 160, compact=True)
+    if context_length <= 8192:
+        return PassageLimits(4, 350, compact=False)
+    return PassageLimits(20, None, compact=False)
+
+
+# Russian function words, left out of the question's terms like the English ones.
+_RU_STOP_WORDS_TEXT = """
+    и в во не что на я с со как а то все она так его но да ты к у же вы за бы по только ее
+    мне было вот от меня еще нет о из ему когда даже ли если уже или ни быть был до вас там
+    себя ей может они тут где есть надо ней для мы тебя их чем была сам без кто этот того
+    этого какой какая какие какое ним здесь этом чтобы сейчас были куда можно при об после над
+    через эти нас про всего них много сколько который которая которые во сколько
+"""
+_RU_STOP_WORDS = frozenset(_RU_STOP_WORDS_TEXT.split())
+_TERM = re.compile(r"[^\W\d_]{3,}")
+
+
+def _terms(text: str) -> set[str]:
+    return {
+        stem(word)
+        for word in _TERM.findall(text.casefold())
+        if word not in STOP_WORDS and word not in _RU_STOP_WORDS
+    }
+
+
+def by_question_terms(question: str, passages: Sequence[Passage]) -> list[int]:
+    """Indexes of ``passages``, those holding more of the question's terms (stems, English
+    or Russian) first, in retrieval order otherwise. Only a few passages reach a small model,
+    and it answers from the first one it sees: that one should hold the words asked about."""
+    wanted = _terms(question)
+    if not wanted:
+        return list(range(len(passages)))
+    coverage = [len(wanted & _terms(p.text)) for p in passages]
+    return sorted(range(len(passages)), key=lambda i: -coverage[i])
+
+
+_SENTENCE_END = re.compile(r"[.!?…](?=\s)|\n")
+
+
+def shorten(text: str, tokens: int, limit: int) -> tuple[str, int]:
+    """``text`` (``tokens`` long) cut to about ``limit`` tokens at a sentence end, with the
+    estimated tokens of what is kept; whole when it fits."""
+    if tokens <= limit or not text:
+        return text, tokens
+    keep = int(len(text) * limit / tokens)
+    ends = [m.end() for m in _SENTENCE_END.finditer(text, 0, keep)]
+    # A sentence end in the second half of the budget; otherwise cut at a word.
+    cut = ends[-1] if ends and ends[-1] >= keep // 2 else text.rfind(" ", 0, keep)
+    if cut <= 0:
+        cut = keep
+    return text[:cut].rstrip() + " …", limit
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from api.chat.schemas import (
 )
 from api.chat.stream import AnswerStream, sse_event, with_heartbeat
 from api.deps import CurrentPrincipal, RequestIdDep, RuntimeDep, SessionDep
+from api.errors import error_response
 from api.pagination import Page, pagination
 from api.runtime import ApiRuntime
 from haven.db.repositories import ChatRepository, MessageRepository
@@ -184,12 +185,19 @@ async def _sse(
                     "usage": event.usage.model_dump(),
                     "citations": [c.model_dump(mode="json") for c in event.citations],
                     "cached": event.cached,
+                    **event.grounding_fields(),
+                    "notice": event.notice,
                 },
             )
         else:
             yield sse_event(
                 "error",
-                {"reason": event.reason, "status": event.status, "retry_after": event.retry_after},
+                {
+                    "reason": event.reason,
+                    "code": event.error.code,
+                    "status": event.status,
+                    "retry_after": event.retry_after,
+                },
             )
 
 
@@ -204,10 +212,7 @@ async def _json_answer(
     try:
         async for event in events:
             if isinstance(event, AnswerFailed):
-                headers = {"Retry-After": str(event.retry_after)} if event.retry_after else None
-                return JSONResponse(
-                    {"detail": event.reason}, status_code=event.status, headers=headers
-                )
+                return error_response(event.error)
             if isinstance(event, AnswerDone):
                 answer = AnswerRead(
                     chat_id=chat_id,
@@ -217,9 +222,12 @@ async def _json_answer(
                     sources=prepared.sources,
                     citations=event.citations,
                     usage=event.usage,
-                    finish_reason="stop" if event.finish_reason == "stop" else "length",
+                    finish_reason=event.finish_reason,
                     cached=event.cached,
                     reason=prepared.reason,
+                    grounded=event.grounded,
+                    unsupported=event.unsupported,
+                    notice=event.notice,
                 )
                 return JSONResponse(answer.model_dump(mode="json"))
     finally:

@@ -40,7 +40,8 @@ class MessageCreate(BaseModel):
     content: FreeText = Field(min_length=1, max_length=8000)
     rag: bool = True
     search: ChatSearch = Field(default_factory=ChatSearch)
-    max_tokens: int | None = Field(default=None, ge=1, le=32768)
+    # Any length may be asked; the operator's HAVEN_CHAT_MAX_ANSWER_TOKENS caps it.
+    max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
 
@@ -95,6 +96,9 @@ class MessageRead(BaseModel):
     citations: list[dict[str, Any]]
     usage: dict[str, Any]
     created_at: datetime
+    # The grounding check of an assistant's answer (None: not checked, e.g. without RAG).
+    grounded: bool | None = None
+    unsupported: list[dict[str, Any]] = []
 
 
 class MessagePage(BaseModel):
@@ -114,6 +118,11 @@ class AnswerRead(BaseModel):
     sources: list[Source]
     citations: list[Citation]
     usage: UsageRead
-    finish_reason: Literal["stop", "length"]
+    # "empty": the model said nothing visible; ``content`` is then a notice with the sources.
+    finish_reason: Literal["stop", "length", "empty"]
     cached: bool
     reason: str | None = None
+    # Figures, dates, codes and names of the answer that no offered source contains.
+    grounded: bool | None = None
+    unsupported: list[dict[str, Any]] = []
+    notice: str | None = None

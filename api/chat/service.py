@@ -29,6 +29,8 @@ def message_read(message: Message) -> MessageRead:
         citations=list(message.citations.get("items", [])),
         usage=message.usage,
         created_at=message.created_at,
+        grounded=message.citations.get("grounded"),
+        unsupported=list(message.citations.get("unsupported", [])),
     )
 
 
@@ -87,16 +89,23 @@ class AnswerRecorder:
         self.stored = True
         done = self.done
         usage: dict[str, Any]
+        # The citations column holds the answer's checkable apparatus: every source offered
+        # (``items``) and the grounding check.
+        citations: dict[str, Any]
         if done is not None:
             text = done.text
-            citations = [c.model_dump(mode="json") for c in done.citations]
+            citations = {
+                "items": [c.model_dump(mode="json") for c in done.citations],
+                **done.grounding_fields(),
+            }
             usage = {
                 **done.usage.model_dump(),
                 "finish_reason": done.finish_reason,
                 "cached": done.cached,
             }
         else:
-            text, citations, usage = "".join(self.parts), [], {"finish_reason": "interrupted"}
+            text, citations = "".join(self.parts), {"items": []}
+            usage = {"finish_reason": "interrupted"}
         with transaction(self.factory) as session:
             if ChatRepository(session, self.principal).get(self.chat_id) is None:
                 return  # the chat was deleted while it answered
@@ -106,7 +115,7 @@ class AnswerRecorder:
                     chat_id=self.chat_id,
                     role="assistant",
                     content=text,
-                    citations={"items": citations},
+                    citations=citations,
                     usage=usage,
                     created_at=datetime.now(UTC),
                 )

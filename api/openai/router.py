@@ -3,8 +3,13 @@
 Open WebUI, the Vercel AI SDK, LangChain and the ``openai`` client work unchanged: point their
 base URL at ``https://haven.example/v1`` and use a Haven API key (or a user's token) as the
 key. The last user message is the question, earlier user and assistant messages are the
-conversation, system messages are added to Haven's instructions. Each answer carries its
-citations in a ``citations`` field (the final chunk's, when streamed). Retrieval options go in
+conversation, system messages are added to Haven's instructions. Each answer carries, in
+extra fields (the final chunk's, when streamed): ``citations``, every source the prompt
+offered with ``cited: true|false``, cached answer or not; ``grounded`` and ``unsupported``,
+the figures, dates, codes and names of the answer that no source contains; and
+``finish_reason_detail: "empty"`` when the model said nothing, whose content is then a notice
+listing the sources. The answer's length is capped by the operator's
+``HAVEN_CHAT_MAX_ANSWER_TOKENS`` whatever ``max_tokens`` asks. Retrieval options go in
 the request's ``search`` field (``extra_body`` in the OpenAI SDKs); ``rag: false`` answers
 without the documents. Nothing is stored as a chat: applications keep their own history.
 """
@@ -14,9 +19,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, status
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 
@@ -26,6 +31,8 @@ from api.chat.schemas import ChatSearch
 from api.chat.service import record_usage
 from api.chat.stream import AnswerStream, with_heartbeat
 from api.deps import CurrentPrincipal, RequestIdDep, RuntimeDep
+from api.errors import retry_after_header, status_for
+from haven import errors
 from haven.contracts.openai import (
     AssistantMessage,
     ChatChoice,
@@ -56,10 +63,31 @@ class RagCompletionRequest(ChatCompletionRequest):
 
 class RagCompletion(ChatCompletion):
     citations: list[dict[str, Any]]
+    grounded: bool | None = None
+    unsupported: list[dict[str, Any]] = []
+    finish_reason_detail: str | None = None
 
 
 class RagCompletionChunk(ChatCompletionChunk):
     citations: list[dict[str, Any]] | None = None
+    grounded: bool | None = None
+    unsupported: list[dict[str, Any]] | None = None
+    finish_reason_detail: str | None = None
+
+
+def _extras(done: AnswerDone) -> dict[str, Any]:
+    """Haven's fields of a finished answer, beside OpenAI's."""
+    return {
+        "citations": [c.model_dump(mode="json") for c in done.citations],
+        "grounded": done.grounded,
+        "unsupported": done.unsupported,
+        "finish_reason_detail": "empty" if done.finish_reason == "empty" else None,
+    }
+
+
+def _openai_finish(done: AnswerDone) -> Literal["stop", "length"]:
+    # OpenAI clients know only these; an empty answer ended by itself.
+    return "length" if done.finish_reason == "length" else "stop"
 
 
 def _error(
@@ -71,6 +99,16 @@ def _error(
     )
 
 
+def _domain_error(exc: errors.DomainError) -> JSONResponse:
+    """A domain error in OpenAI's error shape, with the status ``api.errors`` gives it."""
+    status_code = status_for(exc)
+    headers = None
+    if isinstance(exc, errors.Unavailable | errors.LimitExceeded):
+        headers = retry_after_header(exc.retry_after)
+    code = "overloaded" if status_code == 503 else exc.code
+    return _error(status_code, exc.message, code, headers)
+
+
 @router.get("/models")
 async def list_models(_: CurrentPrincipal) -> ModelList:
     return ModelList(data=[ModelCard(id=MODEL, created=STARTED)])
@@ -79,9 +117,7 @@ async def list_models(_: CurrentPrincipal) -> ModelList:
 def _answer_request(body: RagCompletionRequest) -> AnswerRequest:
     messages = [m for m in body.messages if m.role in ("system", "developer", "user", "assistant")]
     if not messages or messages[-1].role != "user" or not messages[-1].text().strip():
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, "the last message must be the user's question"
-        )
+        raise errors.Invalid("the last message must be the user's question", code="invalid_request")
     instructions = "\n\n".join(
         m.text() for m in messages if m.role in ("system", "developer") and m.text().strip()
     )
@@ -94,6 +130,10 @@ def _answer_request(body: RagCompletionRequest) -> AnswerRequest:
         max_tokens=body.token_limit(),
         temperature=body.temperature,
         seed=body.seed,
+        top_p=body.top_p if body.top_p != 1.0 else None,
+        stop=tuple(body.stop_sequences()),
+        presence_penalty=body.presence_penalty or None,
+        frequency_penalty=body.frequency_penalty or None,
         instructions=instructions or None,
     )
 
@@ -114,9 +154,8 @@ async def chat_completions(
     started = time.perf_counter()
     try:
         prepared = await prepare(runtime, principal.tenant_id, _answer_request(body))
-    except HTTPException as exc:
-        code = "overloaded" if exc.status_code == 503 else "invalid_request"
-        return _error(exc.status_code, str(exc.detail), code, dict(exc.headers or {}))
+    except errors.DomainError as exc:
+        return _domain_error(exc)
     events = generate(runtime, principal.tenant_id, prepared)
     completion_id, created = new_id("chatcmpl"), now()
     done: AnswerDone | None = None
@@ -136,8 +175,7 @@ async def chat_completions(
         parts: list[str] = []
         async for event in events:
             if isinstance(event, AnswerFailed):
-                headers = {"Retry-After": str(event.retry_after)} if event.retry_after else None
-                return _error(event.status, event.reason, "generation_failed", headers)
+                return _domain_error(event.error)
             if isinstance(event, AnswerToken):
                 parts.append(event.text)
             else:
@@ -152,11 +190,11 @@ async def chat_completions(
             choices=[
                 ChatChoice(
                     message=AssistantMessage(content=done.text),
-                    finish_reason="stop" if done.finish_reason == "stop" else "length",
+                    finish_reason=_openai_finish(done),
                 )
             ],
             usage=Usage.of(done.usage.prompt_tokens, done.usage.completion_tokens),
-            citations=[c.model_dump(mode="json") for c in done.citations],
+            **_extras(done),
         )
         return JSONResponse(answer.model_dump(mode="json"))
 
@@ -186,16 +224,13 @@ async def chat_completions(
                     else None
                 )
                 yield chunk(
-                    ChatDelta(),
-                    reason="stop" if event.finish_reason == "stop" else "length",
-                    usage=usage,
-                    citations=[c.model_dump(mode="json") for c in event.citations],
+                    ChatDelta(), reason=_openai_finish(event), usage=usage, **_extras(event)
                 )
             else:
                 error = error_body(
                     event.reason,
                     type_="server_error",
-                    code="overloaded" if event.status == 503 else "generation_failed",
+                    code="overloaded" if event.status == 503 else event.error.code,
                     retry_after=event.retry_after,
                 )
                 yield f"data: {json.dumps(error)}\n\n"

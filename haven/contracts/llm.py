@@ -29,8 +29,12 @@ class TokenizeRequest(BaseModel):
 
 
 class TokenizeResponse(BaseModel):
-    model: str
+    model: str  # the alias served
     version: str
+    # The served file's identity (manifest name and sha256), so callers that keep results
+    # (the API's answer cache) can tell two models behind one alias and version apart.
+    name: str | None = None
+    sha256: str | None = None
     context_length: int
     counts: list[int]
     prompt_tokens: int | None = None

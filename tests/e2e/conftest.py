@@ -79,6 +79,8 @@ def _env(
         "HAVEN_LLM_THREADS": "1",
         "HAVEN_LLM_CTX": "32768",
         "HAVEN_CHAT_HEARTBEAT_SECONDS": "0.5",
+        # Above the longest answer a test asks for (the cap bounds every request).
+        "HAVEN_CHAT_MAX_ANSWER_TOKENS": "30000",
         "HAVEN_JOB_LEASE_SECONDS": "8",
         "HAVEN_REAPER_INTERVAL_SECONDS": "5",
         "HAVEN_RETRY_BACKOFF_SECONDS": "0.5",

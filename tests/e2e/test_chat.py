@@ -7,6 +7,7 @@ import subprocess
 import threading
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,11 +17,13 @@ from sqlalchemy import select
 
 from haven.db.engine import transaction
 from haven.db.tables import Chunk, Role
+from models.store import registry_from_settings
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import upload, wait_for, wait_job
 from tests.fixtures.api import Account, create_tenant_with_admin, create_user
 from tests.fixtures.processes import ROOT
 from tests.fixtures.sse import Event, events_of
+from tests.fixtures.tiny_gguf import TINY_CHAT_TEMPLATE, build_tiny_gguf
 
 WAREHOUSE = (
     b"# Warehouse\n\nCopper wire is stored on pallets in aisle twelve of the north warehouse. "
@@ -353,3 +356,143 @@ def test_smoke_suite_passes_against_this_haven(stack: Stack, library: Library) -
     for step in ("ingest job to ready", "hybrid search finds the file", "streamed answer"):
         assert step in done.stdout
     assert "smoke: all 12 steps passed" in done.stdout
+
+
+def test_another_model_behind_the_same_alias_and_version_answers_afresh(
+    stack: Stack, library: Library, tmp_path: Path
+) -> None:
+    owner = library.owner
+    question = "Which team moves the copper pallets?"
+    assert ask(stack, owner, new_chat(stack, owner), question)[-1].data["cached"] is False
+    assert ask(stack, owner, new_chat(stack, owner), question)[-1].data["cached"] is True
+
+    # Another file (its own template, so its own sha256) published with the same version
+    # string, alias chat moved to it, llm restarted: the question is generated again.
+    registry = registry_from_settings(stack.settings)
+    other = build_tiny_gguf(
+        tmp_path / "other", chat_template=TINY_CHAT_TEMPLATE.replace("[ASSISTANT]", "[BOT]")
+    )
+    before = registry.alias("chat")
+    registry.publish(other.path, name="tiny-llama-other", version=before.version, type="llm")
+    registry.set_alias("chat", "tiny-llama-other", before.version)
+    stack.llm.stop()
+    stack.llm.start()
+    try:
+        assert llm_info(stack)["name"] == "tiny-llama-other"
+        after = ask(stack, owner, new_chat(stack, owner), question)
+        assert after[-1].name == "done" and after[-1].data["cached"] is False
+        assert ask(stack, owner, new_chat(stack, owner), question)[-1].data["cached"] is True
+    finally:
+        registry.set_alias("chat", before.name, before.version)
+        stack.llm.stop()
+        stack.llm.start()
+
+
+def test_every_generation_parameter_is_part_of_the_cache_key(
+    stack: Stack, library: Library
+) -> None:
+    owner = library.owner
+    question = "Who approves travel requests above the limit?"
+
+    def done(**extra: Any) -> dict[str, Any]:
+        return ask(stack, owner, new_chat(stack, owner), question, **extra)[-1].data
+
+    assert done(max_tokens=5)["cached"] is False
+    assert done(max_tokens=5)["cached"] is True
+    # A truncated answer is never served to a request that asked for more.
+    longer = done(max_tokens=9)
+    assert longer["cached"] is False and longer["usage"]["completion_tokens"] == 9
+    assert done(max_tokens=5, seed=8)["cached"] is False
+    assert done(max_tokens=5, temperature=1.3)["cached"] is False
+
+
+def test_the_operators_answer_cap_bounds_what_a_request_asks(
+    stack: Stack, library: Library
+) -> None:
+    owner = library.owner
+    key = stack.client.post("/api/v1/admin/api-keys", json={"name": "cap"}, headers=owner.headers)
+    client = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=key.json()["api_key"])
+    env = stack.api.env
+    stack.api.env = {**env, "HAVEN_CHAT_MAX_ANSWER_TOKENS": "20"}
+    stack.restart_api()
+    try:
+        chat = stack.client.post(
+            f"/api/v1/chats/{new_chat(stack, owner)}/messages",
+            json={"content": "Where is the copper wire stored?", "max_tokens": 100_000},
+            headers={**owner.headers, "Accept": "application/json"},
+        )
+        assert chat.status_code == 200, chat.text
+        assert chat.json()["usage"]["completion_tokens"] == 20
+        assert chat.json()["finish_reason"] == "length"
+        whole = client.chat.completions.create(
+            model="haven-rag",
+            messages=[{"role": "user", "content": "When is the budget review?"}],
+            max_tokens=100_000,
+        )
+        assert whole.usage is not None and whole.usage.completion_tokens == 20
+        assert whole.choices[0].finish_reason == "length"
+
+        # An operator cap above the model's context, and a client asking for all of it:
+        # the answer used to take the whole context, every passage was left out of the
+        # prompt and the streamed answer ended with "citations": []. The best passage now
+        # keeps its room. (Common letters as stop strings end the answer at once.)
+        stack.api.env = {**env, "HAVEN_CHAT_MAX_ANSWER_TOKENS": "1000000"}
+        stack.restart_api()
+        chunks = list(
+            client.chat.completions.create(
+                model="haven-rag",
+                messages=[{"role": "user", "content": "Where is the copper wire stored?"}],
+                max_tokens=100_000,
+                stop=[" ", "e", "a", "t"],
+                stream=True,
+            )
+        )
+        citations = (chunks[-1].model_extra or {})["citations"]
+        assert citations, "the streamed answer came without its sources"
+        assert citations[0]["document_id"] == library.warehouse_id
+    finally:
+        stack.api.env = env
+        stack.restart_api()
+
+
+def test_an_empty_answer_says_so_and_still_lists_every_source(
+    stack: Stack, library: Library
+) -> None:
+    owner = library.owner
+    key = stack.client.post("/api/v1/admin/api-keys", json={"name": "empty"}, headers=owner.headers)
+    client = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key=key.json()["api_key"])
+    messages: list[Any] = [{"role": "user", "content": "Is copper kept in the north warehouse?"}]
+    said = (
+        client.chat.completions.create(model="haven-rag", messages=messages, max_tokens=6, seed=11)
+        .choices[0]
+        .message.content
+    )
+    assert said and said.strip()
+    # The same generation, stopped at its first visible characters: nothing is left to show.
+    stop = said.strip()[:3]
+    for stream in (False, True):
+        if stream:
+            chunks = list(
+                client.chat.completions.create(
+                    model="haven-rag",
+                    messages=messages,
+                    max_tokens=6,
+                    seed=11,
+                    stop=[stop],
+                    stream=True,
+                )
+            )
+            content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            extra = chunks[-1].model_extra or {}
+        else:
+            answer = client.chat.completions.create(
+                model="haven-rag", messages=messages, max_tokens=6, seed=11, stop=[stop]
+            )
+            content, extra = answer.choices[0].message.content or "", answer.model_extra or {}
+        assert "The model gave no answer" in content
+        assert extra["finish_reason_detail"] == "empty"
+        citations = extra["citations"]
+        assert citations and citations[0]["document_id"] == library.warehouse_id
+        assert not any(c["cited"] for c in citations)
+        # The notice names every source offered.
+        assert all(f"[{c['n']}]" in content for c in citations)

@@ -41,6 +41,34 @@ def test_spelling_does_not_change_the_key_but_sources_model_and_tenant_do() -> N
     assert cache_key(tenant, "Where is the copper?", "chat:1", hashes) != key
 
 
+def test_every_generation_parameter_and_the_models_file_change_the_key() -> None:
+    tenant, hashes = uuid.uuid4(), [chunk_hash(uuid.uuid4(), "copper wire in aisle twelve")]
+    model = "tiny-llama/1/" + "a" * 64
+    params = {"max_tokens": 10, "temperature": 0.2, "seed": 3}
+    key = cache_key(tenant, "Where is the copper?", model, hashes, "h", params)
+    # The same model file and parameters (an unset one is the same as None).
+    assert (
+        cache_key(tenant, "where is the copper", model, hashes, "h", {**params, "top_p": None})
+        == key
+    )
+    for changed in (
+        {"max_tokens": 11},
+        {"temperature": 0.7},
+        {"seed": 4},
+        {"top_p": 0.9},
+        {"stop": ["\n"]},
+        {"presence_penalty": 0.5},
+        {"frequency_penalty": 0.5},
+    ):
+        assert (
+            cache_key(tenant, "Where is the copper?", model, hashes, "h", {**params, **changed})
+            != key
+        )
+    # Another file behind the same name and version string is another model.
+    other = "tiny-llama/1/" + "b" * 64
+    assert cache_key(tenant, "Where is the copper?", other, hashes, "h", params) != key
+
+
 def test_invalidating_a_cited_document_drops_only_its_answers() -> None:
     sync = redis.Redis.from_url(TEST_REDIS_URL)
     tenant = uuid.uuid4()

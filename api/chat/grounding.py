@@ -1,0 +1,490 @@
+"""Is an answer's checkable content in the sources it was given?
+
+A small model answers fluently and invents figures with the same confidence as it copies
+them. This check is lexical and cheap (no second model call): the figures, dates, codes and
+names of the answer are looked up in the passages the prompt offered, and each one that
+appears in none of them is reported as unsupported, so the user sees "unverified" next to an
+invented number instead of taking it as fact. It cannot tell whether a supported figure is
+used correctly, only that it was not made up; it works on English and Russian text.
+
+What counts as a claim:
+
+- **numbers**: ``30``, ``30 дней``, ``1 000``, ``1,000``, ``2,5``, ``15%``; the same value
+  written with other group or decimal separators, or spelled out in the source ("thirty",
+  "пятьсот"), is the same number. A list marker at the start of a line (``1.``) is not a claim.
+- **dates**: ``2025-03-12``, ``12.03.2025``, ``12 March 2025``, ``March 12``, ``12 марта``;
+  supported when a source has the same day and month (and the same year when both give one).
+- **codes**: tokens mixing letters (one of them upper case) and digits: ``HR-204``, ``Q3``,
+  ``ISO-9001``; compared without case and separators.
+- **names**: capitalised words, Latin or Cyrillic, and acronyms (``Zurich``, ``Анна Петрова``,
+  ``HR``), compared by their stems so that inflected forms match (``Цюрихе`` / ``Цюрих``). The
+  first word of a sentence is capitalised whatever it is, so it is not checked on its own.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+import snowballstemmer
+
+Kind = Literal["number", "date", "code", "name"]
+
+# Citation markers are the answer's own apparatus, not claims.
+_CITATION = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
+
+_MONTHS: dict[str, int] = {
+    **{
+        name: n
+        for n, names in enumerate(
+            [
+                ("january", "jan"),
+                ("february", "feb"),
+                ("march", "mar"),
+                ("april", "apr"),
+                ("may",),
+                ("june", "jun"),
+                ("july", "jul"),
+                ("august", "aug"),
+                ("september", "sep", "sept"),
+                ("october", "oct"),
+                ("november", "nov"),
+                ("december", "dec"),
+            ],
+            start=1,
+        )
+        for name in names
+    },
+}
+# Russian month names by stem: "марта", "марте", "март" all start with "март".
+_RU_MONTHS = (
+    ("январ", 1),
+    ("феврал", 2),
+    ("март", 3),
+    ("апрел", 4),
+    ("ма", 5),
+    ("июн", 6),
+    ("июл", 7),
+    ("август", 8),
+    ("сентябр", 9),
+    ("октябр", 10),
+    ("ноябр", 11),
+    ("декабр", 12),
+)
+_MONTH_WORD = r"(?:[A-Za-z]{3,9}\.?|[а-яё]{3,8})"
+
+_ISO_DATE = re.compile(r"(?<![\d.])(\d{4})-(\d{1,2})-(\d{1,2})(?![\d])")
+_NUMERIC_DATE = re.compile(r"(?<![\d.,])(\d{1,2})([./])(\d{1,2})\2(\d{4}|\d{2})(?![\d])")
+_DAY_MONTH = re.compile(
+    rf"(?<![\d.,])(\d{{1,2}})(?:st|nd|rd|th|-?го|-?е)?\s+({_MONTH_WORD})(?:,?\s+(\d{{4}}))?",
+    re.IGNORECASE,
+)
+_MONTH_DAY = re.compile(
+    rf"\b({_MONTH_WORD})\s+(\d{{1,2}})(?:st|nd|rd|th)?(?![\d])(?:,?\s+(\d{{4}}))?",
+    re.IGNORECASE,
+)
+# Letters and digits joined by - / _ , with at least one digit and one letter.
+_TOKEN = re.compile(r"[^\W_]+(?:[-/_][^\W_]+)*")
+# 1 000 / 1 000 000 (spaces, no-break spaces), 1,000 / 1,000.5, then plain 30 / 2,5 / 2.5.
+_NUMBER = re.compile(
+    r"(?<![\w.,])(?:"
+    r"\d{1,3}(?:[ \u00a0\u202f]\d{3})+(?![\d])"
+    r"|\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\d])"
+    r"|\d+(?:[.,]\d+)?"
+    r")"
+)
+_LIST_MARKER = re.compile(r"(?m)^[ \t]*\d{1,2}[.)][ \t]")
+_CAPITALISED = re.compile(r"(?<![\w'\u2019-])(?:[A-ZА-ЯЁ][a-zа-яё'\u2019]+|[A-ZА-ЯЁ]{2,})(?![\w])")
+_WORD = re.compile(r"[^\W\d_]+")
+# Where a sentence (or a list item, or a heading) starts: the word after it is capitalised
+# by grammar, not because it is a name.
+_SENTENCE_START = re.compile(r"(?:^|[.!?:;…]\s+|\n\s*(?:[-*•#>]+\s*)?|[(«\"“]\s*)$")
+
+_EN_NUMBERS = {
+    "zero": 0,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "eleven": 11,
+    "twelve": 12,
+    "thirteen": 13,
+    "fourteen": 14,
+    "fifteen": 15,
+    "sixteen": 16,
+    "seventeen": 17,
+    "eighteen": 18,
+    "nineteen": 19,
+    "twenty": 20,
+    "thirty": 30,
+    "forty": 40,
+    "fifty": 50,
+    "sixty": 60,
+    "seventy": 70,
+    "eighty": 80,
+    "ninety": 90,
+    "hundred": 100,
+    "thousand": 1000,
+    "million": 1_000_000,
+}
+# Russian numerals by stem (longest first when matched), so inflected forms count too:
+# "тридцать", "тридцати", "тридцатью".
+_RU_NUMBERS = {
+    "ноль": 0,
+    "нол": 0,
+    "один": 1,
+    "одн": 1,
+    "два": 2,
+    "две": 2,
+    "двух": 2,
+    "двум": 2,
+    "тр": 3,
+    "четыр": 4,
+    "четыре": 4,
+    "пят": 5,
+    "шест": 6,
+    "сем": 7,
+    "восем": 8,
+    "восьм": 8,
+    "девят": 9,
+    "десят": 10,
+    "одиннадцат": 11,
+    "двенадцат": 12,
+    "тринадцат": 13,
+    "четырнадцат": 14,
+    "пятнадцат": 15,
+    "шестнадцат": 16,
+    "семнадцат": 17,
+    "восемнадцат": 18,
+    "девятнадцат": 19,
+    "двадцат": 20,
+    "тридцат": 30,
+    "сорок": 40,
+    "пятьдесят": 50,
+    "пятидесят": 50,
+    "шестьдесят": 60,
+    "шестидесят": 60,
+    "семьдесят": 70,
+    "семидесят": 70,
+    "восемьдесят": 80,
+    "восьмидесят": 80,
+    "девяност": 90,
+    "сто": 100,
+    "ста": 100,
+    "двест": 200,
+    "двухсот": 200,
+    "трист": 300,
+    "трехсот": 300,
+    "трёхсот": 300,
+    "четырест": 400,
+    "четырехсот": 400,
+    "пятьсот": 500,
+    "пятисот": 500,
+    "шестьсот": 600,
+    "шестисот": 600,
+    "семьсот": 700,
+    "семисот": 700,
+    "восемьсот": 800,
+    "восьмисот": 800,
+    "девятьсот": 900,
+    "девятисот": 900,
+    "тысяч": 1000,
+    "миллион": 1_000_000,
+}
+# Short stems ("тр", "сем", "пят") match only words this much longer, so that "трава" or
+# "семья" are not numbers.
+_RU_EXACT = {
+    "тр": ("три", "трех", "трёх", "трем", "трём", "тремя"),
+    "сем": ("семь", "семи", "семью"),
+    "пят": ("пять", "пяти", "пятью"),
+    "шест": ("шесть", "шести", "шестью"),
+    "сто": ("сто",),
+    "ста": ("ста",),
+    "одн": ("одна", "одно", "одной", "одну", "одного", "одному"),
+    "один": ("один",),
+    "нол": ("нуля", "нолю"),
+}
+_RU_STEMS = sorted(_RU_NUMBERS, key=len, reverse=True)
+
+# Capitalised by grammar wherever they stand.
+_NOT_NAMES = frozenset({"I", "I'm", "I've", "I'll", "I'd", "I\u2019m", "OK"})
+
+_local = threading.local()  # snowballstemmer's stemmers keep state: one set per thread
+
+
+@dataclass(frozen=True)
+class Span:
+    """A piece of the answer that no source supports."""
+
+    text: str
+    kind: Kind
+    start: int
+    end: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "kind": self.kind, "start": self.start, "end": self.end}
+
+
+@dataclass(frozen=True)
+class Grounding:
+    unsupported: tuple[Span, ...]
+
+    @property
+    def grounded(self) -> bool:
+        return not self.unsupported
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"grounded": self.grounded, "unsupported": [s.as_dict() for s in self.unsupported]}
+
+
+def check(answer: str, sources: Iterable[str]) -> Grounding:
+    """The claims of ``answer`` found in none of ``sources``, in the order they appear."""
+    known = _Known.of(list(sources))
+    text = _CITATION.sub(lambda m: " " * len(m.group()), answer)
+    taken = [False] * len(text)
+    found: list[Span] = []
+
+    def free(start: int, end: int) -> bool:
+        return not any(taken[start:end])
+
+    def take(start: int, end: int) -> None:
+        taken[start:end] = [True] * (end - start)
+
+    for date in _dates(text):
+        if free(date.start, date.end):
+            take(date.start, date.end)
+            if not known.has_date(date.value):
+                found.append(Span(text[date.start : date.end], "date", date.start, date.end))
+    for match in _TOKEN.finditer(text):
+        token = match.group()
+        if not _is_code(token) or not free(match.start(), match.end()):
+            continue
+        take(match.start(), match.end())
+        if _code_key(token) not in known.codes:
+            found.append(Span(token, "code", match.start(), match.end()))
+    markers = {m.end() - 2 for m in _LIST_MARKER.finditer(text)}
+    for match in _NUMBER.finditer(text):
+        if not free(match.start(), match.end()) or match.end() in markers:
+            continue
+        take(match.start(), match.end())
+        value = _number_value(match.group())
+        if value is not None and value not in known.numbers:
+            found.append(Span(match.group(), "number", match.start(), match.end()))
+    found.extend(_unsupported_names(text, known, free))
+    found.sort(key=lambda s: s.start)
+    return Grounding(tuple(found))
+
+
+# -- the sources' side ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Known:
+    numbers: frozenset[Decimal]
+    dates: frozenset[tuple[int | None, int, int]]
+    codes: frozenset[str]
+    stems: frozenset[str]
+
+    @classmethod
+    def of(cls, sources: Sequence[str]) -> _Known:
+        numbers: set[Decimal] = set()
+        dates: set[tuple[int | None, int, int]] = set()
+        codes: set[str] = set()
+        stems: set[str] = set()
+        for source in sources:
+            text = unicodedata.normalize("NFKC", source)
+            for match in _NUMBER.finditer(text):
+                value = _number_value(match.group())
+                if value is not None:
+                    numbers.add(value)
+            # Plain digit runs too: "HR-204" offers 204, "2025-03-12" offers 3 and 12.
+            numbers.update(Decimal(int(run)) for run in re.findall(r"\d+", text))
+            numbers.update(Decimal(v) for v in _spelled_numbers(text))
+            dates.update(d.value for d in _dates(text))
+            codes.update(_code_key(m.group()) for m in _TOKEN.finditer(text))
+            stems.update(stem(word) for word in _WORD.findall(text))
+        return cls(frozenset(numbers), frozenset(dates), frozenset(codes), frozenset(stems))
+
+    def has_date(self, value: tuple[int | None, int, int]) -> bool:
+        year, month, day = value
+        return any(
+            (m, d) == (month, day) and (year is None or y is None or y == year)
+            for y, m, d in self.dates
+        )
+
+
+# -- numbers ----------------------------------------------------------------------------------
+
+
+def _number_value(raw: str) -> Decimal | None:
+    text = re.sub(r"[ \u00a0\u202f]", "", raw)
+    if re.fullmatch(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?", text):
+        text = text.replace(",", "")  # 1,000 / 1,000.5: commas group thousands
+    else:
+        text = text.replace(",", ".")  # 2,5: a decimal comma
+    try:
+        return Decimal(text).normalize()
+    except InvalidOperation:
+        return None
+
+
+def _numeral(word: str) -> int | None:
+    if word in _EN_NUMBERS:
+        return _EN_NUMBERS[word]
+    for stem in _RU_STEMS:
+        if word.startswith(stem):
+            exact = _RU_EXACT.get(stem)
+            if exact is not None:
+                return _RU_NUMBERS[stem] if word in exact else None
+            # An inflected form adds a few letters to the stem, never a whole other word.
+            return _RU_NUMBERS[stem] if len(word) - len(stem) <= 4 else None
+    return None
+
+
+def _spelled_numbers(text: str) -> set[int]:
+    """Every number spelled out in words, alone and combined: "five hundred" gives 5, 100
+    and 500; "twenty-five" gives 25."""
+    values: set[int] = set()
+    total = current = 0
+    in_number = False
+    for word in re.findall(r"[^\W\d_]+|\d+|[^\w\s-]", text.casefold()):
+        value = _numeral(word)
+        if value is None:
+            if word in ("and", "и") and in_number:
+                continue
+            if in_number:
+                values.add(total + current)
+            total = current = 0
+            in_number = False
+            continue
+        values.add(value)
+        in_number = True
+        if value == 100:
+            current = max(current, 1) * 100
+        elif value >= 1000:
+            total += max(current, 1) * value
+            current = 0
+        elif value >= 100:  # двести, триста...
+            current += value
+        else:
+            current += value
+    if in_number:
+        values.add(total + current)
+    return values
+
+
+# -- dates ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Date:
+    value: tuple[int | None, int, int]
+    start: int
+    end: int
+
+
+def _month(word: str) -> int | None:
+    word = word.casefold().rstrip(".")
+    if word in _MONTHS:
+        return _MONTHS[word]
+    for stem, month in _RU_MONTHS:
+        if word.startswith(stem) and (stem != "ма" or word in ("май", "мая", "мае", "маю")):
+            return month
+    return None
+
+
+def _year(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    year = int(raw)
+    return year + 2000 if year < 100 else year
+
+
+def _dates(text: str) -> list[_Date]:
+    found: list[_Date] = []
+    for m in _ISO_DATE.finditer(text):
+        year, month, day = int(m.group(1)), int(m.group(2)), int(m.group(3))
+        if 1 <= month <= 12 and 1 <= day <= 31:
+            found.append(_Date((year, month, day), m.start(), m.end()))
+    for m in _NUMERIC_DATE.finditer(text):
+        first, second = int(m.group(1)), int(m.group(3))
+        # Day first (European and Russian usage), unless that cannot be a date.
+        day, month = (second, first) if second > 12 >= first else (first, second)
+        if 1 <= month <= 12 and 1 <= day <= 31:
+            found.append(_Date((_year(m.group(4)), month, day), m.start(), m.end()))
+    for m in _DAY_MONTH.finditer(text):
+        named = _month(m.group(2))
+        day = int(m.group(1))
+        if named is not None and 1 <= day <= 31:
+            end = m.end() if m.group(3) else m.end(2)
+            found.append(_Date((_year(m.group(3)), named, day), m.start(), end))
+    for m in _MONTH_DAY.finditer(text):
+        named = _month(m.group(1))
+        day = int(m.group(2))
+        if named is not None and 1 <= day <= 31:
+            found.append(_Date((_year(m.group(3)), named, day), m.start(), m.end()))
+    # Overlapping matches of different patterns: keep the first and longest.
+    found.sort(key=lambda d: (d.start, -(d.end - d.start)))
+    kept: list[_Date] = []
+    for date in found:
+        if not kept or date.start >= kept[-1].end:
+            kept.append(date)
+    return kept
+
+
+# -- codes and names --------------------------------------------------------------------------
+
+
+def _is_code(token: str) -> bool:
+    has_digit = any(c.isdigit() for c in token)
+    letters = [c for c in token if c.isalpha()]
+    return has_digit and bool(letters) and any(c.isupper() for c in letters)
+
+
+def _code_key(token: str) -> str:
+    return re.sub(r"[-/_]", "", token.casefold())
+
+
+def stem(word: str) -> str:
+    """The Snowball stem of an English or Russian word (by its script), case folded."""
+    word = word.casefold().replace("ё", "е")
+    stemmers = getattr(_local, "stemmers", None)
+    if stemmers is None:
+        stemmers = _local.stemmers = (
+            snowballstemmer.stemmer("english"),
+            snowballstemmer.stemmer("russian"),
+        )
+    english, russian = stemmers
+    stemmer = russian if re.search(r"[а-я]", word) else english
+    return str(stemmer.stemWord(word.rstrip("'\u2019")))
+
+
+def _unsupported_names(text: str, known: _Known, free: Any) -> list[Span]:
+    spans: list[Span] = []
+    for match in _CAPITALISED.finditer(text):
+        start, end = match.span()
+        word = match.group()
+        if not free(start, end) or word in _NOT_NAMES or _month(word) is not None:
+            continue
+        if _SENTENCE_START.search(text[max(0, start - 8) : start]) and not word.isupper():
+            continue
+        if stem(word) in known.stems:
+            continue
+        # Adjacent unsupported words make one name: "Anna Petrova", not two.
+        if spans and spans[-1].kind == "name" and text[spans[-1].end : start] in (" ", "-"):
+            previous = spans.pop()
+            spans.append(Span(text[previous.start : end], "name", previous.start, end))
+        else:
+            spans.append(Span(word, "name", start, end))
+    return spans

@@ -1,0 +1,114 @@
+"""The grounding check: an invented figure, date, code or name is reported, a quoted one is
+not, in English and in Russian."""
+
+from __future__ import annotations
+
+import pytest
+
+from api.chat.grounding import check
+
+TRAVEL = (
+    "Travel policy. Hotels in Zurich are capped at 250 CHF per night. Requests above "
+    "1,000 EUR need approval from the finance team (form FIN-12). Policy HR-204 applies "
+    "from 1 March 2025. Contact: Anna Petrova."
+)
+LEAVE_RU = (
+    "Положение об отпусках. Ежегодный отпуск составляет 30 дней. Компенсация за обучение — "
+    "до 1 000 рублей в месяц. Заявление по форме ОТ-7 подаётся за 14 дней, согласует "
+    "Мария Иванова. Положение действует с 12.03.2025, офис в Цюрихе."
+)
+
+
+def unsupported(answer: str, *sources: str) -> list[tuple[str, str]]:
+    return [(s.text, s.kind) for s in check(answer, sources).unsupported]
+
+
+def test_an_answer_that_quotes_its_source_is_grounded() -> None:
+    answer = (
+        "Hotels in Zurich are capped at 250 CHF per night [1]. Anything above 1,000 EUR "
+        "needs form FIN-12 and policy HR-204 applies from 1 March 2025 [1]; ask Anna Petrova."
+    )
+    result = check(answer, [TRAVEL])
+    assert result.grounded, result.unsupported
+    assert result.as_dict() == {"grounded": True, "unsupported": []}
+
+
+def test_invented_figures_codes_dates_and_names_are_reported_with_their_place() -> None:
+    answer = (
+        "The hotel cap in Zurich is 300 CHF [1]. Use form FIN-99 before 15 March 2025, "
+        "or ask John Smith."
+    )
+    result = check(answer, [TRAVEL])
+    assert not result.grounded
+    assert [(s.text, s.kind) for s in result.unsupported] == [
+        ("300", "number"),
+        ("FIN-99", "code"),
+        ("15 March 2025", "date"),
+        ("John Smith", "name"),
+    ]
+    first = result.unsupported[0]
+    assert answer[first.start : first.end] == "300"
+
+
+@pytest.mark.parametrize(
+    ("answer", "source"),
+    [
+        ("The limit is 1 000 roubles.", "The limit is 1000 roubles."),
+        ("The limit is 1,000 roubles.", "Лимит — 1 000 рублей."),
+        ("The limit is 1000 roubles.", "The limit is 1,000 roubles."),
+        ("Rate: 2,5 percent.", "Rate: 2.5 percent."),
+        ("Leave is 30 days.", "Leave is thirty days."),
+        ("Отпуск — 30 дней.", "Отпуск составляет тридцать дней."),
+        ("Up to 500 euros.", "up to five hundred euros"),
+        ("Сумма 2000 рублей.", "две тысячи рублей"),
+        ("Starts on 2025-03-12.", "Действует с 12.03.2025."),
+        ("Действует с 12 марта 2025 года.", "Effective 2025-03-12."),
+        ("Effective March 12.", "effective 12 March 2025"),
+        ("Code hr-204 applies; see HR-204.", "policy hr204"),
+    ],
+)
+def test_the_same_value_written_another_way_is_supported(answer: str, source: str) -> None:
+    assert unsupported(answer, source) == []
+
+
+def test_russian_answers_are_checked_with_inflected_names() -> None:
+    good = (
+        "Отпуск составляет 30 дней [1]. Заявление по форме ОТ-7 согласует Мария Иванова, в Цюрихе."
+    )
+    assert unsupported(good, LEAVE_RU) == []
+    bad = "Отпуск составляет 28 дней, заявление по форме ОТ-9 согласует Пётр Сидоров с 1 июня."
+    assert unsupported(bad, LEAVE_RU) == [
+        ("28", "number"),
+        ("ОТ-9", "code"),
+        ("Пётр Сидоров", "name"),
+        ("1 июня", "date"),
+    ]
+
+
+def test_separators_do_not_make_a_different_number() -> None:
+    # 1 000 is one thousand, not "1" and "000"; a wrong thousand is one wrong number.
+    assert unsupported("До 1 000 рублей.", LEAVE_RU) == []
+    assert unsupported("До 2 000 рублей.", LEAVE_RU) == [("2 000", "number")]
+    assert unsupported("Up to 1,500 EUR.", TRAVEL) == [("1,500", "number")]
+
+
+def test_citation_markers_list_numbers_and_sentence_starts_are_not_claims() -> None:
+    answer = "1. Hotels are capped [1][2].\n2. Requests need approval [3].\nThe answer is short."
+    assert unsupported(answer, TRAVEL) == []
+
+
+def test_every_source_counts_and_no_source_supports_nothing() -> None:
+    answer = "Hotels in Zurich cost 250 CHF; leave is 30 days."
+    assert unsupported(answer, TRAVEL, LEAVE_RU) == []
+    assert unsupported(answer) == [
+        ("Zurich", "name"),
+        ("250", "number"),
+        ("CHF", "name"),
+        ("30", "number"),
+    ]
+
+
+def test_an_answer_without_claims_is_grounded() -> None:
+    assert check("I do not know.", [TRAVEL]).grounded
+    assert check("Я не знаю.", [LEAVE_RU]).grounded
+    assert check("", []).grounded
