@@ -48,7 +48,7 @@ def _check_s3(rt: ApiRuntime) -> None:
 def _check_vector_store(rt: ApiRuntime) -> None:
     if rt.qdrant is None:
         raise RuntimeError("vector store client is not open")
-    rt.qdrant.get_collections()
+    rt.qdrant.check()
 
 
 CHECKS: dict[str, Callable[[ApiRuntime], None]] = {
