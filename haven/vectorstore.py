@@ -80,7 +80,11 @@ class Nearest:
 @dataclass(frozen=True)
 class Fuse:
     """Fuse the prefetches' rankings: Reciprocal Rank Fusion (optionally weighted, one weight
-    per prefetch) or score-normalised DBSF."""
+    per prefetch) or score-normalised DBSF.
+
+    Weights do not score alike everywhere: Edge 0.9.0 divides the rank by the weight
+    (1 / (k + (rank + 1) / w - 1), measured), qdrant-client's local mode multiplies the term
+    (w / (k + rank)). Nothing in Haven weighs channels yet."""
 
     method: Literal["rrf", "dbsf"] = "rrf"
     k: int = 60
@@ -394,8 +398,9 @@ class EdgeStore:
 
     kind = "edge"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, indexing_threshold_kb: int = INDEXING_THRESHOLD_KB) -> None:
         self.path = path
+        self.indexing_threshold_kb = indexing_threshold_kb
         self.root = path / "edge"
         self.root.mkdir(parents=True, exist_ok=True)
         self._shards: dict[str, Any] = {}
@@ -448,7 +453,7 @@ class EdgeStore:
                 m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=10_000
             ),
             optimizers=edge.EdgeOptimizersConfig(
-                indexing_threshold=INDEXING_THRESHOLD_KB, default_segment_number=SEGMENTS
+                indexing_threshold=self.indexing_threshold_kb, default_segment_number=SEGMENTS
             ),
             wal_enabled=True,
         )
