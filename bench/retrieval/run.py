@@ -343,9 +343,10 @@ def synthetic(sizes: list[int], queries: int, dim: int = 384) -> list[str]:
     zipf /= zipf.sum()
     tenant = uuid.uuid4()
 
-    def terms(n: int) -> SparseVector:
-        picked = np.unique(rng.choice(vocabulary, size=n, p=zipf))
-        return SparseVector([int(t) for t in picked], [1.0] * len(picked))
+    def terms(n: int, rows: int = 1) -> list[SparseVector]:
+        drawn = rng.choice(vocabulary, size=(rows, n), p=zipf)  # one draw for a whole batch
+        picked = [np.unique(row) for row in drawn]
+        return [SparseVector([int(t) for t in row], [1.0] * len(row)) for row in picked]
 
     def unit(n: int) -> np.ndarray:
         v = rng.standard_normal((n, dim)).astype(np.float32)
@@ -356,7 +357,7 @@ def synthetic(sizes: list[int], queries: int, dim: int = 384) -> list[str]:
         "| lexical p50 / p99 | hybrid p50 / p99 | hybrid before optimising p50 |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    probes = [QueryVectors(ALIAS, unit(1)[0].tolist(), terms(8)) for _ in range(queries)]
+    probes = [QueryVectors(ALIAS, unit(1)[0].tolist(), terms(8)[0]) for _ in range(queries)]
     for size in sizes:
         folder = Path(tempfile.mkdtemp(prefix=f"haven-bench-scale-{size}-"))
         index = open_store("edge", folder)
@@ -365,11 +366,12 @@ def synthetic(sizes: list[int], queries: int, dim: int = 384) -> list[str]:
         def chunks(size: int = size, document: uuid.UUID = document) -> Any:
             for start in range(0, size, 1000):
                 vectors = unit(min(1000, size - start))
+                sparse_rows = terms(70, len(vectors))
                 yield [
                     IndexedChunk(
                         chunk_id(document, 1, start + i),
                         {ALIAS: v.tolist()},
-                        terms(70),
+                        sparse_rows[i],
                         {"tenant_id": str(tenant), "document_id": str(document), "text": "x"},
                     )
                     for i, v in enumerate(vectors)
