@@ -68,13 +68,7 @@ RUNS = {
     "hybrid + mmr": SearchParams(mode="hybrid", fusion="rrf", rrf_k=60, mmr=True, mmr_lambda=0.7),
     "hybrid (dbsf)": SearchParams(mode="hybrid", fusion="dbsf"),
 }
-STORE_NAMES = {
-    "local": "qdrant-client local mode",
-    "edge": "Qdrant Edge",
-    # Edge with every segment HNSW-indexed, however small: how far the approximate search
-    # strays from the exact one (Haven's default scans segments below ~13,000 chunks exactly).
-    "edge-hnsw": "Qdrant Edge, all HNSW",
-}
+STORE_NAMES = {"local": "qdrant-client local mode", "edge": "Qdrant Edge"}
 
 
 def load() -> tuple[list[dict[str, str]], dict[str, str], dict[str, dict[str, int]]]:
@@ -110,8 +104,6 @@ def percentile(values: list[float], q: float) -> float:
 def open_store(kind: str, folder: Path) -> ChunkIndex:
     if kind == "local":
         return ChunkIndex(ServerStore(QdrantClient(path=str(folder)), kind="local"), "bench")
-    if kind == "edge-hnsw":
-        return ChunkIndex(EdgeStore(folder, indexing_threshold_kb=1), "bench")
     return ChunkIndex(EdgeStore(folder), "bench")
 
 
