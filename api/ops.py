@@ -58,7 +58,7 @@ def _check_s3(rt: ApiRuntime) -> None:
 def _check_vector_store(rt: ApiRuntime) -> None:
     if rt.qdrant is None:
         raise DomainError("the vector store client is not open", code="not_open")
-    rt.qdrant.get_collections()
+    rt.qdrant.check()
 
 
 CHECKS: dict[str, Callable[[ApiRuntime], None]] = {

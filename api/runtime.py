@@ -16,7 +16,6 @@ import redis.asyncio as aredis
 from celery import Celery
 from minio import Minio
 from prometheus_client import CollectorRegistry
-from qdrant_client import QdrantClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -36,6 +35,7 @@ from haven.queueing import create_celery
 from haven.storage import Presigner, make_client, make_presigner
 from haven.telemetry import RequestMetrics
 from haven.vectors import make_index, release_qdrant
+from haven.vectorstore import VectorStore
 
 T = TypeVar("T")
 
@@ -79,7 +79,7 @@ class ApiRuntime:
     auth_slots: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(AUTH_CONNECTIONS)
     )
-    qdrant: QdrantClient | None = None
+    qdrant: VectorStore | None = None
     # Readiness checks added by a process that runs more than this API (the all-in-one's
     # worker): name -> a call that raises while that part is not ready.
     readiness_checks: dict[str, Callable[[], None]] = field(default_factory=dict)

@@ -1,10 +1,11 @@
 """Retrieval over the chunk index: dense, lexical (sparse BM25 with Qdrant's IDF) or hybrid.
 
-Hybrid sends one batch to Qdrant: the dense channel, the lexical channel (both only to report
-each hit's rank per channel) and the fused query, whose two prefetches are fused server-side
-by Reciprocal Rank Fusion (or score-normalised DBSF). MMR re-ranks the candidates for
-diversity with the dense vectors (server-side, Qdrant's MMR). Every query filters on the
-tenant and on active (fully indexed) versions, whatever the request asks.
+Hybrid sends one batch to the vector store: the dense channel, the lexical channel (both only
+to report each hit's rank per channel) and the fused query, whose two prefetches are fused
+inside the engine by Reciprocal Rank Fusion (or score-normalised DBSF). MMR re-ranks the
+candidates for diversity with the dense vectors (Qdrant's MMR). Every query filters on the
+tenant and on active (fully indexed) versions, whatever the request asks. The same requests
+run on a Qdrant server and on Qdrant Edge (``haven.vectorstore``).
 
 The API and ``bench/retrieval`` both run this code.
 """
@@ -16,9 +17,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from qdrant_client import models
-
-from haven.index import SPARSE_NAME, ChunkIndex, SparseVector, dense_name
+from haven.index import SPARSE_NAME, TENANT_KEY, ChunkIndex, SparseVector, dense_name
+from haven.vectorstore import (
+    Condition,
+    DatetimeRange,
+    Diversify,
+    Filter,
+    Fuse,
+    Match,
+    MatchAny,
+    Nearest,
+    Prefetch,
+    Request,
+)
 
 Mode = Literal["hybrid", "dense", "lexical"]
 FusionName = Literal["rrf", "dbsf"]
@@ -72,41 +83,25 @@ class SearchOutcome:
     reason: str | None
 
 
-def build_filter(tenant_id: uuid.UUID, filters: SearchFilters) -> models.Filter:
-    must: list[models.Condition] = [
-        models.FieldCondition(key="tenant_id", match=models.MatchValue(value=str(tenant_id))),
-        models.FieldCondition(key="active", match=models.MatchValue(value=True)),
-    ]
+def build_filter(tenant_id: uuid.UUID, filters: SearchFilters) -> Filter:
+    must: list[Condition] = [Match(TENANT_KEY, str(tenant_id)), Match("active", True)]
     if filters.tags:
-        must.append(models.FieldCondition(key="tags", match=models.MatchAny(any=filters.tags)))
+        must.append(MatchAny("tags", list(filters.tags)))
     if filters.document_ids:
-        must.append(
-            models.FieldCondition(
-                key="document_id", match=models.MatchAny(any=[str(d) for d in filters.document_ids])
-            )
-        )
+        must.append(MatchAny("document_id", [str(d) for d in filters.document_ids]))
     if filters.mime:
-        must.append(models.FieldCondition(key="mime", match=models.MatchAny(any=filters.mime)))
+        must.append(MatchAny("mime", list(filters.mime)))
     if filters.lang:
-        must.append(models.FieldCondition(key="lang", match=models.MatchAny(any=filters.lang)))
+        must.append(MatchAny("lang", list(filters.lang)))
     if filters.updated_from or filters.updated_to:
-        must.append(
-            models.FieldCondition(
-                key="updated_at",
-                range=models.DatetimeRange(gte=filters.updated_from, lte=filters.updated_to),
-            )
-        )
-    return models.Filter(must=must)
-
-
-def _sparse(vector: SparseVector) -> models.SparseVector:
-    return models.SparseVector(indices=vector.indices, values=vector.values)
+        must.append(DatetimeRange("updated_at", gte=filters.updated_from, lte=filters.updated_to))
+    return Filter(must=tuple(must))
 
 
 def search(
     index: ChunkIndex, tenant_id: uuid.UUID, vectors: QueryVectors, params: SearchParams
 ) -> SearchOutcome:
-    if not index.client.collection_exists(index.collection):
+    if not index.exists():
         return SearchOutcome([], "nothing has been indexed yet")
     if params.mode == "lexical" and not vectors.sparse.indices:
         return SearchOutcome([], "the query has no searchable terms (only stop words?)")
@@ -114,83 +109,52 @@ def search(
     flt = build_filter(tenant_id, params.filters)
     using = dense_name(vectors.alias)
     limit = max(params.top_k, params.candidates)
-    mmr = (
-        models.Mmr(diversity=1.0 - params.mmr_lambda, candidates_limit=limit)
+    dense = Nearest(vectors.dense, using)
+    lexical = Nearest(vectors.sparse, SPARSE_NAME)
+    channels: dict[str, Nearest] = {}
+    if params.mode in ("hybrid", "dense"):
+        channels["dense"] = dense
+    if params.mode in ("hybrid", "lexical") and vectors.sparse.indices:
+        channels["lexical"] = lexical
+    diversify = (
+        Diversify(vectors.dense, using, relevance=params.mmr_lambda, candidates=limit)
         if params.mmr
         else None
     )
-    dense_req = models.QueryRequest(
-        query=vectors.dense, using=using, filter=flt, limit=limit, with_payload=False
-    )
-    lexical_req = models.QueryRequest(
-        query=_sparse(vectors.sparse),
-        using=SPARSE_NAME,
-        filter=flt,
-        limit=limit,
-        with_payload=False,
-    )
-    channels: list[models.QueryRequest] = []
-    if params.mode in ("hybrid", "dense"):
-        channels.append(dense_req)
-    if params.mode in ("hybrid", "lexical") and vectors.sparse.indices:
-        channels.append(lexical_req)
 
     if params.mode == "dense":
-        final = models.QueryRequest(
-            query=models.NearestQuery(nearest=vectors.dense, mmr=mmr),
-            using=using,
-            filter=flt,
-            limit=params.top_k,
-            with_payload=True,
-        )
+        final = Request(diversify or dense, params.top_k, flt, with_payload=True)
     elif params.mode == "lexical":
-        final = models.QueryRequest(
-            query=_sparse(vectors.sparse),
-            using=SPARSE_NAME,
-            filter=flt,
-            limit=params.top_k,
-            with_payload=True,
-        )
+        final = Request(lexical, params.top_k, flt, with_payload=True)
     else:
-        prefetch = [
-            models.Prefetch(query=c.query, using=c.using, filter=flt, limit=limit) for c in channels
-        ]
-        fusion: models.Query = (
-            models.RrfQuery(rrf=models.Rrf(k=params.rrf_k))
-            if params.fusion == "rrf"
-            else models.FusionQuery(fusion=models.Fusion.DBSF)
-        )
-        if mmr is None:
-            final = models.QueryRequest(
-                prefetch=prefetch, query=fusion, limit=params.top_k, with_payload=True
-            )
+        prefetch = tuple(Prefetch(query, limit, flt) for query in channels.values())
+        fusion = Fuse("rrf", k=params.rrf_k) if params.fusion == "rrf" else Fuse("dbsf")
+        if diversify is None:
+            final = Request(fusion, params.top_k, prefetch=prefetch, with_payload=True)
         else:
             # Diversify the fused candidates by their dense vectors.
-            final = models.QueryRequest(
-                prefetch=models.Prefetch(prefetch=prefetch, query=fusion, limit=limit),
-                query=models.NearestQuery(nearest=vectors.dense, mmr=mmr),
-                using=using,
-                limit=params.top_k,
+            final = Request(
+                diversify,
+                params.top_k,
+                prefetch=(Prefetch(fusion, limit, prefetch=prefetch),),
                 with_payload=True,
             )
 
-    if not params.channel_ranks and params.mode == "hybrid":
-        reported: list[models.QueryRequest] = []
-    else:
-        reported = channels
-    responses = index.client.query_batch_points(index.collection, [*reported, final])
-    ranks: dict[str, dict[str, int]] = {}
-    for request, response in zip(reported, responses, strict=False):
-        name = "lexical" if request.using == SPARSE_NAME else "dense"
-        ranks[name] = {str(p.id): rank for rank, p in enumerate(response.points, start=1)}
+    reported = {} if not params.channel_ranks and params.mode == "hybrid" else channels
+    requests = [Request(query, limit, flt) for query in reported.values()]
+    responses = index.store.query_batch(index.collection, [*requests, final])
+    ranks = {
+        name: {p.id: rank for rank, p in enumerate(response, start=1)}
+        for name, response in zip(reported, responses, strict=False)
+    }
     hits = [
         Hit(
-            chunk_id=uuid.UUID(str(point.id)),
-            score=float(point.score),
-            payload=dict(point.payload or {}),
-            dense_rank=ranks.get("dense", {}).get(str(point.id)),
-            lexical_rank=ranks.get("lexical", {}).get(str(point.id)),
+            chunk_id=point.id,
+            score=point.score,
+            payload=point.payload,
+            dense_rank=ranks.get("dense", {}).get(point.id),
+            lexical_rank=ranks.get("lexical", {}).get(point.id),
         )
-        for point in responses[-1].points
+        for point in responses[-1]
     ]
     return SearchOutcome(hits, None if hits else "no indexed passage matched the query")

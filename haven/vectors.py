@@ -1,97 +1,170 @@
-"""The vector store client: a Qdrant server when ``QDRANT_URL`` is set, otherwise
-qdrant-client's embedded local mode in a folder. The same calls work on both.
+"""The vector store of a process: a Qdrant server when ``QDRANT_URL`` is set, otherwise
+Qdrant Edge in ``HAVEN_QDRANT_PATH`` (the embedded default; see ``haven.vectorstore``).
 
-Local mode allows one process per folder, which is why the embedded default runs the API and
-the workers in one process (``haven up``); inside that process they share one client, and
-since local mode keeps its points in plain in-memory arrays that concurrent writers corrupt,
-every call to it goes through one lock.
+Edge lets one process open a shard, which is why the embedded default runs the API and the
+workers in one process (``haven up``); inside that process they share one store.
+
+Folders written by the embedded default of earlier releases (qdrant-client's local mode: a
+``meta.json`` and SQLite files under ``collection/``) are carried over the first time the
+store opens: every point, with its vectors and payload, is copied into Edge with progress in
+the log, and the old files are then moved to ``local-mode-backup/`` (never deleted).
 """
 
 from __future__ import annotations
 
-import sqlite3
+import json
+import shutil
 import threading
+import time
+import uuid
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import structlog
-from qdrant_client import QdrantClient
 
-from haven.index import ChunkIndex
+from haven.index import ChunkIndex, chunk_schema
 from haven.settings import StoreSettings
+from haven.vectorstore import EdgeStore, Point, ServerStore, SparseVector, VectorStore
 
 log = structlog.get_logger("haven.vectors")
 
-_local_clients: dict[Path, QdrantClient] = {}
+_embedded: dict[Path, EdgeStore] = {}
 _lock = threading.Lock()
 
-
-class _Serialized:
-    """A local-mode client whose methods run one at a time (the API thread and the worker
-    threads share it)."""
-
-    def __init__(self, client: QdrantClient) -> None:
-        self._client = client
-        self._call_lock = threading.RLock()
-        tune_local_storage(client)
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._client, name)
-        if not callable(attribute):
-            return attribute
-
-        def locked(*args: Any, **kwargs: Any) -> Any:
-            with self._call_lock:
-                result = attribute(*args, **kwargs)
-                if name in ("create_collection", "recreate_collection"):
-                    tune_local_storage(self._client)
-                return result
-
-        return locked
+LOCAL_MODE_BACKUP = "local-mode-backup"
+MIGRATION_BATCH = 1000
 
 
-def tune_local_storage(client: QdrantClient) -> None:
-    """Write-ahead logging for local mode's per-collection SQLite files.
-
-    Local mode stores every point with its own commit, and in SQLite's default journal mode
-    each commit syncs the file to disk twice: indexing a document's chunks and then making
-    them searchable spent most of an ingest job's time waiting for the disk. In WAL mode with
-    ``synchronous=NORMAL`` a commit is an append; the database stays consistent after a crash
-    of the process, and an operating-system crash can at worst lose the last commits, which
-    the vectors' source of truth (PostgreSQL + the object store) can rebuild. Reaches into
-    qdrant-client's local internals; if they change, nothing is tuned and nothing breaks."""
-    local = getattr(client, "_client", None)
-    for collection in getattr(local, "collections", {}).values():
-        storage = getattr(getattr(collection, "storage", None), "storage", None)
-        if not isinstance(storage, sqlite3.Connection):
-            continue
-        try:
-            if storage.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                storage.execute("PRAGMA journal_mode=WAL")
-            storage.execute("PRAGMA synchronous=NORMAL")
-        except sqlite3.Error as exc:
-            log.warning("vectors.local_tuning_failed", error=str(exc))
-
-
-def make_qdrant(settings: StoreSettings) -> QdrantClient:
+def make_qdrant(settings: StoreSettings) -> VectorStore:
+    """The store of this process: a new server client, or the process's embedded store."""
     if settings.qdrant_url:
+        from qdrant_client import QdrantClient
+
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
-        return QdrantClient(url=settings.qdrant_url, api_key=api_key, timeout=30)
+        return ServerStore(QdrantClient(url=settings.qdrant_url, api_key=api_key, timeout=30))
     path = settings.qdrant_path.resolve()
     with _lock:
-        client = _local_clients.get(path)
-        if client is None:
+        store = _embedded.get(path)
+        if store is None:
             path.mkdir(parents=True, exist_ok=True)
-            client = cast(QdrantClient, _Serialized(QdrantClient(path=str(path))))
-            _local_clients[path] = client
-        return client
+            store = EdgeStore(path)
+            migrate_local_mode(store)
+            _embedded[path] = store
+        return store
 
 
-def release_qdrant(settings: StoreSettings, client: QdrantClient) -> None:
-    """Close a server client; a local one stays open for the process's other users."""
+def release_qdrant(settings: StoreSettings, store: VectorStore) -> None:
+    """Close a server client; the embedded store stays open for the process's other users
+    (its write-ahead log already holds every acknowledged write)."""
     if settings.qdrant_url:
+        store.close()
+
+
+def close_embedded(settings: StoreSettings) -> None:
+    """Flush and close the process's embedded store, letting another process open it."""
+    with _lock:
+        store = _embedded.pop(settings.qdrant_path.resolve(), None)
+    if store is not None:
+        store.close()
+
+
+def make_index(settings: StoreSettings, store: VectorStore) -> ChunkIndex:
+    return ChunkIndex(store, settings.qdrant_collection)
+
+
+# -- carrying over local mode's data -------------------------------------------------------
+
+
+def local_mode_collections(path: Path) -> list[str]:
+    meta = path / "meta.json"
+    if not meta.is_file():
+        return []
+    return sorted(json.loads(meta.read_text()).get("collections", {}))
+
+
+def migrate_local_mode(store: EdgeStore) -> dict[str, int]:
+    """Copy every collection of a local-mode folder into Edge, then move the old files
+    aside. Returns the points copied per collection.
+
+    Each collection is written to ``edge/<name>.migrating`` and renamed when complete, so a
+    migration cut short starts that collection over at the next start instead of leaving a
+    partial copy that looks finished."""
+    path = store.path
+    names = local_mode_collections(path)
+    if not names:
+        return {}
+    from qdrant_client import QdrantClient
+
+    copied: dict[str, int] = {}
+    log.info("vectors.migrate.start", path=str(path), collections=names)
+    client = QdrantClient(path=str(path))
+    try:
+        for name in names:
+            if store.exists(name):
+                log.info("vectors.migrate.skip", collection=name, reason="already in Edge")
+                continue
+            copied[name] = _migrate_collection(store, client, name)
+    finally:
         client.close()
+    backup = path / LOCAL_MODE_BACKUP
+    backup.mkdir(exist_ok=True)
+    for entry in ("collection", "meta.json", ".lock"):
+        if (path / entry).exists():
+            shutil.move(str(path / entry), str(backup / entry))
+    log.info("vectors.migrate.done", copied=copied, backup=str(backup))
+    return copied
 
 
-def make_index(settings: StoreSettings, client: QdrantClient) -> ChunkIndex:
-    return ChunkIndex(client, settings.qdrant_collection, server=settings.qdrant_url is not None)
+def _migrate_collection(store: EdgeStore, client: Any, name: str) -> int:
+    params = client.get_collection(name).config.params
+    dense = params.vectors if isinstance(params.vectors, dict) else {}
+    dimensions = {
+        vector_name.removeprefix("dense-"): int(config.size)
+        for vector_name, config in dense.items()
+    }
+    total = int(client.count(name, exact=True).count)
+    target = store.root / name
+    partial = store.root / f"{name}.migrating"
+    if partial.exists():
+        shutil.rmtree(partial)  # an earlier attempt was cut short
+    shard = store.create_at(partial, chunk_schema(dimensions))
+    done, offset, started = 0, None, time.monotonic()
+    log.info("vectors.migrate.collection", collection=name, points=total)
+    while True:
+        records, offset = client.scroll(
+            name, limit=MIGRATION_BATCH, offset=offset, with_payload=True, with_vectors=True
+        )
+        points = [_point(record) for record in records]
+        if points:
+            store.upsert_into(shard, points)
+            done += len(points)
+            log.info(
+                "vectors.migrate.progress",
+                collection=name,
+                done=done,
+                total=total,
+                percent=round(100 * done / total, 1) if total else 100.0,
+            )
+        if offset is None:
+            break
+    shard.optimize()
+    shard.flush()
+    shard.close()
+    partial.rename(target)
+    log.info(
+        "vectors.migrate.collection_done",
+        collection=name,
+        points=done,
+        seconds=round(time.monotonic() - started, 1),
+    )
+    return done
+
+
+def _point(record: Any) -> Point:
+    vectors: dict[str, list[float] | SparseVector] = {}
+    for name, vector in (record.vector or {}).items():
+        if hasattr(vector, "indices"):
+            vectors[name] = SparseVector(list(vector.indices), list(vector.values))
+        else:
+            vectors[name] = list(vector)
+    return Point(uuid.UUID(str(record.id)), vectors, dict(record.payload or {}))

@@ -1,4 +1,4 @@
-"""Ingest end to end: real API + worker process on RabbitMQ, real emb, embedded Qdrant."""
+"""Ingest end to end: real API + worker process on RabbitMQ, real emb, embedded Qdrant (Edge)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 from fpdf import FPDF
-from qdrant_client import QdrantClient, models
 from sqlalchemy import func, select
 from transformers import AutoTokenizer
 
 from haven.db.engine import transaction
 from haven.db.tables import Chunk
+from haven.settings import StoreSettings
+from haven.vectors import close_embedded, make_index, make_qdrant
 from models.loader import ModelCache
 from models.store import registry_from_settings
 from tests.e2e.conftest import Stack
@@ -116,24 +117,16 @@ def expected_chunks(stack: Stack, files: list[tuple[str, bytes]], tmp: Path) -> 
 
 
 def qdrant_points(stack: Stack, tenant_id: uuid.UUID) -> int:
-    """Count the tenant's points with the API process stopped (embedded Qdrant is
+    """Count the tenant's points with the API process stopped (the embedded store is
     single-process)."""
-    client = QdrantClient(path=stack.env["HAVEN_QDRANT_PATH"])
+    settings = StoreSettings(
+        qdrant_path=Path(stack.env["HAVEN_QDRANT_PATH"]),
+        qdrant_collection=stack.env["HAVEN_QDRANT_COLLECTION"],
+    )
     try:
-        result = client.count(
-            stack.env["HAVEN_QDRANT_COLLECTION"],
-            count_filter=models.Filter(
-                must=[
-                    models.FieldCondition(
-                        key="tenant_id", match=models.MatchValue(value=str(tenant_id))
-                    )
-                ]
-            ),
-            exact=True,
-        )
-        return int(result.count)
+        return make_index(settings, make_qdrant(settings)).count(tenant_id)
     finally:
-        client.close()
+        close_embedded(settings)
 
 
 def chunk_rows(stack: Stack, tenant_id: uuid.UUID) -> int:

@@ -1,0 +1,173 @@
+"""The chunk index and search behave the same on both vector stores: Qdrant Edge (the
+embedded default) and qdrant-client (a Qdrant server in production; its local mode here, which
+takes the same requests, since no server runs in the tests)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from qdrant_client import QdrantClient
+
+from haven.index import ChunkIndex, IndexedChunk, SparseVector, chunk_id
+from haven.search import QueryVectors, SearchFilters, SearchParams, search
+from haven.vectorstore import EdgeStore, ServerStore
+
+DAY = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+@pytest.fixture(params=["edge", "qdrant-client"])
+def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ChunkIndex]:
+    if request.param == "edge":
+        edge = EdgeStore(tmp_path / "edge")
+        yield ChunkIndex(edge, "chunks")
+        edge.close()
+    else:
+        client = QdrantClient(path=str(tmp_path / "local"))
+        yield ChunkIndex(ServerStore(client, kind="local"), "chunks")
+        client.close()
+
+
+def put(
+    index: ChunkIndex,
+    tenant: uuid.UUID,
+    document: uuid.UUID,
+    texts: list[str],
+    *,
+    version: int = 1,
+    tags: list[str] | None = None,
+    updated: datetime = DAY,
+    activate: bool = True,
+) -> list[uuid.UUID]:
+    """Chunks whose dense vector points along their position and whose lexical terms are
+    their words' lengths (a stand-in for term ids)."""
+    version_id = uuid.uuid5(document, str(version))
+    ids = [chunk_id(document, version, p) for p in range(len(texts))]
+    index.upsert(
+        IndexedChunk(
+            cid,
+            {"a": [1.0, float(p), float(len(text)), 0.5]},
+            lengths(text),
+            {
+                "tenant_id": str(tenant),
+                "document_id": str(document),
+                "version_id": str(version_id),
+                "version": version,
+                "tags": tags or [],
+                "mime": "text/plain",
+                "lang": "und",
+                "updated_at": updated.isoformat(),
+                "text": text,
+            },
+        )
+        for p, (cid, text) in enumerate(zip(ids, texts, strict=True))
+    )
+    if activate:
+        index.activate_version(ids, [])
+    return ids
+
+
+def lengths(text: str) -> SparseVector:
+    terms = sorted({len(word) for word in text.split()})
+    return SparseVector(terms, [1.0] * len(terms))
+
+
+def query(dense: list[float], terms: list[int]) -> QueryVectors:
+    return QueryVectors("a", dense, SparseVector(terms, [1.0] * len(terms)))
+
+
+def test_search_sees_only_the_tenants_active_chunks_in_every_mode(index: ChunkIndex) -> None:
+    index.ensure({"a": 4})
+    mine, theirs = uuid.uuid4(), uuid.uuid4()
+    document = uuid.uuid4()
+    ids = put(index, mine, document, ["alpha beta", "gamma delta epsilon", "zeta"])
+    put(index, theirs, uuid.uuid4(), ["alpha beta", "gamma delta epsilon"])
+    put(index, mine, uuid.uuid4(), ["alpha beta unfinished"], activate=False)
+    vectors = query([1.0, 1.0, 18.0, 0.5], [5])
+    for mode in ("dense", "lexical", "hybrid"):
+        outcome = search(index, mine, vectors, SearchParams(mode=mode))  # type: ignore[arg-type]
+        assert {h.payload["tenant_id"] for h in outcome.hits} == {str(mine)}, mode
+        assert {h.chunk_id for h in outcome.hits} <= set(ids), mode
+    hybrid = search(index, mine, vectors, SearchParams(mode="hybrid"))
+    assert hybrid.hits[0].chunk_id == ids[1]  # nearest and sharing the term
+    assert hybrid.hits[0].dense_rank == 1 and hybrid.hits[0].lexical_rank is not None
+    assert index.count(mine) == 4 and index.count(mine, active_only=True) == 3
+    assert index.existing_ids([ids[0], uuid.uuid4()]) == {ids[0]}
+
+
+def test_filters_fusions_and_mmr(index: ChunkIndex) -> None:
+    index.ensure({"a": 4})
+    tenant = uuid.uuid4()
+    hr, legal = uuid.uuid4(), uuid.uuid4()
+    put(index, tenant, hr, ["leave policy", "leave days"], tags=["hr"])
+    put(
+        index,
+        tenant,
+        legal,
+        ["contract terms", "contract leave"],
+        tags=["legal"],
+        updated=DAY + timedelta(days=30),
+    )
+    vectors = query([1.0, 0.0, 12.0, 0.5], [5])
+
+    def docs(params: SearchParams) -> set[str]:
+        return {str(h.payload["document_id"]) for h in search(index, tenant, vectors, params).hits}
+
+    assert docs(SearchParams(filters=SearchFilters(tags=["hr"]))) == {str(hr)}
+    assert docs(SearchParams(filters=SearchFilters(document_ids=[legal]))) == {str(legal)}
+    later = SearchFilters(updated_from=DAY + timedelta(days=1))
+    assert docs(SearchParams(filters=later)) == {str(legal)}
+    assert docs(SearchParams(filters=SearchFilters(mime=["application/pdf"]))) == set()
+    for params in (
+        SearchParams(fusion="dbsf"),
+        SearchParams(mmr=True, mmr_lambda=0.7),
+        SearchParams(mode="dense", mmr=True),
+    ):
+        assert docs(params) == {str(hr), str(legal)}
+    # MMR with all weight on relevance is the plain ranking.
+    plain = search(index, tenant, vectors, SearchParams(mode="dense")).hits
+    relevant = search(index, tenant, vectors, SearchParams(mode="dense", mmr=True, mmr_lambda=1.0))
+    assert [h.chunk_id for h in relevant.hits] == [h.chunk_id for h in plain]
+
+
+def test_activation_replaces_a_version_and_deletes_reach_only_their_tenant(
+    index: ChunkIndex,
+) -> None:
+    index.ensure({"a": 4})
+    tenant, other = uuid.uuid4(), uuid.uuid4()
+    document = uuid.uuid4()
+    old = put(index, tenant, document, ["first edition", "more"])
+    new = put(index, tenant, document, ["second edition"], version=2, activate=False)
+    put(index, other, uuid.uuid4(), ["first edition"])
+    vectors = query([1.0, 0.0, 13.0, 0.5], [5, 7])
+    assert {h.chunk_id for h in search(index, tenant, vectors, SearchParams()).hits} == set(old)
+    index.activate_version(new, old)
+    assert {h.chunk_id for h in search(index, tenant, vectors, SearchParams()).hits} == set(new)
+    assert index.count(tenant) == 1
+
+    # Another tenant's ids do nothing.
+    index.delete_document(other, document)
+    assert index.count(tenant) == 1
+    index.delete_version(tenant, uuid.uuid5(document, "2"))
+    assert index.count(tenant) == 0
+    put(index, tenant, uuid.uuid4(), ["kept until the purge"])
+    index.delete_tenant(tenant)
+    assert index.count(tenant) == 0
+    assert index.count(other) == 1
+
+
+def test_search_before_anything_is_indexed_says_so(index: ChunkIndex) -> None:
+    outcome = search(index, uuid.uuid4(), query([1.0, 0.0, 1.0, 0.0], [1]), SearchParams())
+    assert (outcome.hits, outcome.reason) == ([], "nothing has been indexed yet")
+    assert index.count() == 0
+    index.delete_document(uuid.uuid4(), uuid.uuid4())  # nothing to delete is not an error
+
+
+def test_a_new_embedding_alias_needs_a_reindex(index: ChunkIndex) -> None:
+    index.ensure({"a": 4})
+    index.ensure({"a": 4})
+    with pytest.raises(RuntimeError, match="re-index"):
+        index.ensure({"a": 4, "b": 8})
