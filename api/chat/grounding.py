@@ -279,8 +279,12 @@ def check(answer: str, sources: Iterable[str]) -> Grounding:
             continue
         take(match.start(), match.end())
         value = _number_value(match.group())
-        if value is not None and value not in known.numbers:
-            found.append(Span(match.group(), "number", match.start(), match.end()))
+        unit = _unit_after(text, match.end())
+        if value is not None and not known.has_number(value, unit and unit[0]):
+            # A figure in no source is the number; one the sources give in another unit is
+            # the number with its unit ("250 EUR" where they say 250 CHF).
+            end = unit[1] if unit and value in known.numbers else match.end()
+            found.append(Span(text[match.start() : end], "number", match.start(), end))
     found.extend(_unsupported_names(text, known, free))
     found.sort(key=lambda s: s.start)
     return Grounding(tuple(found))
@@ -292,6 +296,10 @@ def check(answer: str, sources: Iterable[str]) -> Grounding:
 @dataclass(frozen=True)
 class _Known:
     numbers: frozenset[Decimal]
+    # Numbers the sources write with a unit ("250 CHF", "30 working days"), and those they
+    # write without one (or spell out, or hold inside a code or a date).
+    with_units: frozenset[tuple[Decimal, str]]
+    bare: frozenset[Decimal]
     dates: frozenset[tuple[int | None, int, int]]
     codes: frozenset[str]
     stems: frozenset[str]
@@ -299,22 +307,51 @@ class _Known:
     @classmethod
     def of(cls, sources: Sequence[str]) -> _Known:
         numbers: set[Decimal] = set()
+        with_units: set[tuple[Decimal, str]] = set()
+        bare: set[Decimal] = set()
         dates: set[tuple[int | None, int, int]] = set()
         codes: set[str] = set()
         stems: set[str] = set()
         for source in sources:
             text = unicodedata.normalize("NFKC", source)
+            spans = []
             for match in _NUMBER.finditer(text):
                 value = _number_value(match.group())
-                if value is not None:
-                    numbers.add(value)
-            # Plain digit runs too: "HR-204" offers 204, "2025-03-12" offers 3 and 12.
-            numbers.update(Decimal(int(run)) for run in re.findall(r"\d+", text))
-            numbers.update(Decimal(v) for v in _spelled_numbers(text))
+                if value is None:
+                    continue
+                numbers.add(value)
+                spans.append(match.span())
+                unit = _unit_after(text, match.end())
+                if unit is None:
+                    bare.add(value)
+                else:
+                    with_units.add((value, unit[0]))
+            # Digit runs inside codes and dates too: "HR-204" offers 204, "2025-03-12" 3.
+            for run in re.finditer(r"\d+", text):
+                if not any(a <= run.start() and run.end() <= b for a, b in spans):
+                    numbers.add(Decimal(int(run.group())))
+                    bare.add(Decimal(int(run.group())))
+            spelled = {Decimal(v) for v in _spelled_numbers(text)}
+            numbers |= spelled
+            bare |= spelled
             dates.update(d.value for d in _dates(text))
             codes.update(_code_key(m.group()) for m in _TOKEN.finditer(text))
             stems.update(stem(word) for word in _WORD.findall(text))
-        return cls(frozenset(numbers), frozenset(dates), frozenset(codes), frozenset(stems))
+        return cls(
+            frozenset(numbers),
+            frozenset(with_units),
+            frozenset(bare),
+            frozenset(dates),
+            frozenset(codes),
+            frozenset(stems),
+        )
+
+    def has_number(self, value: Decimal, unit: str | None) -> bool:
+        """``value`` is in a source and, when the answer gives it a unit, with that unit
+        (or somewhere without any): "250 EUR" is not supported by "250 CHF"."""
+        if value not in self.numbers:
+            return False
+        return unit is None or (value, unit) in self.with_units or value in self.bare
 
     def has_date(self, value: tuple[int | None, int, int]) -> bool:
         year, month, day = value
@@ -325,6 +362,59 @@ class _Known:
 
 
 # -- numbers ----------------------------------------------------------------------------------
+
+# Units by the start of their word, English and Russian, singular and plural and inflected.
+_UNITS: tuple[tuple[str, str], ...] = (
+    ("day", "day"),
+    ("дн", "day"),
+    ("ден", "day"),
+    ("hour", "hour"),
+    ("час", "hour"),
+    ("week", "week"),
+    ("недел", "week"),
+    ("month", "month"),
+    ("месяц", "month"),
+    ("year", "year"),
+    ("лет", "year"),
+    ("год", "year"),
+    ("minute", "minute"),
+    ("минут", "minute"),
+    ("night", "night"),
+    ("ноч", "night"),
+    ("eur", "eur"),
+    ("евро", "eur"),
+    ("chf", "chf"),
+    ("франк", "chf"),
+    ("usd", "usd"),
+    ("dollar", "usd"),
+    ("доллар", "usd"),
+    ("rub", "rub"),
+    ("руб", "rub"),
+    ("percent", "percent"),
+    ("процент", "percent"),
+    ("%", "percent"),
+    ("character", "character"),
+    ("символ", "character"),
+)
+# Up to two words after a number: "30 days", "30 working days", "250 CHF".
+_AFTER_NUMBER = re.compile(r"[ \u00a0]*(%|[^\W\d_]+)(?:[ \u00a0]+([^\W\d_]+))?")
+
+
+def _unit_of(word: str) -> str | None:
+    word = word.casefold()
+    return next((unit for start, unit in _UNITS if word.startswith(start)), None)
+
+
+def _unit_after(text: str, end: int) -> tuple[str, int] | None:
+    """The unit written after the number ending at ``end``, and where its word ends."""
+    match = _AFTER_NUMBER.match(text, end)
+    if match is None:
+        return None
+    for group in (1, 2):
+        word = match.group(group)
+        if word is not None and (unit := _unit_of(word)) is not None:
+            return unit, match.end(group)
+    return None
 
 
 def _number_value(raw: str) -> Decimal | None:

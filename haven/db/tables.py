@@ -307,7 +307,8 @@ class AuditEntry(Base):
 
 
 class Upload(Timestamped, Base):
-    """A presigned upload: the client PUTs straight to the object store, then completes it."""
+    """A presigned upload: the client POSTs the file straight to the object store (a POST
+    policy), then completes it. Swept by maintenance when it expires uncompleted."""
 
     __tablename__ = "uploads"
 

@@ -112,3 +112,16 @@ def test_an_answer_without_claims_is_grounded() -> None:
     assert check("I do not know.", [TRAVEL]).grounded
     assert check("Я не знаю.", [LEAVE_RU]).grounded
     assert check("", []).grounded
+
+
+def test_a_figure_the_sources_give_in_another_unit_is_reported_with_its_unit() -> None:
+    # Small models copy a number from the wrong sentence or change its unit.
+    assert unsupported("The cap in Zurich is 250 EUR per night.", TRAVEL) == [("250 EUR", "number")]
+    assert unsupported("Approval above 1,000 CHF.", TRAVEL) == [("1,000 CHF", "number")]
+    assert unsupported("Отпуск — 30 недель.", LEAVE_RU) == [("30 недель", "number")]
+    # The same unit, however it is inflected or qualified, is the same figure.
+    assert unsupported("Отпуск — 30 дней, заявление за 14 дней.", LEAVE_RU) == []
+    assert unsupported("Leave is 30 days.", "Leave is 30 working days.") == []
+    assert unsupported("The cap is 250 CHF.", TRAVEL) == []
+    # A figure the sources give without a unit cannot be checked for one.
+    assert unsupported("It takes 3 days.", "Step 3 of the form.") == []
