@@ -155,7 +155,7 @@ def main() -> None:
     )
     api = ServiceProcess(
         "api",
-        python_module("workers.allinone", "--port", str(api_port)),
+        python_module("devstack.allinone", "--port", str(api_port)),
         env,
         f"http://127.0.0.1:{api_port}/readyz",
         work / "api.log",
