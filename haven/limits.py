@@ -17,6 +17,8 @@ Two ways in:
 
 Limits are set by a two-line Python wrapper that calls ``setrlimit`` and then ``exec``s the
 command: ``preexec_fn`` is not safe in a process with threads, and every Haven worker has them.
+A descendant that starts a session of its own leaves the process group and escapes the kill;
+code that may do so on purpose belongs in the sandbox (its own PID namespace), not here alone.
 """
 
 from __future__ import annotations
