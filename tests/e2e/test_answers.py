@@ -120,12 +120,12 @@ def test_a_streamed_openai_answer_lists_its_sources_after_the_chat_asked_the_sam
 def test_an_invented_figure_is_marked_ungrounded_and_a_quoted_one_is_not(
     library: Library,
 ) -> None:
-    def answer(question: str) -> tuple[str, dict[str, Any]]:
+    def answer(question: str, instruction: str | None = None) -> tuple[str, dict[str, Any]]:
+        messages: list[Any] = [{"role": "user", "content": question}]
+        if instruction is not None:
+            messages.insert(0, {"role": "system", "content": instruction})
         completion = library.client.chat.completions.create(
-            model="haven-rag",
-            messages=[{"role": "user", "content": question}],
-            max_tokens=40,
-            temperature=0,
+            model="haven-rag", messages=messages, max_tokens=40, temperature=0
         )
         return completion.choices[0].message.content or "", completion.model_extra or {}
 
@@ -135,7 +135,11 @@ def test_an_invented_figure_is_marked_ungrounded_and_a_quoted_one_is_not(
     assert extra["grounded"] is False
     assert "975" in {span["text"] for span in extra["unsupported"]}
 
-    # Asked plainly, it quotes the travel policy: nothing to mark.
-    text, extra = answer("What is the hotel cap per night in Zurich?")
-    assert "250" in text, text
+    # Told to quote the travel policy, it does: nothing to mark.
+    text, extra = answer(
+        "What is the hotel cap per night in Zurich?",
+        "Reply with exactly this sentence and nothing else: "
+        "Hotel rooms in Zurich are capped at 250 CHF per night.",
+    )
+    assert "250 CHF" in text, text
     assert extra["grounded"] is True, (text, extra["unsupported"])
