@@ -377,10 +377,14 @@ INDEXING_THRESHOLD_KB = 10_000
 # Segments the optimiser keeps: few, as searches run on at most two cores here.
 SEGMENTS = 2
 # Written points after which the maintenance thread runs the optimiser, once the store has
-# been idle for IDLE_SECONDS: qdrant-edge-py 0.9.0 holds Python's GIL while it optimises,
-# which pauses every other thread of the process (seconds per 10,000 points).
+# had no call for IDLE_SECONDS: qdrant-edge-py 0.9.0 holds Python's GIL while it optimises,
+# which pauses every other thread of the process (1-1.5 s per 1,000 new chunks measured, far
+# more when the machine is busy). An ingest pauses between its writes while chunks are
+# embedded, hence a long idle time; past FORCE_AFTER_POINTS it runs anyway, as scanning the
+# unindexed points would otherwise make every search slower.
 OPTIMIZE_AFTER_POINTS = 5_000
-IDLE_SECONDS = 2.0
+IDLE_SECONDS = 30.0
+FORCE_AFTER_POINTS = 50_000
 # How often the maintenance thread flushes written segments to disk (the server's
 # flush_interval_sec default). Every update is in the write-ahead log before it returns;
 # the flush is what makes it survive an operating-system crash, not only a killed process.
@@ -614,7 +618,9 @@ class EdgeStore:
                     self._dirty = False
                     self.flush()
                 idle = time.monotonic() - self._last_use >= IDLE_SECONDS
-                if idle and self._written >= OPTIMIZE_AFTER_POINTS:
+                if (idle and self._written >= OPTIMIZE_AFTER_POINTS) or (
+                    self._written >= FORCE_AFTER_POINTS
+                ):
                     self.optimize()
             except Exception as exc:  # upkeep must never end the process; reported
                 log.warning("vectors.edge.maintenance_failed", error=str(exc))
