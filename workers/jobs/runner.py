@@ -235,4 +235,3 @@ def _quietly(
         cleanup(rt, claim)
     except Exception:
         log.exception("job.discard_failed", job_id=str(claim.job_id))
-
