@@ -12,12 +12,10 @@ from typing import Any
 
 import structlog
 from celery import Celery
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from haven.db.engine import transaction
-from haven.db.tables import DeadLetter
-from haven.jobs import JobStore
+from haven.db.repositories import JobStore
 from haven.queueing import DEAD_QUEUE_NAME, dead_queue
 
 log = structlog.get_logger("haven.dead_letters")
@@ -31,7 +29,11 @@ def _job_id(body: Any) -> uuid.UUID | None:
         return None
 
 
-def _reason(headers: dict[str, Any]) -> str:
+def _reason(headers: dict[str, Any], last_error: str | None, message: str | None) -> str:
+    """The job's own reason when it has one (``worker.lost: gave up after 3 attempts``),
+    else what the broker says happened to the message."""
+    if last_error:
+        return f"{last_error}: {message}" if message else last_error
     deaths = headers.get("x-death") or []
     if deaths:
         first = deaths[0]
@@ -64,18 +66,13 @@ def drain_dead_letters(app: Celery, factory: sessionmaker[Session], *, limit: in
                     log.warning("dead_letter.orphan", message_id=message_id, queue=DEAD_QUEUE_NAME)
                 else:
                     deaths = headers.get("x-death") or [{}]
-                    session.execute(
-                        pg_insert(DeadLetter)
-                        .values(
-                            tenant_id=job.tenant_id,
-                            job_id=job.id,
-                            message_id=message_id,
-                            task=str(headers.get("task", "unknown")),
-                            queue=str(deaths[0].get("queue", "unknown")),
-                            reason=_reason(headers),
-                            body={"args": body[0] if body else None},
-                        )
-                        .on_conflict_do_nothing(index_elements=["message_id"])
+                    JobStore(session).add_dead_letter(
+                        job,
+                        message_id=message_id,
+                        task=str(headers.get("task", "unknown")),
+                        queue=str(deaths[0].get("queue", "unknown")),
+                        reason=_reason(headers, job.last_error, job.last_error_message),
+                        body={"args": body[0] if body else None},
                     )
             message.ack()
             moved += 1

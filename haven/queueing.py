@@ -20,7 +20,9 @@ from kombu.entity import Exchange, Queue, binding
 
 from haven.settings import StoreSettings
 
-QUEUES = ("ingest", "analyze", "review", "maintenance")
+# One queue per workload, so a slow review never delays an upload; a worker consumes the
+# queues it is configured for (``HAVEN_WORKER_QUEUES``), every one by default.
+QUEUES = ("ingest", "analyze", "review", "run", "maintenance")
 TASK_EXCHANGE = Exchange("haven", type="direct", durable=True)
 DEAD_EXCHANGE = Exchange("haven.dlx", type="direct", durable=True)
 DEAD_QUEUE_NAME = "haven.dead"
@@ -28,6 +30,19 @@ DEAD_QUEUE_NAME = "haven.dead"
 INGEST_TASK = "ingest.document"
 REAP_TASK = "maintenance.reap_jobs"
 DRAIN_DEAD_TASK = "maintenance.drain_dead_letters"
+
+# The Celery task that runs each job kind. A task's name starts with its queue (routing is
+# by that prefix), so the message, the worker's log and a dead letter all say which
+# pipeline it is. The workers register a task only for the kinds they have a handler for
+# (``workers.jobs.registry``).
+JOB_TASKS: dict[str, str] = {
+    "ingest": INGEST_TASK,
+    "analyze": "analyze.run",
+    "review": "review.run",
+    "run": "run.execute",
+    "maintenance": "maintenance.run",
+    "probe": "maintenance.probe",
+}
 
 
 def task_queues() -> list[Queue]:
@@ -69,12 +84,7 @@ def create_celery(settings: StoreSettings, *, beat_interval: float = 30.0) -> Ce
         task_default_queue="ingest",
         task_default_exchange=TASK_EXCHANGE.name,
         task_default_routing_key="ingest",
-        task_routes={
-            "ingest.*": {"queue": "ingest", "routing_key": "ingest"},
-            "analyze.*": {"queue": "analyze", "routing_key": "analyze"},
-            "review.*": {"queue": "review", "routing_key": "review"},
-            "maintenance.*": {"queue": "maintenance", "routing_key": "maintenance"},
-        },
+        task_routes={f"{name}.*": {"queue": name, "routing_key": name} for name in QUEUES},
         task_ignore_result=True,  # PostgreSQL holds every job's state
         task_track_started=False,
         broker_connection_retry_on_startup=True,
@@ -145,7 +155,11 @@ def clear_guard(client: redis.Redis, job_id: str) -> None:
 
 def task_for(kind: str) -> str:
     """The task that runs a job of this kind."""
-    tasks = {"ingest": INGEST_TASK}
-    if kind not in tasks:
-        raise ValueError(f"no task runs {kind} jobs yet")
-    return tasks[kind]
+    if kind not in JOB_TASKS:
+        raise ValueError(f"no task runs {kind} jobs")
+    return JOB_TASKS[kind]
+
+
+def queue_of(task: str) -> str:
+    """The queue a task is routed to (its name's first part)."""
+    return task.split(".", 1)[0]

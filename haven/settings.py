@@ -86,6 +86,10 @@ class StoreSettings(HavenSettings):
     task_expires_seconds: int = 86400
     # Attempts a job gets before it fails and its message goes to the dead-letter queue.
     job_max_attempts: int = 5
+    # Manual retries (POST /jobs/{id}/retry) a job may get; each grants a fresh budget of
+    # attempts and is audited. Past this, only a tenant admin's dead-letter replay retries it,
+    # so a document that crashes workers cannot be sent to them without end.
+    job_max_retries: int = 3
     # A running job whose worker sent no heartbeat for this long is taken over or requeued
     # (the reaper: after two leases); the API's /metrics counts such jobs as stuck.
     job_lease_seconds: int = 60

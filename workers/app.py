@@ -1,39 +1,40 @@
-"""The workers' Celery application: the shared queue topology plus Haven's tasks.
+"""The workers' Celery application: the shared queue topology, one task per job kind that has
+a handler (all run by ``workers.jobs.runner``), and the periodic upkeep.
 
 ``create_worker_app(settings)`` builds it; ``workers.main`` is the entry point Celery's CLI
-loads (``celery -A workers.main worker``).
+loads (``celery -A workers.main worker``). The worker consumes the queues named in
+``HAVEN_WORKER_QUEUES`` (every workload by default), so a deployment can give slow workloads
+workers of their own.
+
+One Celery task per kind, not one generic task: each is routed by its name to its workload's
+queue, and the broker's counters, the worker's log and a dead letter all name the pipeline,
+while the message carries only the job id.
 """
 
 from __future__ import annotations
 
-import random
 import uuid
 from typing import Any
 
 import structlog
 from celery import Celery, Task
-from celery.exceptions import Reject
 from celery.signals import worker_init
 
-from haven.db.engine import transaction
-from haven.db.tables import DocumentState
 from haven.dead_letters import drain_dead_letters
-from haven.emb_client import EmbeddingRejected
-from haven.jobs import TERMINAL, JobStore
 from haven.queueing import (
     DRAIN_DEAD_TASK,
-    INGEST_TASK,
     REAP_TASK,
-    clear_guard,
     create_celery,
     declare_topology,
+    task_for,
 )
-from workers.heartbeat import Heartbeat, JobCanceled, JobLost
-from workers.ingest.extract import ExtractionError
-from workers.runtime import WorkerRuntime, runtime_for
+from workers.jobs import reaper, registry
+from workers.jobs.handler import JobHandler
+from workers.jobs.runner import run_job
+from workers.runtime import runtime_for
 from workers.settings import WorkerSettings
-from workers.tasks import maintenance
-from workers.tasks.ingest import IngestRun, begin, mark_version
+
+__all__ = ["create_worker_app"]
 
 log = structlog.get_logger("haven.worker")
 
@@ -50,106 +51,12 @@ class JobTask(Task):  # type: ignore[misc]
         return super().__call__(*args, **kwargs)
 
 
-def backoff(settings: WorkerSettings, attempts: int) -> float:
-    """Exponential backoff with full jitter."""
-    ceiling = min(
-        settings.retry_backoff_max_seconds,
-        settings.retry_backoff_seconds * 2 ** max(attempts - 1, 0),
-    )
-    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
+def _register_job_task(app: Celery, handler: JobHandler) -> None:
+    @app.task(bind=True, base=JobTask, name=task_for(handler.kind.value), acks_late=True)
+    def run(self: Task, job_id: str) -> str:
+        return run_job(self, runtime_for(app), handler, uuid.UUID(job_id))
 
-
-def run_ingest(task: Task, rt: WorkerRuntime, job_id: uuid.UUID) -> str:
-    settings = rt.settings
-    lock = rt.redis.lock(
-        f"haven:lock:job:{job_id}", timeout=settings.job_lease_seconds, blocking=False
-    )
-    if not lock.acquire():
-        # Another worker holds the job, or one that died still holds the lock until its
-        # lease ends: look again once it would have expired.
-        raise task.retry(countdown=settings.job_lease_seconds, max_retries=None)
-    ready = False  # a job known to have ended ready need not be read back
-    try:
-        claim = begin(rt, job_id)
-        if claim is None:
-            return "skipped"  # ended, canceled while queued, or unknown
-        subject = claim.subject
-        if subject is None:
-            with transaction(rt.session_factory) as session:
-                JobStore(session).fail(job_id, "the document was deleted")
-            return "failed"
-        heartbeat = Heartbeat(
-            job_id,
-            lock=lock,
-            cancels=rt.cancels,
-            session_factory=rt.session_factory,
-            interval_seconds=settings.job_heartbeat_seconds,
-            lease_seconds=settings.job_lease_seconds,
-        )
-        run = IngestRun(rt, subject, heartbeat)
-        try:
-            run.run()
-        except JobLost:
-            return "lost"  # the reaper gave the job to another run
-        except JobCanceled:
-            run.discard()
-            with transaction(rt.session_factory) as session:
-                JobStore(session).mark_canceled(job_id)
-            mark_version(rt, subject, DocumentState.CANCELED)
-            return "canceled"
-        except (ExtractionError, EmbeddingRejected) as exc:
-            # The document itself is the problem: retrying cannot help.
-            run.discard()
-            with transaction(rt.session_factory) as session:
-                JobStore(session).fail(job_id, str(exc))
-            mark_version(rt, subject, DocumentState.FAILED)
-            return "failed"
-        except Exception as exc:
-            return _retry_or_dead_letter(
-                task, rt, job_id, claim.attempts, claim.max_attempts, exc, subject=subject, run=run
-            )
-        ready = True
-        return "ready"
-    finally:
-        if ready or _ended(rt, job_id):
-            clear_guard(rt.redis, str(job_id))
-        try:
-            lock.release()
-        except Exception:  # the lease expired meanwhile; nothing to release
-            log.warning("job.lock_lost", job_id=str(job_id))
-
-
-def _ended(rt: WorkerRuntime, job_id: uuid.UUID) -> bool:
-    with transaction(rt.session_factory) as session:
-        job = JobStore(session).get(job_id)
-        return job is None or job.state in TERMINAL
-
-
-def _retry_or_dead_letter(
-    task: Task,
-    rt: WorkerRuntime,
-    job_id: uuid.UUID,
-    attempts: int,
-    max_attempts: int,
-    exc: Exception,
-    *,
-    subject: Any,
-    run: IngestRun,
-) -> str:
-    reason = f"{type(exc).__name__}: {exc}"[:2000]
-    if attempts >= max_attempts:
-        log.error("job.dead_lettered", attempts=attempts, error=reason)
-        with transaction(rt.session_factory) as session:
-            JobStore(session).fail(job_id, f"gave up after {attempts} attempts: {reason}")
-        run.discard()
-        mark_version(rt, subject, DocumentState.FAILED)
-        # Rejected without requeue: RabbitMQ moves the message to the dead-letter queue.
-        raise Reject(reason, requeue=False) from exc
-    with transaction(rt.session_factory) as session:
-        JobStore(session).back_to_queue(job_id, reason)
-    delay = backoff(rt.settings, attempts)
-    log.warning("job.retry", attempts=attempts, delay_s=round(delay, 1), error=reason)
-    raise task.retry(countdown=delay, max_retries=None, exc=exc)
+    del run
 
 
 def create_worker_app(settings: WorkerSettings) -> Celery:
@@ -161,14 +68,15 @@ def create_worker_app(settings: WorkerSettings) -> Celery:
     app.conf.worker_concurrency = settings.worker_concurrency
     settings.beat_schedule_path.parent.mkdir(parents=True, exist_ok=True)
     app.conf.beat_schedule_filename = str(settings.beat_schedule_path)
+    # What this worker consumes (``celery worker -Q`` still overrides it).
+    app.amqp.queues.select(settings.worker_queues)
 
-    @app.task(bind=True, base=JobTask, name=INGEST_TASK, acks_late=True)
-    def ingest_document(self: Task, job_id: str) -> str:
-        return run_ingest(self, runtime_for(app), uuid.UUID(job_id))
+    for handler in registry.load().values():
+        _register_job_task(app, handler)
 
     @app.task(name=REAP_TASK, acks_late=True)
     def reap_jobs() -> dict[str, int]:
-        return maintenance.reap_jobs(runtime_for(app))
+        return reaper.reap_jobs(runtime_for(app))
 
     @app.task(name=DRAIN_DEAD_TASK, acks_late=True)
     def drain_dead() -> int:
@@ -184,5 +92,5 @@ def create_worker_app(settings: WorkerSettings) -> Celery:
         except Exception as exc:  # jobs will retry until the model store is reachable
             log.warning("worker.warm_failed", error=str(exc))
 
-    del ingest_document, reap_jobs, drain_dead
+    del reap_jobs, drain_dead
     return app

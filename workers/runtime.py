@@ -23,7 +23,8 @@ from haven.storage import make_client
 from haven.vectors import make_index, make_qdrant
 from models.loader import ModelCache
 from models.store import registry_from_settings
-from workers.cancel_watch import CancelWatch
+from workers.jobs.cancel_watch import CancelWatch
+from workers.jobs.keeper import LeaseKeeper
 from workers.settings import WorkerSettings
 
 
@@ -48,6 +49,13 @@ class WorkerRuntime:
         watch = CancelWatch(self.redis)
         watch.start()
         return watch
+
+    @cached_property
+    def keeper(self) -> LeaseKeeper:
+        """Renews the leases of this process's running jobs, on one thread."""
+        s = self.settings
+        tick = max(0.1, min(1.0, s.job_heartbeat_seconds / 2, s.job_lease_seconds / 6))
+        return LeaseKeeper(tick)
 
     @cached_property
     def s3(self) -> Minio:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import field_validator
 from pydantic_settings import NoDecode
 
+from haven.queueing import QUEUES
 from models.defaults import DEFAULT_EMBED_ALIAS
 from models.settings import ModelStoreSettings
 
@@ -43,12 +44,26 @@ class WorkerSettings(ModelStoreSettings):
     # A running job writes its heartbeat and progress to PostgreSQL at most this often (a
     # cancel reaches it sooner, through the worker's cancel subscriber, at the next step).
     job_heartbeat_seconds: float = 5.0
+    # A step (the work between two progress reports, e.g. one extraction) running longer
+    # than this is taken from its run: the job is retried, or failed, with ``step.timeout``.
+    # The lease itself is renewed by a keeper thread however long a healthy step takes.
+    job_step_deadline_seconds: float = 1800.0
+    # The queues (workloads) this worker consumes, comma-separated; every one by default.
+    worker_queues: Annotated[list[str], NoDecode] = list(QUEUES)
     # Where an embedded beat (haven up, celery worker -B) keeps its schedule state.
     beat_schedule_path: Path = Path("var/celerybeat-schedule")
 
-    @field_validator("emb_aliases", mode="before")
+    @field_validator("emb_aliases", "worker_queues", mode="before")
     @classmethod
-    def _split_aliases(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [alias.strip() for alias in value.split(",") if alias.strip()]
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("worker_queues")
+    @classmethod
+    def _known_queues(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(QUEUES))
+        if unknown or not value:
+            raise ValueError(f"HAVEN_WORKER_QUEUES takes some of {', '.join(QUEUES)}")
         return value

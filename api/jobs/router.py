@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter
 
 from api.deps import (
     CurrentPrincipal,
@@ -17,13 +16,13 @@ from api.deps import (
     SessionDep,
     TenantAdminPrincipal,
 )
+from api.jobs import service
 from api.jobs.schemas import DeadLetterRead, JobRead
 from api.pagination import Page, pagination
-from haven.db.repositories import AuditLog, DeadLetterRepository, JobRepository
+from haven.db.repositories import DeadLetterRepository, JobRepository
 from haven.db.tables import JobKind, JobState
 from haven.dead_letters import drain_dead_letters
 from haven.jobs import signal_cancel
-from haven.queueing import task_for
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
@@ -56,20 +55,10 @@ def cancel_job(
     outbox: OutboxDep,
     rid: RequestIdDep,
 ) -> JobRead:
-    jobs = JobRepository(session, principal)
-    job = jobs.require(job_id)
-    if not jobs.request_cancel(job):
-        raise HTTPException(status.HTTP_409_CONFLICT, f"job is already {job.state}")
+    job = service.cancel(session, principal, job_id, rid)
     # A running job looks for this signal at every step boundary (the flag just set in
     # PostgreSQL is what counts; the signal only saves the worker a round trip).
     outbox.after_commit(lambda: signal_cancel(runtime.redis, job_id))
-    AuditLog(session, principal, rid).record(
-        "job.cancel",
-        target_type="job",
-        target_id=job.id,
-        tenant_id=principal.tenant_id,
-        state=job.state.value,
-    )
     return JobRead.model_validate(job)
 
 
@@ -78,19 +67,12 @@ def retry_job(
     job_id: uuid.UUID,
     session: SessionDep,
     principal: EditorPrincipal,
+    runtime: RuntimeDep,
     outbox: OutboxDep,
     rid: RequestIdDep,
 ) -> JobRead:
-    jobs = JobRepository(session, principal)
-    job = jobs.require(job_id)
-    if not jobs.requeue(job):
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"only failed or canceled jobs can be retried (it is {job.state})",
-        )
-    outbox.add(task_for(job.kind), job.id, force=True)
-    AuditLog(session, principal, rid).record(
-        "job.retry", target_type="job", target_id=job.id, tenant_id=principal.tenant_id
+    job = service.retry(
+        session, principal, job_id, rid, outbox, max_retries=runtime.settings.job_max_retries
     )
     return JobRead.model_validate(job)
 
@@ -116,20 +98,5 @@ def replay_dead_letter(
     outbox: OutboxDep,
     rid: RequestIdDep,
 ) -> JobRead:
-    letter = DeadLetterRepository(session, principal).require(dead_letter_id)
-    if letter.job_id is None:
-        raise HTTPException(status.HTTP_409_CONFLICT, "the job of this message no longer exists")
-    jobs = JobRepository(session, principal)
-    job = jobs.require(letter.job_id)
-    if job.state not in (JobState.FAILED, JobState.CANCELED) or not jobs.requeue(job):
-        raise HTTPException(status.HTTP_409_CONFLICT, f"the job is {job.state}, not failed")
-    letter.replayed_at = datetime.now(UTC)
-    outbox.add(letter.task, job.id, force=True)
-    AuditLog(session, principal, rid).record(
-        "dead_letter.replay",
-        target_type="job",
-        target_id=job.id,
-        tenant_id=principal.tenant_id,
-        dead_letter=str(letter.id),
-    )
+    job = service.replay_dead_letter(session, principal, dead_letter_id, rid, outbox)
     return JobRead.model_validate(job)

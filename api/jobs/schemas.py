@@ -20,7 +20,10 @@ class JobRead(BaseModel):
     progress_total: int
     attempts: int
     max_attempts: int
+    # A stable reason code (``extract.timeout``, ``worker.lost``) and a sentence for people.
     last_error: str | None
+    last_error_message: str | None
+    retries: int
     cancel_requested: bool
     params: dict[str, Any]
     created_at: datetime

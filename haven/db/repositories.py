@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
-from sqlalchemy import Select, bindparam, delete, exists, func, select, update
+from sqlalchemy import Select, Update, bindparam, delete, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -415,7 +415,8 @@ class JobRepository(TenantRepository[Job]):
         return bool(queued or running)
 
     def requeue(self, job: Job) -> bool:
-        """failed | canceled → queued, with a fresh budget of attempts."""
+        """failed | canceled → queued, with a fresh budget of attempts; ``retries`` counts
+        the manual retries granted (the caller audits the attempts spent before it)."""
         now = datetime.now(UTC)
         moved = self.session.execute(
             update(Job)
@@ -427,6 +428,7 @@ class JobRepository(TenantRepository[Job]):
             .values(
                 state=JobState.QUEUED,
                 attempts=0,
+                retries=Job.retries + 1,
                 cancel_requested=False,
                 progress_done=0,
                 finished_at=None,
@@ -436,6 +438,285 @@ class JobRepository(TenantRepository[Job]):
         ).rowcount  # type: ignore[attr-defined]
         self.session.refresh(job)
         return bool(moved)
+
+    def add_system_job(
+        self, kind: JobKind, *, idempotency_key: str, params: dict[str, Any], max_attempts: int
+    ) -> Job:
+        """A job no upload created (a probe, maintenance), queued for the workers."""
+        return self.add(
+            Job(
+                kind=kind,
+                state=JobState.QUEUED,
+                idempotency_key=idempotency_key,
+                params=params,
+                max_attempts=max_attempts,
+            )
+        )
+
+
+# --- Jobs as the workers' runner moves them ------------------------------------------------
+#
+# Each transition is one conditional UPDATE (``... WHERE state = <expected>``), so two workers,
+# a redelivered message and the reaper can race without ever moving a job twice. A run's own
+# writes (heartbeat, finish, fail, retry) also name its attempt: a run whose job was taken from
+# it (a step over its deadline, the reaper) changes nothing. The statements run for every job
+# are built once and executed with parameters.
+
+
+def _job_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def claim_statement(*, takeover: bool, steps: int | None = None) -> Update:
+    """The claim's UPDATE, without its RETURNING, for the parameters ``job_id`` and ``now``:
+    queued (or, with ``takeover``, running: its worker died) → running, one more attempt.
+
+    A job whose attempts are spent is not claimed (``JobStore.over_cap`` finds it): a
+    document that kills its worker every time ends instead of being redelivered forever.
+    A worker may make this the first part of a larger statement (see
+    ``workers.ingest.pipeline``)."""
+    states = [JobState.QUEUED, JobState.RUNNING] if takeover else [JobState.QUEUED]
+    now = bindparam("now", type_=Job.heartbeat_at.type)
+    progress = {} if steps is None else {"progress_done": 0, "progress_total": steps}
+    return (
+        update(Job)
+        .where(
+            Job.id == bindparam("job_id"),
+            Job.state.in_(states),
+            Job.cancel_requested.is_(False),
+            Job.attempts < Job.max_attempts,
+        )
+        .values(
+            state=JobState.RUNNING,
+            attempts=Job.attempts + 1,
+            started_at=func.coalesce(Job.started_at, now),
+            heartbeat_at=now,
+            last_error=None,
+            last_error_message=None,
+            updated_at=now,
+            **progress,
+        )
+    )
+
+
+def job_params(job_id: uuid.UUID, attempt: int | None = None) -> dict[str, Any]:
+    """The parameters of the prebuilt job statements (the claim, the finish)."""
+    params: dict[str, Any] = {"job_id": job_id, "now": _job_now()}
+    if attempt is not None:
+        params["attempt"] = attempt
+    return params
+
+
+# running → ready for the attempt that holds the job, unless a cancel was requested.
+_FINISH = (
+    update(Job)
+    .where(
+        Job.id == bindparam("job_id"),
+        Job.state == JobState.RUNNING,
+        Job.attempts == bindparam("attempt"),
+        Job.cancel_requested.is_(False),
+    )
+    .values(
+        state=JobState.READY,
+        finished_at=bindparam("now", type_=Job.finished_at.type),
+        progress_done=Job.progress_total,
+        updated_at=func.now(),
+    )
+    .returning(Job.id)
+    .execution_options(synchronize_session=False)
+)
+
+# A message for people is short and never an exception's text.
+MESSAGE_LIMIT = 500
+
+
+class JobStore:
+    """Job transitions for workers and the reaper. Workers act for the job's tenant, which
+    they read from the job row itself; nothing here returns tenant content."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def get(self, job_id: uuid.UUID) -> Job | None:
+        return self.session.get(Job, job_id, populate_existing=True)
+
+    def _move(
+        self,
+        job_id: uuid.UUID,
+        expected: Sequence[JobState],
+        attempt: int | None,
+        **values: Any,
+    ) -> bool:
+        stmt = update(Job).where(Job.id == job_id, Job.state.in_(list(expected)))
+        if attempt is not None:
+            stmt = stmt.where(Job.attempts == attempt)
+        stmt = stmt.values(updated_at=func.now(), **values).execution_options(
+            synchronize_session=False
+        )
+        return bool(self.session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+
+    def claim(self, job_id: uuid.UUID, *, takeover: bool, steps: int | None = None) -> Job | None:
+        """queued → running (or, with ``takeover``, keep a running job whose worker died).
+        Returns the job when this caller now owns it. ``steps`` starts its progress."""
+        stmt = claim_statement(takeover=takeover, steps=steps).returning(Job)
+        return self.session.execute(
+            stmt, job_params(job_id), execution_options={"populate_existing": True}
+        ).scalar_one_or_none()
+
+    def over_cap(self, job_id: uuid.UUID) -> Job | None:
+        """The job, when it is waiting or running but has no attempt left (the claim refused
+        it): the last attempt's worker died, or its step ran over its deadline."""
+        stmt = select(Job).where(
+            Job.id == job_id,
+            Job.state.in_([JobState.QUEUED, JobState.RUNNING]),
+            Job.cancel_requested.is_(False),
+            Job.attempts >= Job.max_attempts,
+        )
+        return self.session.execute(
+            stmt, execution_options={"populate_existing": True}
+        ).scalar_one_or_none()
+
+    def beat(
+        self,
+        job_id: uuid.UUID,
+        attempt: int,
+        *,
+        done: int | None = None,
+        total: int | None = None,
+    ) -> Literal["running", "cancel", "lost"]:
+        """Heartbeat and progress of a running attempt, and whether it should go on, in one
+        statement: ``cancel`` when a cancel was requested, ``lost`` when the job is no longer
+        this attempt's (taken over, requeued, failed or canceled)."""
+        values: dict[str, Any] = {"heartbeat_at": _job_now(), "updated_at": func.now()}
+        if done is not None:
+            values["progress_done"] = done
+        if total is not None:
+            values["progress_total"] = total
+        stmt = (
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.attempts == attempt)
+            .values(**values)
+            .returning(Job.cancel_requested)
+            .execution_options(synchronize_session=False)
+        )
+        cancel = self.session.execute(stmt).scalar_one_or_none()
+        if cancel is None:
+            return "lost"
+        return "cancel" if cancel else "running"
+
+    def cancel_requested(self, job_id: uuid.UUID) -> bool:
+        stmt = select(Job.cancel_requested).where(Job.id == job_id)
+        return bool(self.session.execute(stmt).scalar_one_or_none())
+
+    def finish_unless_canceled(
+        self, job_id: uuid.UUID, attempt: int
+    ) -> Literal["ready", "cancel", "lost"]:
+        """running → ready, unless a cancel was requested (``cancel``) or the job is no longer
+        this attempt's (``lost``). In the caller's transaction: it commits with the job's
+        results, or the results are not written at all."""
+        finished = self.session.execute(_FINISH, job_params(job_id, attempt))
+        if finished.scalar_one_or_none() is not None:
+            return "ready"
+        job = self.get(job_id)
+        if job is not None and job.state == JobState.RUNNING and job.attempts == attempt:
+            return "cancel"
+        return "lost"
+
+    def fail(
+        self, job_id: uuid.UUID, code: str, message: str, *, attempt: int | None = None
+    ) -> bool:
+        """→ failed with a reason. With ``attempt``, only while that attempt holds the job."""
+        return self._move(
+            job_id,
+            [JobState.RUNNING, JobState.QUEUED],
+            attempt,
+            state=JobState.FAILED,
+            last_error=code,
+            last_error_message=message[:MESSAGE_LIMIT],
+            finished_at=_job_now(),
+        )
+
+    def mark_canceled(self, job_id: uuid.UUID, *, attempt: int | None = None) -> bool:
+        return self._move(
+            job_id,
+            [JobState.RUNNING, JobState.QUEUED],
+            attempt,
+            state=JobState.CANCELED,
+            finished_at=_job_now(),
+        )
+
+    def back_to_queue(
+        self, job_id: uuid.UUID, code: str, message: str, *, attempt: int | None = None
+    ) -> bool:
+        """running → queued after a transient error (its next delivery is the caller's to
+        send). With ``attempt``, only while that attempt holds the job."""
+        return self._move(
+            job_id,
+            [JobState.RUNNING],
+            attempt,
+            state=JobState.QUEUED,
+            last_error=code,
+            last_error_message=message[:MESSAGE_LIMIT],
+        )
+
+    def _stale(
+        self, state: JobState, since: Any, older_than: timedelta, limit: int
+    ) -> Sequence[Job]:
+        stmt = (
+            select(Job)
+            .where(Job.state == state, since < _job_now() - older_than)
+            .order_by(since)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return self.session.execute(stmt).scalars().all()
+
+    def stale_running(self, older_than: timedelta, limit: int = 100) -> Sequence[Job]:
+        """Running jobs whose lease nobody renewed (their worker died)."""
+        return self._stale(JobState.RUNNING, Job.heartbeat_at, older_than, limit)
+
+    def count_stale_running(self, older_than: timedelta) -> int:
+        stmt = select(func.count()).where(
+            Job.state == JobState.RUNNING, Job.heartbeat_at < _job_now() - older_than
+        )
+        return int(self.session.execute(stmt).scalar_one())
+
+    def stale_queued(self, older_than: timedelta, limit: int = 100) -> Sequence[Job]:
+        """Queued jobs nobody picked up (their message was lost); safe to send again."""
+        return self._stale(JobState.QUEUED, Job.updated_at, older_than, limit)
+
+    def touch(self, job_id: uuid.UUID) -> None:
+        self.session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(updated_at=_job_now())
+            .execution_options(synchronize_session=False)
+        )
+
+    def add_dead_letter(
+        self,
+        job: Job,
+        *,
+        message_id: str,
+        task: str,
+        queue: str,
+        reason: str,
+        body: dict[str, Any],
+    ) -> None:
+        """Keyed on the broker message's id: a message moved twice is listed once."""
+        self.session.execute(
+            pg_insert(DeadLetter)
+            .values(
+                tenant_id=job.tenant_id,
+                job_id=job.id,
+                message_id=message_id,
+                task=task,
+                queue=queue,
+                reason=reason,
+                body=body,
+            )
+            .on_conflict_do_nothing(index_elements=["message_id"])
+        )
 
 
 class UploadRepository(TenantRepository[Upload]):

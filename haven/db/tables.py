@@ -70,9 +70,17 @@ class JobState(enum.StrEnum):
 
 
 class JobKind(enum.StrEnum):
+    """What a job does; each kind is a handler on the workers' job runner (``workers.jobs``)
+    and is sent to its workload's queue (``haven.queueing.JOB_TASKS``)."""
+
     INGEST = "ingest"
     ANALYZE = "analyze"
     REVIEW = "review"
+    RUN = "run"
+    MAINTENANCE = "maintenance"
+    # The runner checking itself: a job that only waits, for operators and tests to see a
+    # worker claim, renew, finish, retry and dead-letter a job end to end. No API creates it.
+    PROBE = "probe"
 
 
 class DocumentState(enum.StrEnum):
@@ -201,8 +209,13 @@ class Chunk(Base):
 
 
 class Job(Timestamped, Base):
-    """One state machine for ingest, analyze and review:
-    queued → running → ready | failed | canceled."""
+    """One state machine for every job kind: queued → running → ready | failed | canceled.
+
+    ``attempts`` counts claims (a redelivery after a worker died is one); the attempt that
+    holds a running job is the one whose number equals it, and every write of a run checks
+    that, so a run that lost its job can never change it. ``last_error`` is a stable reason
+    code (``extract.timeout``, ``worker.lost``), ``last_error_message`` a short sentence for
+    people; the exception itself goes only to the log."""
 
     __tablename__ = "jobs"
 
@@ -217,6 +230,9 @@ class Job(Timestamped, Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     max_attempts: Mapped[int] = mapped_column(Integer, default=5, server_default="5")
     last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_message: Mapped[str | None] = mapped_column(String(500))
+    # Manual retries (API retry, dead-letter replay): each grants a fresh budget of attempts.
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     params: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

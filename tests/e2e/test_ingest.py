@@ -258,8 +258,9 @@ def test_corrupt_pdf_fails_with_a_readable_error(stack: Stack, tenant: Account) 
     body = upload(stack, tenant, "broken.pdf", b"%PDF-1.7\n1 0 obj << /Type /Catalog >>\ngarbage")
     final = wait_job(stack, tenant, body["job_id"], {"failed", "ready"})
     assert final["state"] == "failed"
-    assert "pdf" in final["last_error"].lower()
-    assert "Traceback" not in final["last_error"]
+    assert final["last_error"].startswith("extract.")  # a reason code
+    assert "pdf" in final["last_error_message"].lower()
+    assert "Traceback" not in final["last_error_message"]
     assert final["attempts"] == 1  # a broken document is not retried
     # Nothing else is affected: another upload still goes through.
     ok = upload(stack, tenant, "fine.txt", b"still working after a broken file")
@@ -275,7 +276,8 @@ def test_job_that_keeps_failing_is_dead_lettered_then_replayed(
         retried = upload(stack, tenant, "unlucky-2.txt", b"and it stays away for a while")
         failed = wait_job(stack, tenant, body["job_id"], {"failed"}, timeout=180)
         assert failed["attempts"] == failed["max_attempts"]
-        assert "gave up after" in failed["last_error"]
+        assert failed["last_error"] == "emb.unavailable"
+        assert "gave up after" in failed["last_error_message"]
         wait_job(stack, tenant, retried["job_id"], {"failed"}, timeout=180)
 
         def listed() -> list[dict[str, Any]]:

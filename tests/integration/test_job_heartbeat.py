@@ -18,9 +18,9 @@ from haven.db.engine import transaction
 from haven.db.tables import Job
 from haven.jobs import JobStore
 from tests.fixtures.api import Account
-from workers import heartbeat as heartbeat_module
-from workers.cancel_watch import CancelWatch
-from workers.heartbeat import Heartbeat, JobCanceled, JobLost
+from workers.jobs import heartbeat as heartbeat_module
+from workers.jobs.cancel_watch import CancelWatch
+from workers.jobs.heartbeat import Heartbeat, JobCanceled, JobLost
 
 LEASE = 30
 
@@ -80,6 +80,7 @@ def start_beat(
         assert lock.acquire()
         return Heartbeat(
             running_job,
+            1,  # the claim above was the job's first attempt
             lock=lock,
             cancels=cancels or worker_watch,
             session_factory=session_factory,
@@ -175,7 +176,7 @@ def test_a_job_taken_from_its_run_is_noticed(
 ) -> None:
     beat = start_beat(interval=0)
     with transaction(session_factory) as session:  # the reaper gave up on this run
-        assert JobStore(session).back_to_queue(running_job, "no heartbeat")
+        assert JobStore(session).back_to_queue(running_job, "worker.lost", "no heartbeat")
     with pytest.raises(JobLost):
         beat(done=2)
     assert job_row(session_factory, running_job).state == "queued"

@@ -1,4 +1,12 @@
-"""Periodic upkeep of the job queue (Celery beat)."""
+"""The reaper (Celery beat, every ``reaper_interval_seconds``): jobs whose message or worker
+was lost are sent again.
+
+A running job's lease is renewed by its worker's keeper thread however long its step, so a
+job whose heartbeat is two leases old really has no live worker: it goes back to the queue
+with ``worker.lost`` and is sent again, and its next claim counts the attempt (or, with
+none left, fails it and dead-letters its message). A queued job whose message guard
+expired (the message was lost) is sent again as it is.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,7 @@ from datetime import timedelta
 import structlog
 
 from haven.db.engine import transaction
-from haven.jobs import JobStore
+from haven.jobs import WORKER_LOST, JobStore
 from haven.queueing import guard_key, send_job_once, task_for
 from workers.runtime import WorkerRuntime
 
@@ -15,21 +23,15 @@ log = structlog.get_logger("haven.reaper")
 
 
 def reap_jobs(rt: WorkerRuntime) -> dict[str, int]:
-    """Requeue jobs whose worker died (no heartbeat for two leases) and fail those out of
-    attempts; send again queued jobs whose message was lost (no in-flight guard)."""
     settings = rt.settings
     lease = timedelta(seconds=settings.job_lease_seconds)
     to_send: list[tuple[str, str, bool]] = []
-    failed = 0
     with transaction(rt.session_factory) as session:
         store = JobStore(session)
         for job in store.stale_running(older_than=lease * 2):
-            if job.attempts >= job.max_attempts:
-                store.fail(
-                    job.id, f"the worker stopped responding; gave up after {job.attempts} attempts"
-                )
-                failed += 1
-            elif store.back_to_queue(job.id, "the worker stopped responding (no heartbeat)"):
+            if store.back_to_queue(
+                job.id, WORKER_LOST, "its worker stopped renewing the job's lease"
+            ):
                 to_send.append((task_for(job.kind), str(job.id), True))
         for job in store.stale_queued(
             older_than=timedelta(seconds=settings.reaper_interval_seconds)
@@ -46,6 +48,6 @@ def reap_jobs(rt: WorkerRuntime) -> dict[str, int]:
             expires_seconds=settings.task_expires_seconds,
             force=force,
         )
-    if to_send or failed:
-        log.info("reaper.run", sent=len(to_send), failed=failed)
-    return {"sent": len(to_send), "failed": failed}
+    if to_send:
+        log.info("reaper.run", sent=len(to_send))
+    return {"sent": len(to_send)}

@@ -27,12 +27,13 @@ from haven.db.engine import transaction
 from haven.db.repositories import ChunkRepository, DocumentRepository
 from haven.db.tables import Document, DocumentState, DocumentVersion, Job, Role
 from haven.index import IndexedChunk, SparseVector, chunk_id, passage_text
-from haven.jobs import JobStore, claim_statement, job_params
+from haven.jobs import claim_statement, job_params
 from haven.storage import download
-from workers.heartbeat import Heartbeat, JobCanceled, JobLost
 from workers.ingest.chunking import ChunkDraft, chunk_blocks
 from workers.ingest.normalize import normalize_blocks
 from workers.ingest.pool import extract_isolated
+from workers.jobs.handler import Claim, finish
+from workers.jobs.heartbeat import Heartbeat, JobCanceled
 from workers.runtime import WorkerRuntime
 
 log = structlog.get_logger("haven.ingest")
@@ -56,9 +57,10 @@ class Subject:
 
 
 class IngestRun:
-    def __init__(self, rt: WorkerRuntime, subject: Subject, heartbeat: Heartbeat) -> None:
+    def __init__(self, rt: WorkerRuntime, claim: Claim, heartbeat: Heartbeat) -> None:
         self.rt = rt
-        self.subject = subject
+        self.claim = claim
+        self.subject: Subject = claim.subject
         self.settings = rt.settings
         self.beat = heartbeat  # renews the lease, records progress, stops on cancel
 
@@ -157,11 +159,7 @@ class IngestRun:
         chunk_count = len(drafts)
         rows = self._chunk_rows(drafts)
         with transaction(self.rt.session_factory) as session:
-            ended = JobStore(session).finish_unless_canceled(s.job_id)
-            if ended == "cancel":
-                raise JobCanceled()
-            if ended == "lost":
-                raise JobLost()
+            finish(session, self.claim)  # only while this run's attempt holds the job
             documents = DocumentRepository(session, s.principal)
             newest = documents.newest_version_number(s.document_id, s.version_id)
             if newest is None:
@@ -184,27 +182,23 @@ class IngestRun:
             "ingest.ready", document_id=str(s.document_id), version=s.version, chunks=chunk_count
         )
 
-    def discard(self) -> None:
-        """Remove everything this version wrote (cancel or permanent failure)."""
-        s = self.subject
-        self.rt.index.delete_version(s.principal.tenant_id, s.version_id)
-        with transaction(self.rt.session_factory) as session:
-            ChunkRepository(session, s.principal).delete_version(s.version_id)
+
+def discard(rt: WorkerRuntime, tenant_id: uuid.UUID, version_id: uuid.UUID) -> None:
+    """Remove everything a version's runs wrote (cancel or failure)."""
+    rt.index.delete_version(tenant_id, version_id)
+    principal = _system(tenant_id, version_id)
+    with transaction(rt.session_factory) as session:
+        ChunkRepository(session, principal).delete_version(version_id)
 
 
-@dataclass(frozen=True)
-class Claim:
-    attempts: int  # this run's number
-    max_attempts: int
-    subject: Subject | None  # None when the document is gone
+def _system(tenant_id: uuid.UUID, job_id: uuid.UUID) -> Principal:
+    """The job's tenant, acting as the system."""
+    return Principal(subject_id=job_id, tenant_id=tenant_id, role=Role.EDITOR, kind="user")
 
 
 def begin(rt: WorkerRuntime, job_id: uuid.UUID) -> Claim | None:
     """Claim the job, read what it ingests and mark that processing: one statement, one
     transaction. None when the job is not this run's to do."""
-    # A cancel heard for an earlier, canceled run no longer applies; one published from now
-    # on does (the claim below refuses a job whose cancel was already requested).
-    rt.cancels.forget(job_id)
     with transaction(rt.session_factory) as session:
         # The caller holds the job's lock, so a job still "running" belongs to a worker that
         # died: take it over.
@@ -215,9 +209,7 @@ def begin(rt: WorkerRuntime, job_id: uuid.UUID) -> Claim | None:
     if row.version_id is not None and row.document_id is not None:
         subject = Subject(
             job_id=job_id,
-            principal=Principal(
-                subject_id=job_id, tenant_id=row.tenant_id, role=Role.EDITOR, kind="user"
-            ),
+            principal=_system(row.tenant_id, job_id),
             document_id=row.document_id,
             version_id=row.version_id,
             version=row.version,
@@ -228,7 +220,15 @@ def begin(rt: WorkerRuntime, job_id: uuid.UUID) -> Claim | None:
             created_at=row.created_at or datetime.now(UTC),
             attempt=row.attempts,
         )
-    return Claim(attempts=row.attempts, max_attempts=row.max_attempts, subject=subject)
+    return Claim(
+        job_id=job_id,
+        tenant_id=row.tenant_id,
+        subject_id=row.subject_id,
+        attempt=row.attempts,
+        max_attempts=row.max_attempts,
+        subject=subject,
+        gone=subject is None,
+    )
 
 
 def _begin_statement() -> Select[Any]:
@@ -270,6 +270,7 @@ def _begin_statement() -> Select[Any]:
     )
     return select(
         claimed.c.tenant_id,
+        claimed.c.subject_id,
         claimed.c.attempts,
         claimed.c.max_attempts,
         version.c.id.label("version_id"),
@@ -286,17 +287,22 @@ def _begin_statement() -> Select[Any]:
 _BEGIN = _begin_statement()
 
 
-def mark_version(rt: WorkerRuntime, subject: Subject, state: DocumentState) -> None:
+def mark_version(
+    rt: WorkerRuntime, tenant_id: uuid.UUID, version_id: uuid.UUID, state: DocumentState
+) -> None:
     """Reflect a job that ended without success on its version and, if nothing of the
     document is searchable yet, on the document."""
     with transaction(rt.session_factory) as session:
-        _set_state(session, subject, state)
+        _set_state(session, tenant_id, version_id, state)
 
 
-def _set_state(session: Session, subject: Subject, state: DocumentState) -> None:
-    version = session.get(DocumentVersion, subject.version_id)
-    document = session.get(Document, subject.document_id)
-    if version is not None:
-        version.state = state
+def _set_state(
+    session: Session, tenant_id: uuid.UUID, version_id: uuid.UUID, state: DocumentState
+) -> None:
+    version = session.get(DocumentVersion, version_id)
+    if version is None or version.tenant_id != tenant_id:
+        return
+    version.state = state
+    document = session.get(Document, version.document_id)
     if document is not None and document.current_version is None:
         document.state = state
