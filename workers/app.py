@@ -52,7 +52,9 @@ class JobTask(Task):  # type: ignore[misc]
 
 
 def _register_job_task(app: Celery, handler: JobHandler) -> None:
-    @app.task(bind=True, base=JobTask, name=task_for(handler.kind.value), acks_late=True)
+    @app.task(
+        bind=True, base=JobTask, name=task_for(handler.kind.value), acks_late=True, shared=False
+    )
     def run(self: Task, job_id: str) -> str:
         return run_job(self, runtime_for(app), handler, uuid.UUID(job_id))
 
@@ -74,11 +76,11 @@ def create_worker_app(settings: WorkerSettings) -> Celery:
     for handler in registry.load().values():
         _register_job_task(app, handler)
 
-    @app.task(name=REAP_TASK, acks_late=True)
+    @app.task(name=REAP_TASK, acks_late=True, shared=False)
     def reap_jobs() -> dict[str, int]:
         return reaper.reap_jobs(runtime_for(app))
 
-    @app.task(name=DRAIN_DEAD_TASK, acks_late=True)
+    @app.task(name=DRAIN_DEAD_TASK, acks_late=True, shared=False)
     def drain_dead() -> int:
         return drain_dead_letters(app, runtime_for(app).session_factory)
 

@@ -100,7 +100,7 @@ def _seed_stores(client: TestClient, owner: Account, count: int) -> None:
     # What AnswerCache.put writes: the answer, and its key listed under each cited document.
     for n in range(count):
         document_id = uuid.uuid4()
-        answer = CachedAnswer("text", [], {}, "stop", document_ids=[str(document_id)])
+        answer = CachedAnswer("text", {}, "stop", document_ids=[str(document_id)])
         key = f"{answer_cache.PREFIX}:{owner.tenant_id}:{n}"
         runtime.redis.set(key, answer.dumps(), ex=3600)
         runtime.redis.sadd(f"{answer_cache.PREFIX}-docs:{owner.tenant_id}:{document_id}", key)
