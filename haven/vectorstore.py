@@ -82,9 +82,9 @@ class Fuse:
     """Fuse the prefetches' rankings: Reciprocal Rank Fusion (optionally weighted, one weight
     per prefetch) or score-normalised DBSF.
 
-    Weights do not score alike everywhere: Edge 0.9.0 divides the rank by the weight
-    (1 / (k + (rank + 1) / w - 1), measured), qdrant-client's local mode multiplies the term
-    (w / (k + rank)). Nothing in Haven weighs channels yet."""
+    A weight divides the rank, it does not multiply the term: 1 / (k + (rank + 1) / w - 1)
+    with ranks from 0, on Edge 0.9.0 (measured) as in qdrant-client's fusion; a heavy weight
+    therefore moves a hit only a few places. Nothing in Haven weighs channels yet."""
 
     method: Literal["rrf", "dbsf"] = "rrf"
     k: int = 60
