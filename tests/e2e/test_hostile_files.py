@@ -126,7 +126,9 @@ def test_hostile_files_fail_with_their_reason_while_others_are_served(
     for name, (_, code) in hostile.items():
         body = ended[name]
         assert body["state"] == "failed", (name, body)
-        assert str(body["last_error"]).startswith(f"{code}: "), (name, body["last_error"])
+        # The reason code, and a sentence naming the limit that was hit.
+        assert body["last_error"] == code, (name, body["last_error"])
+        assert str(body["last_error_message"]).startswith(f"{code}: "), (name, body)
         assert body["attempts"] == 1, (name, body)  # a limit is final: no retry
     # Past extraction (embedding its hundred-odd chunks may take a while on a busy machine).
     wait_for(
