@@ -16,8 +16,8 @@ from api.errors import install_error_handlers
 from api.jobs.router import router as jobs_router
 from api.openai.router import router as openai_router
 from api.ops import router as ops_router
-from api.runtime import ApiRuntime
 from api.runs.router import router as runs_router
+from api.runtime import ApiRuntime
 from api.search.router import router as search_router
 from api.settings import ApiSettings
 from haven import __version__

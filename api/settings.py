@@ -5,7 +5,6 @@ from __future__ import annotations
 from pydantic import Field
 
 from haven.sandbox import SandboxSettings
-
 from haven.settings import AuthSettings, StoreSettings
 
 

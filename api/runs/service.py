@@ -52,18 +52,20 @@ def check_access(
             "ask a tenant admin to add you",
             code="runs.not_allowed",
         )
-    quota = entry.daily_quota if entry is not None and entry.daily_quota is not None else default_quota
+    quota = (
+        entry.daily_quota if entry is not None and entry.daily_quota is not None else default_quota
+    )
     access.lock_subject(principal.kind, principal.subject_id)
     runs = CodeRunRepository(session, principal)
     since = day_ago()
     used = runs.count_since(principal.kind, principal.subject_id, since)
     if used >= quota:
         oldest = runs.oldest_since(principal.kind, principal.subject_id, since)
-        retry_after = (
-            max(1.0, (oldest - since).total_seconds()) if oldest is not None else 86400.0
-        )
+        retry_after = max(1.0, (oldest - since).total_seconds()) if oldest is not None else 86400.0
         raise LimitExceeded(
-            f"the daily quota of {quota} runs is used up", retry_after=retry_after, code="runs.quota"
+            f"the daily quota of {quota} runs is used up",
+            retry_after=retry_after,
+            code="runs.quota",
         )
     return quota, entry
 
@@ -88,9 +90,7 @@ def _files(body: RunCreate, sandbox: SandboxSettings) -> dict[str, bytes]:
     except (binascii.Error, ValueError) as exc:
         raise Invalid("files_zip is not valid base64", code="runs.zip") from exc
     try:
-        files = read_zip(
-            data, max_files=sandbox.max_files, max_total_bytes=sandbox.max_total_bytes
-        )
+        files = read_zip(data, max_files=sandbox.max_files, max_total_bytes=sandbox.max_total_bytes)
     except BadBundle as exc:
         raise Invalid(str(exc), code="runs.zip") from exc
     if language.file_name not in files:
@@ -167,9 +167,13 @@ def read(session: Session, principal: Principal, run_id: uuid.UUID) -> RunRead:
 # --- who may run code ---------------------------------------------------------------------
 
 
-def _check_subject(session: Session, principal: Principal, kind: str, subject_id: uuid.UUID) -> None:
+def _check_subject(
+    session: Session, principal: Principal, kind: str, subject_id: uuid.UUID
+) -> None:
     platform = PlatformRepository(session)
-    found = platform.user_by_id(subject_id) if kind == "user" else platform.api_key_by_id(subject_id)
+    found = (
+        platform.user_by_id(subject_id) if kind == "user" else platform.api_key_by_id(subject_id)
+    )
     if found is None or found.tenant_id != principal.tenant_id:
         raise NotFound(kind.replace("_", " "), subject_id)
 
@@ -228,13 +232,18 @@ def _check_regexes(values: dict[str, Any]) -> None:
         try:
             regex.compile(pattern)
         except (regex.error, ValueError) as exc:
-            raise Invalid(f"{name} is not a valid regular expression: {exc}", code="runs.regex") from exc
+            raise Invalid(
+                f"{name} is not a valid regular expression: {exc}", code="runs.regex"
+            ) from exc
 
 
 def pattern_read(entry: ErrorPattern, hits: int) -> ErrorPatternRead:
     return ErrorPatternRead.model_validate(
-        {**{c: getattr(entry, c) for c in ErrorPatternRead.model_fields if hasattr(entry, c)},
-         "shared": entry.tenant_id is None, "hits": hits}
+        {
+            **{c: getattr(entry, c) for c in ErrorPatternRead.model_fields if hasattr(entry, c)},
+            "shared": entry.tenant_id is None,
+            "hits": hits,
+        }
     )
 
 
@@ -302,4 +311,3 @@ def delete_pattern(
         tenant_id=principal.tenant_id,
         title=title,
     )
-

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -123,7 +123,7 @@ class ErrorRegistry:
     def candidates(self, language: str, error_type: str | None) -> Sequence[ErrorPattern]:
         """Enabled entries that could match, in matching order: the tenant's own before the
         shared defaults, then by priority, entries for the exact type before catch-alls."""
-        types = [ErrorPattern.error_type.is_(None)]
+        types: list[ColumnElement[bool]] = [ErrorPattern.error_type.is_(None)]
         if error_type is not None:
             types.append(ErrorPattern.error_type == error_type)
         stmt = (

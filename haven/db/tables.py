@@ -373,7 +373,9 @@ class CodeRun(Timestamped, Base):
     the explanation of a failure."""
 
     __tablename__ = "code_runs"
-    __table_args__ = (Index("ix_code_runs_tenant_subject_created", "tenant_id", "subject_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_code_runs_tenant_subject_created", "tenant_id", "subject_id", "created_at"),
+    )
 
     id: Mapped[uuid.UUID] = _uuid_pk()
     tenant_id: Mapped[uuid.UUID] = _tenant_fk()

@@ -77,7 +77,13 @@ def _read_entry(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, budget: int) -
                     if len(out) > budget:
                         raise BadBundle("the files expand to more than the allowed size")
                     raise BadBundle(f"{entry.filename!r} is compressed suspiciously well")
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, EOFError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,
+        OSError,
+        EOFError,
+    ) as exc:
         raise BadBundle(f"{entry.filename!r} cannot be read from the archive") from exc
     return bytes(out)
 

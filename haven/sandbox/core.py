@@ -201,9 +201,13 @@ class Sandbox:
                     limits=RunLimits(wall_seconds=10, cpu_seconds=2),
                 )
                 ok = result.exit_code == 0
-                reason = "a no-op sandbox run started and ended" if ok else (
-                    f"a no-op sandbox run exited with {result.exit_code or result.signal}: "
-                    + result.stderr.decode("utf-8", "replace")[:300]
+                reason = (
+                    "a no-op sandbox run started and ended"
+                    if ok
+                    else (
+                        f"a no-op sandbox run exited with {result.exit_code or result.signal}: "
+                        + result.stderr.decode("utf-8", "replace")[:300]
+                    )
                 )
             except SandboxUnavailable as exc:
                 ok, reason = False, str(exc)
@@ -305,7 +309,8 @@ class Sandbox:
                 if os.path.islink(f"/{link}"):
                     argv += ["--symlink", f"usr/{link}", f"/{link}"]
         argv += ["--proc", "/proc", "--dev", "/dev"]
-        argv += ["--size", tmpfs, "--tmpfs", "/tmp", "--size", tmpfs, "--tmpfs", JOB_DIR]
+        argv += ["--size", tmpfs, "--tmpfs", "/tmp"]  # noqa: S108 - the box's own tmpfs
+        argv += ["--size", tmpfs, "--tmpfs", JOB_DIR]
         made: set[str] = set()
         for fd, name in file_fds:
             for parent in reversed(PurePosixPath(name).parents):
@@ -347,7 +352,7 @@ class Sandbox:
             stdin_fd = _memfd(stdin)
             fds.append(stdin_fd)
             info_read, info_write = os.pipe()
-            fds += [info_read, info_write]
+            fds.append(info_read)  # info_write is closed by _supervise, once bwrap has it
             argv = self._argv(command, limits, file_fds, info_write)
             return self._supervise(argv, limits, stdin_fd, info_read, info_write, file_fds)
         finally:
@@ -367,24 +372,12 @@ class Sandbox:
         as_root = os.geteuid() == 0
         started = time.monotonic()
         deadline = started + limits.wall_seconds
-        # No preexec_fn (unsafe in a threaded worker): a new session for the group kill, and
-        # the user switch done by subprocess itself between fork and exec.
-        process = subprocess.Popen(  # noqa: S603 - argv built above, no shell
-            argv,
-            stdin=stdin_fd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=[info_write, *(fd for fd, _ in file_fds)],
-            env={"PATH": _PATH},
-            cwd="/",
-            start_new_session=True,
-            close_fds=True,
-            user=self.settings.uid if as_root else None,
-            group=self.settings.gid if as_root else None,
-            extra_groups=[] if as_root else None,
-        )
-        os.close(info_write)
+        try:
+            process = self._spawn(argv, stdin_fd, info_write, file_fds, as_root)
+        finally:
+            os.close(info_write)  # the box holds its own copy: EOF once bwrap closes it
         assert process.stdout is not None and process.stderr is not None
+
         out_fd, err_fd = process.stdout.fileno(), process.stderr.fileno()
         outputs = {out_fd: _Output(limits.output_bytes), err_fd: _Output(limits.output_bytes)}
         info = bytearray()
@@ -409,9 +402,7 @@ class Sandbox:
                 elif exited_at is None and killed and now >= deadline + _DRAIN_SECONDS:
                     _kill_group(process.pid)  # bubblewrap itself did not end
                 open_streams = [fd for fd in outputs if fd in selector.get_map()]
-                if exited_at is not None and (
-                    not open_streams or now - exited_at > _DRAIN_SECONDS
-                ):
+                if exited_at is not None and (not open_streams or now - exited_at > _DRAIN_SECONDS):
                     break
                 if exited_at is None:
                     until = deadline if not killed else deadline + _DRAIN_SECONDS
@@ -419,7 +410,7 @@ class Sandbox:
                 else:
                     timeout = 0.05
                 for key, _ in selector.select(timeout):
-                    fd = int(key.fd)  # type: ignore[arg-type]
+                    fd = int(key.fd)
                     if fd == pidfd:
                         selector.unregister(pidfd)
                         exited_at = time.monotonic()
@@ -458,6 +449,31 @@ class Sandbox:
         stdout, stderr = outputs[out_fd], outputs[err_fd]
         return self._result(
             process.returncode, killed, started, ended, usage, limits, stdout, stderr
+        )
+
+    def _spawn(
+        self,
+        argv: list[str],
+        stdin_fd: int,
+        info_write: int,
+        file_fds: list[tuple[int, str]],
+        as_root: bool,
+    ) -> subprocess.Popen[bytes]:
+        # No preexec_fn (unsafe in a threaded worker): a new session for the group kill, and
+        # the user switch done by subprocess itself between fork and exec.
+        return subprocess.Popen(  # noqa: S603 - argv built by _argv, no shell
+            argv,
+            stdin=stdin_fd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=[info_write, *(fd for fd, _ in file_fds)],
+            env={"PATH": _PATH},
+            cwd="/",
+            start_new_session=True,
+            close_fds=True,
+            user=self.settings.uid if as_root else None,
+            group=self.settings.gid if as_root else None,
+            extra_groups=[] if as_root else None,
         )
 
     def _result(

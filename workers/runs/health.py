@@ -18,7 +18,7 @@ from haven.sandbox import Sandbox
 
 def make_server(sandbox: Sandbox, host: str, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:
             if self.path == "/healthz":
                 self._answer(200, {"status": "ok"})
             elif self.path == "/readyz":
@@ -44,7 +44,7 @@ def make_server(sandbox: Sandbox, host: str, port: int) -> ThreadingHTTPServer:
             self.end_headers()
             self.wfile.write(data)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             return  # probes every few seconds: not worth a log line each
 
     return ThreadingHTTPServer((host, port), Handler)
