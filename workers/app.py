@@ -102,6 +102,9 @@ def create_worker_app(settings: WorkerSettings) -> Celery:
         declare_topology(app)
         _serve_runner_health(app, settings)
         try:  # load the chunking tokenizer now rather than inside the first job
+            if "ingest" not in settings.worker_queues:  # e.g. the runner: no chunking here
+                _ = runtime_for(app).cancels
+                return
             runtime_for(app).warm()
         except Exception as exc:  # jobs will retry until the model store is reachable
             log.warning("worker.warm_failed", error=str(exc))

@@ -73,6 +73,14 @@ def test_a_snippet_runs_and_reports_its_output_usage_and_the_limits_in_force(
     assert result.exit_code == 0 and result.signal is None and result.limit_hit is None
     assert result.stdout == b"hello []\n" and result.stderr == b"warn\n"
     assert result.cpu_seconds is not None and result.peak_memory_bytes
+    answered = sandbox.run_language(
+        sandbox.settings.languages["python"],
+        {"main.py": b"import sys\nname = input()\nprint(f'hi {name}', sys.argv[1:])"},
+        FAST,
+        args=["--loud", "x y"],
+        stdin=b"Ada\n",
+    )
+    assert answered.stdout == b"hi Ada ['--loud', 'x y']\n", out(answered)
     report = result.report()
     assert report["limits"]["memory_mb"] == 256 and report["limits"]["processes"] == 32
     assert "bubblewrap" in report["isolation"]["engine"]
