@@ -103,7 +103,8 @@ def create_worker_app(settings: WorkerSettings) -> Celery:
         _serve_runner_health(app, settings)
         try:  # load the chunking tokenizer now rather than inside the first job
             if "ingest" not in settings.worker_queues:  # e.g. the runner: no chunking here
-                _ = runtime_for(app).cancels
+                hearing = runtime_for(app).cancels  # its subscriber thread starts here
+                del hearing
                 return
             runtime_for(app).warm()
         except Exception as exc:  # jobs will retry until the model store is reachable

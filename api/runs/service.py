@@ -112,8 +112,9 @@ def submit(
     default_quota: int,
     max_attempts: int,
 ) -> tuple[CodeRun, Job]:
-    files = _files(body, sandbox)
+    # Who may run code first: nobody else's archive is even opened.
     check_access(session, principal, default_quota)
+    files = _files(body, sandbox)
     for arg in body.args:
         if any(ord(c) < 32 and c not in "\t" for c in arg):
             raise Invalid("arguments may not hold control characters", code="runs.args")

@@ -19,14 +19,17 @@ from fastapi.testclient import TestClient
 
 from haven.db.tables import Role
 from haven.queueing import create_celery
-from haven.sandbox import SandboxUnavailable
+from haven.sandbox import SandboxSettings
 from haven.settings import StoreSettings
 from tests.fixtures.api import Account, create_user
 from tests.fixtures.llm_service import Service, tiny_service
 from tests.fixtures.processes import WorkerProcess
 from tests.fixtures.services import TEST_BROKER_URL, TEST_REDIS_URL
 from tests.fixtures.tiny_gguf import build_tiny_gguf
+from workers.jobs.runner import run_job
 from workers.runs.handler import RunFailed, RunHandler
+from workers.runtime import WorkerRuntime
+from workers.settings import WorkerSettings
 
 QUEUE = "run"
 NAME_ERROR = "total = 0\nfor i in range(3):\n    totl += i\nprint(total)\n"
@@ -293,12 +296,27 @@ def test_hostile_submissions_and_admin_calls_get_a_clear_4xx(
     )
 
 
-def test_a_host_without_a_sandbox_fails_the_run_for_good_with_the_reason() -> None:
-    handler = RunHandler()
-    reason = handler.reason(
-        SandboxUnavailable("the sandbox could not be created: bwrap: No permissions")
+def test_a_host_without_a_sandbox_refuses_the_run_with_the_reason_and_never_runs_it(
+    api_client: TestClient, tenant_a: Account, store_overrides: dict[str, Any], tmp_path: Path
+) -> None:
+    """The job runner's own path (claim, run, reason, fail) on a worker whose host cannot
+    make a box: the run ends failed with ``sandbox.unavailable`` at the first attempt."""
+    marker = tmp_path / "ran"
+    code = f"open({str(marker)!r}, 'w').write('ran unsandboxed')"
+    created = submit(api_client, tenant_a, code=code)
+    assert created.status_code == 202, created.text
+    settings = WorkerSettings(
+        **store_overrides,
+        sandbox=SandboxSettings(bwrap_path="/nonexistent/bwrap"),
+        job_heartbeat_seconds=0.5,
     )
-    assert reason is not None and reason.permanent and reason.code == "sandbox.unavailable"
-    assert "No permissions" in reason.message
-    unknown = handler.reason(RunFailed("run.language", "this installation does not run cobol"))
-    assert unknown is not None and unknown.permanent and unknown.code == "run.language"
+    rt = WorkerRuntime(settings=settings, celery=create_celery(settings))
+    ended = run_job(None, rt, RunHandler(), uuid.UUID(created.json()["job_id"]))  # type: ignore[arg-type]
+    assert ended == "failed"
+    run = api_client.get(f"/api/v1/runs/{created.json()['id']}", headers=tenant_a.headers).json()
+    assert run["state"] == "failed" and run["error"] == "sandbox.unavailable"
+    assert "bubblewrap is not installed" in run["error_message"]
+    assert run["exit_code"] is None and run["stdout"] is None
+    assert not marker.exists()
+    unknown = RunHandler().reason(RunFailed("run.language", "this installation does not run x"))
+    assert unknown is not None and unknown.permanent
