@@ -10,6 +10,7 @@ catastrophic pattern costs a few milliseconds and is skipped, never a stuck work
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from haven.sandbox import Language, SandboxResult
 log = structlog.get_logger("haven.runs.explain")
 
 _MATCH_SECONDS = 0.05
+_MATCHING_SECONDS = 2.0
 _MESSAGE_CHARS = 1000
 _CODE_CHARS = 20_000
 LIMIT_TYPES = {"wall": "TimeLimitExceeded", "cpu": "CpuTimeLimitExceeded"}
@@ -74,8 +76,13 @@ def match(
     candidates: Sequence[ErrorPattern], found: ErrorSignature, code: str
 ) -> ErrorPattern | None:
     """The first candidate (they come in matching order) whose type, message and code
-    patterns all match."""
+    patterns all match; within ``_MATCHING_SECONDS`` in all, however many patterns a
+    tenant wrote."""
+    deadline = time.monotonic() + _MATCHING_SECONDS
     for entry in candidates:
+        if time.monotonic() > deadline:
+            log.warning("runs.matching_budget_spent", candidates=len(candidates))
+            return None
         if entry.error_type is not None and entry.error_type != found.error_type:
             continue
         if entry.error_type is None and found.error_type is None and entry.code_regex is None:
