@@ -430,6 +430,9 @@ class Sandbox:
                         outputs[fd].take(data)
         finally:
             selector.close()
+            if exited_at is None:  # only when the loop itself failed: never leave a box
+                _kill_box(box, process.pid)
+                _kill_group(process.pid)
             _, status, usage = os.wait4(process.pid, 0)
             process.returncode = os.waitstatus_to_exitcode(status)
             os.close(pidfd)

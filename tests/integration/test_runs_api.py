@@ -311,7 +311,14 @@ def test_a_host_without_a_sandbox_refuses_the_run_with_the_reason_and_never_runs
         job_heartbeat_seconds=0.5,
     )
     rt = WorkerRuntime(settings=settings, celery=create_celery(settings))
-    ended = run_job(None, rt, RunHandler(), uuid.UUID(created.json()["job_id"]))  # type: ignore[arg-type]
+    try:
+        job_id = uuid.UUID(created.json()["job_id"])
+        ended = run_job(None, rt, RunHandler(), job_id)  # type: ignore[arg-type]
+    finally:
+        rt.cancels.stop()
+        rt.keeper.stop()
+        rt.redis.close()
+        rt.session_factory.kw["bind"].dispose()
     assert ended == "failed"
     run = api_client.get(f"/api/v1/runs/{created.json()['id']}", headers=tenant_a.headers).json()
     assert run["state"] == "failed" and run["error"] == "sandbox.unavailable"
