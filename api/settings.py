@@ -36,3 +36,11 @@ class ApiSettings(StoreSettings, AuthSettings):
     # A comment line on an idle stream, so proxies and browsers keep it open.
     chat_heartbeat_seconds: float = Field(default=15.0, gt=0)
     answer_cache_ttl_seconds: int = Field(default=24 * 3600, ge=0)
+    # --- queue caps (operators) ---
+    # Jobs of a workload (job kind) that may wait at once: per tenant (past it: 429) and in
+    # total (past it: 503), as JSON objects, e.g. HAVEN_QUEUE_CAP_PER_TENANT='{"ingest": 500}'.
+    # A kind missing from a map has no such cap.
+    queue_cap_per_tenant: dict[str, int] = {"ingest": 1000}
+    queue_cap_total: dict[str, int] = {"ingest": 10000}
+    queue_cap_retry_after_seconds: int = Field(default=30, ge=1)
+    # --- end queue caps ---
