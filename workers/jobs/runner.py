@@ -76,8 +76,10 @@ def run_job(task: Task, rt: WorkerRuntime, handler: JobHandler, job_id: uuid.UUI
         claim = handler.begin(rt, job_id)
         if claim is None:
             return _unclaimed(rt, handler, job_id)
+        # Every later line of the run names its tenant and, for a document's job, the document.
+        document_id = claim.params.get("document_id") or getattr(claim.subject, "document_id", None)
         structlog.contextvars.bind_contextvars(
-            tenant_id=str(claim.tenant_id), doc_id=claim.params.get("document_id")
+            tenant_id=str(claim.tenant_id), doc_id=str(document_id) if document_id else None
         )
         if claim.gone:
             with transaction(rt.session_factory) as session:
