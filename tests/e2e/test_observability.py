@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -265,4 +264,8 @@ def test_logs_carry_the_ids_and_never_a_secret(traced: Stack, owner: Account) ->
         r for r in requests if r.get("route") == "/api/v1/documents" and r.get("method") == "POST"
     ]
     assert line["request_id"] in {r["request_id"] for r in uploaded}
-    assert httpx.get(f"{traced.base_url}/healthz").status_code == 200
+    # The worker's job metrics (served on the all-in-one's /metrics).
+    assert (_metric(traced, "haven_jobs_ended_total", kind="ingest", state="ready") or 0) >= 1
+    assert (
+        _metric(traced, "haven_job_duration_seconds_count", kind="ingest", state="ready") or 0
+    ) >= 1
