@@ -106,7 +106,8 @@ def switch(
     """Turn read-only mode on or off, audited in the same transaction. Switching it on again
     keeps its start and updates the reason."""
     before = read(session)
-    reason = (reason or "").strip()[:REASON_MAX] or None
+    # The API refuses NUL in the reason; the CLI's argument is cleaned (JSONB cannot hold it).
+    reason = (reason or "").replace("\x00", "").strip()[:REASON_MAX] or None
     if on:
         state = ReadOnlyState(
             on=True,
