@@ -51,6 +51,10 @@ class WorkerSettings(ModelStoreSettings):
     job_step_deadline_seconds: float = 1800.0
     # The queues (workloads) this worker consumes, comma-separated; every one by default.
     worker_queues: Annotated[list[str], NoDecode] = list(QUEUES)
+    # The workers' Prometheus metrics (haven_jobs_ended_total, haven_job_duration_seconds,
+    # haven_extraction_failures_total) on this port; 0: none (the all-in-one serves them on
+    # the API's /metrics instead).
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
     # Where an embedded beat (haven up, celery worker -B) keeps its schedule state.
     beat_schedule_path: Path = Path("var/celerybeat-schedule")
 

@@ -444,3 +444,29 @@ class ErrorPatternHit(Base):
     )
     hits: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     last_hit_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# --- operator controls ---------------------------------------------------------------------
+
+
+class PlatformFlag(Base):
+    """A platform-wide switch an operator sets (``read_only``), read by every API replica and
+    worker (each keeps it a couple of seconds, ``HAVEN_READ_ONLY_CACHE_SECONDS``)."""
+
+    __tablename__ = "platform_flags"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
+    )
+
+
+# The queue caps count a tenant's queued jobs of one kind on every new job: this keeps that a
+# small index range scan however many jobs have ended.
+Index(
+    "ix_jobs_queued_kind_tenant",
+    Job.kind,
+    Job.tenant_id,
+    postgresql_where=Job.state == JobState.QUEUED,
+)
