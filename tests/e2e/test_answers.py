@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
 from api.chat.answer import visible
+from api.chat.prompt import RAG_INSTRUCTIONS
 from bench.answers.dataset import DOCUMENTS, QUESTIONS
 from haven.db.engine import make_engine, make_session_factory
 from models.defaults import DEFAULT_LLM, publish_default_llm
@@ -115,6 +117,41 @@ def test_a_streamed_openai_answer_lists_its_sources_after_the_chat_asked_the_sam
         assert library.document_ids[TRAVEL] in {c["document_id"] for c in citations}
         assert all(isinstance(c["cited"], bool) for c in citations)
         assert extra["grounded"] in (True, False)
+
+
+def test_a_streamed_answer_keeps_its_sources_under_a_clients_long_conversation(
+    library: Library,
+) -> None:
+    """A chat client sends its own system prompt and its whole conversation with every
+    question: the history took its full share of the context after the instructions and left
+    no room for a passage, so the answer (max_tokens 10) ended with "citations": []."""
+    llm = library.stack.env["HAVEN_LLM_URL"]
+
+    def tokens(text: str) -> tuple[int, int]:
+        body = httpx.post(f"{llm}/tokenize", json={"texts": [text]}, timeout=60).json()
+        return int(body["counts"][0]), int(body["context_length"])
+
+    sentence = "Answer politely, briefly and in the language of the question. "
+    per_sentence, context = tokens(sentence * 10)
+    question = "hotel cap Zurich?"
+    # Instructions filling all the context but the history's share (a quarter), the answer
+    # and a few dozen tokens; short turns filling the history's share to the brim.
+    wanted = context - context // 4 - 130 - tokens(RAG_INSTRUCTIONS + question)[0]
+    system = sentence * (wanted * 10 // per_sentence)
+    turn = "We talked about travel and leave rules before. " * 3
+    history: list[Any] = [
+        {"role": role, "content": turn} for _ in range(40) for role in ("user", "assistant")
+    ]
+    messages = [{"role": "system", "content": system}, *history, {"role": "user", "content": question}]
+    for _ in range(2):  # generated, then from the cache
+        chunks = list(
+            library.client.chat.completions.create(
+                model="haven-rag", messages=messages, max_tokens=10, stream=True
+            )
+        )
+        citations = (chunks[-1].model_extra or {})["citations"]
+        assert citations, "the streamed answer came without its sources"
+        assert library.document_ids[TRAVEL] in {c["document_id"] for c in citations}
 
 
 def test_an_invented_figure_is_marked_ungrounded_and_a_quoted_one_is_not(
