@@ -337,15 +337,14 @@ def check(answer: str, sources: Iterable[str], question: str = "") -> Grounding:
 CONTEXT_WORDS = 12
 
 # Russian function words; the English ones are haven.lexical's.
-_RU_STOP_WORDS = frozenset(
-    """
+_RU_STOP_WORDS_TEXT = """
     и в во не что на я с со как а то все она так его но да ты к у же вы за бы по только ее
     мне было вот от меня еще нет о из ему когда даже ли если уже или ни быть был до вас там
     себя ей может они тут где есть надо ней для мы тебя их чем была сам без кто этот того
     этого какой какая какие какое ним здесь этом чтобы сейчас были куда можно при об после над
     через эти нас про всего них много сколько который которая которые
-    """.split()
-)
+"""
+_RU_STOP_WORDS = frozenset(_RU_STOP_WORDS_TEXT.split())
 _TERM = re.compile(r"[^\W\d_]{3,}")
 # A sentence ends at its punctuation, a blank line, or a line that starts a list item or a
 # heading; a line wrapped inside a paragraph goes on.
@@ -542,9 +541,9 @@ def attribute(answer: str, sources: Sequence[str]) -> list[int]:
         if not scores or weight == 0:
             continue
         top = max(scores)
-        if top >= 2 and 2 * top >= weight and scores.count(top) == 1:
-            if (index := scores.index(top)) not in drawn:
-                drawn.append(index)
+        index = scores.index(top)
+        if top >= 2 and 2 * top >= weight and scores.count(top) == 1 and index not in drawn:
+            drawn.append(index)
     return drawn
 
 

@@ -118,7 +118,10 @@ def dumped(path: Path) -> list[str]:
                 details.append(f"    FP: {answer['content'][:100]!r} → {reasons}")
             if answer in wrong and result.grounded is not False:
                 details.append(f"    FN: {answer['question'][:50]!r} {answer['content'][:90]!r}")
-            joined = [" ".join(p for p in (s["title"], s["heading"], s["text"]) if p) for s in answer["sources"]]
+            joined = [
+                " ".join(p for p in (s["title"], s["heading"], s["text"]) if p)
+                for s in answer["sources"]
+            ]
             drawn = {answer["sources"][i]["document"] for i in attribute(answer["content"], joined)}
             cites += answer["document"] in drawn
         lines += [

@@ -77,7 +77,9 @@ class Answer:
     @property
     def in_context(self) -> bool:
         """Marked for a figure the sources hold only about something else."""
-        return any(span.get("reason", NOT_IN_SOURCES) != NOT_IN_SOURCES for span in self.unsupported)
+        return any(
+            span.get("reason", NOT_IN_SOURCES) != NOT_IN_SOURCES for span in self.unsupported
+        )
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -135,7 +137,9 @@ def ask_all(
                 cited_documents=frozenset(
                     names.get(c["document_id"], "?") for c in body["citations"] if c["cited"]
                 ),
-                cited_by=frozenset(c.get("cited_by") or "" for c in body["citations"] if c["cited"]),
+                cited_by=frozenset(
+                    c.get("cited_by") or "" for c in body["citations"] if c["cited"]
+                ),
                 grounded=body.get("grounded"),
                 unsupported=body.get("unsupported", []),
                 seconds=seconds,
@@ -191,12 +195,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-record", action="store_true")
     parser.add_argument(
-        "--dump", type=Path, help="write every answer with its sources here (JSON), for"
-        " `python -m bench.answers.context`"
+        "--dump",
+        type=Path,
+        help="write every answer with its sources here (JSON), for"
+        " `python -m bench.answers.context`",
     )
     args = parser.parse_args()
     wanted = args.models.split(",")
 
+    load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="haven-bench-answers-"))
     moto = start_moto(work)
     s3 = next(moto)
@@ -238,7 +245,9 @@ def main() -> None:
     report = "\n".join(
         [
             f"## answers — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-            f"machine: {machine()}",
+            f"machine: {machine()}; load average (1, 5, 15 min) at the start"
+            f" {' / '.join(f'{x:.1f}' for x in load_before)}, at the end"
+            f" {' / '.join(f'{x:.1f}' for x in os.getloadavg())}",
             f"command: `.venv/bin/python -m bench.answers.run --max-tokens {args.max_tokens}"
             f" --ctx {args.ctx} --threads {args.threads}`",
             f"- {len(QUESTIONS)} questions ({english} English, {len(QUESTIONS) - english}"

@@ -119,41 +119,6 @@ def test_a_streamed_openai_answer_lists_its_sources_after_the_chat_asked_the_sam
         assert extra["grounded"] in (True, False)
 
 
-def test_a_streamed_answer_keeps_its_sources_under_a_clients_long_conversation(
-    library: Library,
-) -> None:
-    """A chat client sends its own system prompt and its whole conversation with every
-    question: the history took its full share of the context after the instructions and left
-    no room for a passage, so the answer (max_tokens 10) ended with "citations": []."""
-    llm = library.stack.env["HAVEN_LLM_URL"]
-
-    def tokens(text: str) -> tuple[int, int]:
-        body = httpx.post(f"{llm}/tokenize", json={"texts": [text]}, timeout=60).json()
-        return int(body["counts"][0]), int(body["context_length"])
-
-    sentence = "Answer politely, briefly and in the language of the question. "
-    per_sentence, context = tokens(sentence * 10)
-    question = "hotel cap Zurich?"
-    # Instructions filling all the context but the history's share (a quarter), the answer
-    # and a few dozen tokens; short turns filling the history's share to the brim.
-    wanted = context - context // 4 - 130 - tokens(RAG_INSTRUCTIONS + question)[0]
-    system = sentence * (wanted * 10 // per_sentence)
-    turn = "We talked about travel and leave rules before. " * 3
-    history: list[Any] = [
-        {"role": role, "content": turn} for _ in range(40) for role in ("user", "assistant")
-    ]
-    messages = [{"role": "system", "content": system}, *history, {"role": "user", "content": question}]
-    for _ in range(2):  # generated, then from the cache
-        chunks = list(
-            library.client.chat.completions.create(
-                model="haven-rag", messages=messages, max_tokens=10, stream=True
-            )
-        )
-        citations = (chunks[-1].model_extra or {})["citations"]
-        assert citations, "the streamed answer came without its sources"
-        assert library.document_ids[TRAVEL] in {c["document_id"] for c in citations}
-
-
 def test_an_invented_figure_is_marked_ungrounded_and_a_quoted_one_is_not(
     library: Library,
 ) -> None:
@@ -180,3 +145,55 @@ def test_an_invented_figure_is_marked_ungrounded_and_a_quoted_one_is_not(
     )
     assert "250 CHF" in text, text
     assert extra["grounded"] is True, (text, extra["unsupported"])
+
+
+def test_a_streamed_answer_keeps_its_sources_under_a_clients_long_conversation(
+    library: Library,
+) -> None:
+    """A chat client sends its own system prompt and its whole conversation with every
+    question: the history took its full share of the context after the instructions and left
+    no room for a passage, so the answer (max_tokens 10) ended with "citations": [].
+
+    llm serves the model with a 1k context here (as the `haven up` test does), so that a
+    prompt filling it is quick to read on a CPU."""
+    llm = library.stack.llm
+    served = llm.env
+    llm.env = {**served, "HAVEN_LLM_CTX": "1024"}
+    llm.stop()
+    llm.start(timeout=300)
+    try:
+        url = library.stack.env["HAVEN_LLM_URL"]
+
+        def tokens(text: str) -> tuple[int, int]:
+            body = httpx.post(f"{url}/tokenize", json={"texts": [text]}, timeout=60).json()
+            return int(body["counts"][0]), int(body["context_length"])
+
+        sentence = "Answer politely, briefly and in the language of the question. "
+        per_ten, context = tokens(sentence * 10)
+        question = "hotel cap Zurich?"
+        # Instructions filling the context but for the history's share (a quarter), the
+        # answer and a few dozen tokens; short turns filling the history's share.
+        wanted = context - context // 4 - 130 - tokens(RAG_INSTRUCTIONS + question)[0]
+        system = sentence * (wanted * 10 // per_ten)
+        turn = "We talked about travel and leave rules before. " * 2
+        history: list[Any] = [
+            {"role": role, "content": turn} for _ in range(20) for role in ("user", "assistant")
+        ]
+        messages = [
+            {"role": "system", "content": system},
+            *history,
+            {"role": "user", "content": question},
+        ]
+        for _ in range(2):  # generated, then from the cache
+            chunks = list(
+                library.client.chat.completions.create(
+                    model="haven-rag", messages=messages, max_tokens=10, stream=True
+                )
+            )
+            citations = (chunks[-1].model_extra or {})["citations"]
+            assert citations, "the streamed answer came without its sources"
+            assert library.document_ids[TRAVEL] in {c["document_id"] for c in citations}
+    finally:
+        llm.env = served
+        llm.stop()
+        llm.start(timeout=300)

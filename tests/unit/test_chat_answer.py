@@ -145,7 +145,11 @@ def test_an_answer_without_markers_cites_the_passages_it_draws_on_and_says_so() 
         (3, False, None),
     ]
     assert cited("The answer is: 30.") == [(1, False, None), (2, True, "overlap"), (3, False, None)]
-    assert cited("На парковке 40 мест.") == [(1, False, None), (2, False, None), (3, True, "overlap")]
+    assert cited("На парковке 40 мест.") == [
+        (1, False, None),
+        (2, False, None),
+        (3, True, "overlap"),
+    ]
     # Nothing of any passage in it, or as much of one as of another: nothing is cited.
     assert cited("I do not know.") == [(1, False, None), (2, False, None), (3, False, None)]
     assert cited("See the policy.") == [(1, False, None), (2, False, None), (3, False, None)]

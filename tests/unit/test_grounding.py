@@ -158,7 +158,9 @@ def test_a_real_figure_copied_from_the_wrong_sentence_is_reported_with_that_sent
     reason = result.unsupported[0].reason
     assert "longer than 3 days" in reason and "30 working days" in reason
     assert in_context("Employees get 5 days of paid annual leave.", LEAVE) == [("5", "number")]
-    assert in_context("A sick note is needed after 30 days of illness.", LEAVE) == [("30", "number")]
+    assert in_context("A sick note is needed after 30 days of illness.", LEAVE) == [
+        ("30", "number")
+    ]
     # The right figures in the same words are not.
     assert in_context("The answer is: 30 days.", LEAVE, question) == []
     assert in_context("A sick note is needed after 3 days of illness.", LEAVE) == []
