@@ -26,9 +26,11 @@ What counts as a claim:
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -329,9 +331,10 @@ def check(answer: str, sources: Iterable[str], question: str = "") -> Grounding:
 # is in a source, but not about what the answer says. The words around the answer's figure
 # (and the question's) are therefore looked for around that figure in the sources: when no
 # source sentence that holds the figure shares a word with them, while one holding another
-# figure does, or when one holding another figure shares more than twice as many, the figure
-# is reported with the sentence it came from. Words are compared by their Snowball stems;
-# function words, units and month names do not count (the unit is checked on its own).
+# figure does, or when one holding another figure shares more than twice as much, the figure
+# is reported with the sentence it came from. Words are compared by their Snowball stems,
+# each weighted by how few source sentences hold it; function words, units and month names
+# do not count (the unit is checked on its own).
 
 # Words each side of a figure that count as its context, within its sentence.
 CONTEXT_WORDS = 12
@@ -449,21 +452,32 @@ def _figures_of(text: str) -> list[tuple[Kind, Any, int, int]]:
 @dataclass(frozen=True)
 class _Sentences:
     figures: tuple[_Figure, ...]
+    # How much a shared word tells: a word of few source sentences ("parental") more than
+    # one of many ("leave" in a leave policy), by its inverse sentence frequency.
+    weights: dict[str, float]
+
+    def overlap(self, context: frozenset[str], figure: _Figure) -> float:
+        return sum(self.weights.get(word, 0.0) for word in context & figure.stems)
 
     @classmethod
     def of(cls, sources: Sequence[str]) -> _Sentences:
         figures: list[_Figure] = []
+        frequency: Counter[str] = Counter()
+        sentences = 0
         for source in sources:
             text = unicodedata.normalize("NFKC", source)
             for start, end in _sentence_spans(text):
                 sentence = text[start:end]
                 words = _words(sentence, 0, len(sentence))
                 everything = frozenset(w[2] for w in words)
+                frequency.update(everything)
+                sentences += 1
                 scripts = frozenset(_script(w) for w in everything)
                 for kind, key, a, b in _figures_of(sentence):
                     near = _around(words, a, b) if b > a else everything
                     figures.append(_Figure(kind, key, near, " ".join(sentence.split()), scripts))
-        return cls(tuple(figures))
+        weights = {word: math.log((sentences + 1) / n) for word, n in frequency.items()}
+        return cls(tuple(figures), weights)
 
 
 def _quote(sentence: str) -> str:
@@ -500,9 +514,9 @@ def _out_of_context(
         holders = [f for f in sources.figures if claim.held_by(f) and f.scripts & scripts]
         if not holders:
             continue
-        support = max(holders, key=lambda f: len(context & f.stems))
-        best = max(sources.figures, key=lambda f: len(context & f.stems))
-        shared, most = len(context & support.stems), len(context & best.stems)
+        support = max(holders, key=lambda f: sources.overlap(context, f))
+        best = max(sources.figures, key=lambda f: sources.overlap(context, f))
+        shared, most = sources.overlap(context, support), sources.overlap(context, best)
         # Nothing near the figure is what the answer speaks of, while the sources speak of
         # that with another figure; or another figure is spoken of in more than twice as
         # many of the answer's words.

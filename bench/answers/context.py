@@ -113,7 +113,7 @@ def dumped(path: Path) -> list[str]:
             reasons = _reasons(result)
             if answer in wrong:
                 marked_wrong += result.grounded is False
-            if answer in right and reasons:
+            if answer in right and "context" in reasons:
                 marked_right += 1
                 details.append(f"    FP: {answer['content'][:100]!r} → {reasons}")
             if answer in wrong and result.grounded is not False:
@@ -126,7 +126,8 @@ def dumped(path: Path) -> list[str]:
             cites += answer["document"] in drawn
         lines += [
             f"{model}: wrong figures marked {marked_wrong}/{len(wrong)}, answers with the fact "
-            f"marked for a figure {marked_right}/{len(right)}, right document attributed by "
+            f"marked for a figure out of context {marked_right}/{len(right)}, right document"
+            f" attributed by "
             f"overlap {cites}/{len(answers)}",
             *details,
         ]

@@ -200,3 +200,18 @@ def test_an_answer_in_words_of_its_own_is_not_judged_by_context() -> None:
     # No word around the figure is in any source: nothing says it is about something else.
     assert in_context("Thirty, I believe: 30.", LEAVE) == []
     assert in_context("Three.", LEAVE) == []
+
+
+def test_a_word_the_sources_use_everywhere_does_not_vouch_for_a_figure() -> None:
+    # "leave" is in every sentence of a leave policy; "parental" says which figure is meant.
+    source = LEAVE + " Parental leave is 16 weeks at full pay."
+    question = "How long is parental leave?"
+    assert in_context("The answer is: 30 days.", source, question) == [("30", "number")]
+    assert in_context("The answer is: 16 weeks.", source, question) == []
+    russian = (
+        "Ежегодный отпуск составляет 30 дней. Отпуск по уходу за ребёнком длится 16 недель."
+        " Неиспользованный отпуск до 5 дней переносится на следующий год."
+    )
+    asked = "Сколько длится отпуск по уходу за ребёнком?"
+    assert in_context("Ответ: 30 дней.", russian, asked) == [("30", "number")]
+    assert in_context("Отпуск по уходу длится 16 недель.", russian, asked) == []
