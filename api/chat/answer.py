@@ -17,6 +17,7 @@ The chat endpoint (SSE or JSON) and the OpenAI-compatible endpoint both answer t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -426,7 +427,9 @@ async def generate(
     cached = prepared.cached
     if cached is not None and visible(cached.text):
         yield AnswerToken(cached.text)
-        yield finish(
+        # The grounding check reads every source: off the event loop.
+        yield await asyncio.to_thread(
+            finish,
             cached.text,
             cached.finish_reason,
             UsageRead.model_validate(cached.usage),
@@ -443,7 +446,8 @@ async def generate(
                 yield AnswerToken(event.text)
             elif isinstance(event, Completed):
                 text = "".join(parts)
-                done = finish(
+                done = await asyncio.to_thread(
+                    finish,
                     text,
                     event.finish_reason,
                     UsageRead(

@@ -679,6 +679,7 @@ _UNITS: tuple[tuple[str, str], ...] = (
 _AFTER_NUMBER = re.compile(r"[ \u00a0]*(%|[^\W\d_]+)(?:[ \u00a0]+([^\W\d_]+))?")
 
 
+@lru_cache(maxsize=65536)
 def _unit_of(word: str) -> str | None:
     word = word.casefold()
     return next((unit for start, unit in _UNITS if word.startswith(start)), None)
@@ -708,6 +709,7 @@ def _number_value(raw: str) -> Decimal | None:
         return None
 
 
+@lru_cache(maxsize=65536)
 def _numeral(word: str) -> int | None:
     if word in _EN_NUMBERS:
         return _EN_NUMBERS[word]
@@ -763,6 +765,7 @@ class _Date:
     end: int
 
 
+@lru_cache(maxsize=65536)
 def _month(word: str) -> int | None:
     word = word.casefold().rstrip(".")
     if word in _MONTHS:
