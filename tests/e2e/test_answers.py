@@ -48,9 +48,10 @@ def library(
         s3_endpoint,
         tmp,
         publish_default_llm,
-        # As `haven up` serves the bundled model.
+        # As `haven up` serves the bundled model, but on one thread: two llama.cpp threads on
+        # a shared, busy machine wait on each other (an answer took 76-140 s instead of ~8).
         HAVEN_LLM_CTX="4096",
-        HAVEN_LLM_THREADS="2",
+        HAVEN_LLM_THREADS="1",
         HAVEN_LLM_QUEUE="4",
     ) as stack:
         engine = make_engine(stack.settings)
