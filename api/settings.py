@@ -36,3 +36,9 @@ class ApiSettings(StoreSettings, AuthSettings):
     # A comment line on an idle stream, so proxies and browsers keep it open.
     chat_heartbeat_seconds: float = Field(default=15.0, gt=0)
     answer_cache_ttl_seconds: int = Field(default=24 * 3600, ge=0)
+    # --- analyses (POST /api/v1/analyses) ---
+    # Documents one analysis may read, and their tokens in all (estimated from their chunks
+    # at request time; the worker counts them exactly in the model's tokens).
+    analyze_max_documents: int = Field(default=20, ge=1)
+    analyze_max_input_tokens: int = Field(default=2_000_000, ge=1)
+    analyze_max_schema_bytes: int = Field(default=64 * 1024, ge=256)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from haven.queueing import QUEUES
@@ -52,6 +52,21 @@ class WorkerSettings(ModelStoreSettings):
     worker_queues: Annotated[list[str], NoDecode] = list(QUEUES)
     # Where an embedded beat (haven up, celery worker -B) keeps its schedule state.
     beat_schedule_path: Path = Path("var/celerybeat-schedule")
+
+    # --- analyze (workers/analyze) ---
+    # The generation service the analyses call (the chat's service).
+    llm_url: str = "http://127.0.0.1:8083"
+    llm_timeout_seconds: float = 600.0
+    # Tokens reserved for one part's answer (map) and for a combined answer (reduce).
+    analyze_map_tokens: int = Field(default=256, ge=8)
+    analyze_reduce_tokens: int = Field(default=512, ge=8)
+    analyze_temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    analyze_seed: int = 0
+    # Input tokens (the model's own) an analysis may read in all, counted after extraction.
+    analyze_max_input_tokens: int = Field(default=2_000_000, ge=1)
+    # How long one llm call may wait out a busy service (503/429, with backoff) before the
+    # job is retried by the runner instead.
+    analyze_llm_wait_seconds: float = Field(default=900.0, gt=0)
 
     @field_validator("emb_aliases", "worker_queues", mode="before")
     @classmethod

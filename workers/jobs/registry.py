@@ -12,7 +12,12 @@ from workers.jobs.handler import JobHandler
 
 # The modules that register the workers' handlers. A new pipeline (analyze, review, run,
 # maintenance) adds its module here: ``workers/<pipeline>/handler.py`` calling ``register``.
-PIPELINES = ("workers.ingest.handler", "workers.jobs.probe")
+PIPELINES = (
+    "workers.ingest.handler",
+    "workers.jobs.probe",
+    # analyses (#18)
+    "workers.analyze.handler",
+)
 
 _handlers: dict[JobKind, JobHandler] = {}
 
