@@ -100,7 +100,7 @@ def get_analysis(analysis_id: uuid.UUID, analyses: ReaderAnalyses) -> AnalysisRe
 def download_artifact(
     analysis_id: uuid.UUID,
     analyses: ReaderAnalyses,
-    format: Annotated[Literal["markdown", "json"], Query()] = "markdown",  # noqa: A002
+    format: Annotated[Literal["markdown", "json"], Query()] = "markdown",
 ) -> DownloadLink:
     url, expires_at = service.download_url(analyses, analysis_id, format)
     return DownloadLink(url=url, expires_at=expires_at)

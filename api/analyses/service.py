@@ -243,9 +243,7 @@ def _stale(analysis: Analysis, current: dict[uuid.UUID, int | None]) -> list[str
     return reasons
 
 
-def reads(
-    ctx: Analyses, rows: Sequence[Analysis], *, reused: bool = False
-) -> list[AnalysisRead]:
+def reads(ctx: Analyses, rows: Sequence[Analysis], *, reused: bool = False) -> list[AnalysisRead]:
     repo = ctx.repo
     jobs = repo.jobs([a.job_id for a in rows if a.job_id is not None])
     current = repo.current_versions(list({d for a in rows for d in a.document_ids}))
@@ -358,4 +356,4 @@ def delete(ctx: Analyses, analysis_id: uuid.UUID) -> uuid.UUID | None:
     return canceled
 
 
-__all__ = ["AnalysisKind", "Analyses", "create", "delete", "download_url", "read", "reads"]
+__all__ = ["Analyses", "AnalysisKind", "create", "delete", "download_url", "read", "reads"]

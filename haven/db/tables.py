@@ -394,9 +394,7 @@ class Analysis(Timestamped, Base):
     instructions: Mapped[str | None] = mapped_column(Text)
     output_schema: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     # [{document_id, version, version_id, content_sha256, title, mime, object_key}]
-    sources: Mapped[list[dict[str, Any]]] = mapped_column(
-        JSONB, default=list, server_default="[]"
-    )
+    sources: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list, server_default="[]")
     document_ids: Mapped[list[uuid.UUID]] = mapped_column(
         ARRAY(Uuid), default=list, server_default="{}"
     )

@@ -30,9 +30,7 @@ def upgrade() -> None:
         sa.Column(
             "sources", postgresql.JSONB(astext_type=sa.Text()), server_default="[]", nullable=False
         ),
-        sa.Column(
-            "document_ids", postgresql.ARRAY(sa.Uuid()), server_default="{}", nullable=False
-        ),
+        sa.Column("document_ids", postgresql.ARRAY(sa.Uuid()), server_default="{}", nullable=False),
         sa.Column("request_key", sa.String(length=64), nullable=False),
         sa.Column("force", sa.Boolean(), server_default="false", nullable=False),
         sa.Column("phase", sa.String(length=16), nullable=True),

@@ -83,7 +83,10 @@ def test_roles_reuse_and_stale(
     viewer = create_user(api_client, tenant_a, Role.VIEWER)
     editor = create_user(api_client, tenant_a, Role.EDITOR)
     first = upload_ready(
-        api_client, session_factory, tenant_a, b"Policy v1: travel is booked by May.",
+        api_client,
+        session_factory,
+        tenant_a,
+        b"Policy v1: travel is booked by May.",
         source_id="policy",
     )
     doc = first["document"]["id"]
@@ -92,7 +95,11 @@ def test_roles_reuse_and_stale(
     created = _post(api_client, editor, source_ids=["policy"], kind="summary")
     assert created.status_code == 201, created.text
     analysis = created.json()
-    assert (analysis["state"], analysis["progress"], analysis["stale"]) == ("queued", "queued", False)
+    assert (analysis["state"], analysis["progress"], analysis["stale"]) == (
+        "queued",
+        "queued",
+        False,
+    )
     assert analysis["sources"][0]["version"] == 1
 
     # The same request (by id this time) is the same analysis: nothing is generated again.

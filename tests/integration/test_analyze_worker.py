@@ -181,7 +181,10 @@ def ledger(factory: sessionmaker[Session], tenant: Account) -> tuple[int, int]:
 def long_pdf(pages: int) -> bytes:
     """Pages of the tiny model's own sentences (few tokens each), numbered."""
     return pdf_pages(
-        [f"Page {n}. " + " ".join(CORPUS[(n + i) % len(CORPUS)] for i in range(7)) for n in range(1, pages + 1)]
+        [
+            f"Page {n}. " + " ".join(CORPUS[(n + i) % len(CORPUS)] for i in range(7))
+            for n in range(1, pages + 1)
+        ]
     )
 
 
@@ -206,8 +209,10 @@ def test_long_document_survives_a_kill_and_is_reused(
 
     # Halfway through the map, the worker dies as the OOM killer would kill it.
     wait_for(
-        lambda: analysis(api_client, tenant_a, analysis_id)["progress"].startswith("map ")
-        and analysis(api_client, tenant_a, analysis_id)["job"]["progress_total"] > 1,
+        lambda: (
+            analysis(api_client, tenant_a, analysis_id)["progress"].startswith("map ")
+            and analysis(api_client, tenant_a, analysis_id)["job"]["progress_total"] > 1
+        ),
         120,
         "the map to start",
         workers,
@@ -246,7 +251,7 @@ def test_long_document_survives_a_kill_and_is_reused(
     markdown = httpx.get(link.json()["url"], timeout=10)
     assert markdown.status_code == 200
     text = markdown.text
-    assert "## Sources cited" in text and "report.pdf (version 1, pp. 1–" in text
+    assert "## Sources cited" in text and "report.pdf (version 1, pp. 1-" in text
     assert ready["model"]["sha256"] in text
     for path in (f"/api/v1/analyses/{analysis_id}/artifact", f"/api/v1/analyses/{analysis_id}"):
         assert api_client.get(path, headers=tenant_b.headers).status_code == 404
@@ -258,7 +263,10 @@ def test_long_document_survives_a_kill_and_is_reused(
     again = api_client.post("/api/v1/analyses", json=body, headers=tenant_a.headers)
     assert again.status_code == 200 and again.json()["id"] == analysis_id
     # Deleted and asked again: a new analysis, whose every step is stored already.
-    assert api_client.delete(f"/api/v1/analyses/{analysis_id}", headers=tenant_a.headers).status_code == 204
+    assert (
+        api_client.delete(f"/api/v1/analyses/{analysis_id}", headers=tenant_a.headers).status_code
+        == 204
+    )
     fresh = api_client.post("/api/v1/analyses", json=body, headers=tenant_a.headers)
     assert fresh.status_code == 201, fresh.text
     redone = wait_state(api_client, tenant_a, fresh.json()["id"], {"ready", "failed"}, workers)
@@ -288,12 +296,12 @@ def test_cancel_extract_and_backpressure(
     wait_for(
         lambda: stored_steps(session_factory, tenant_a, "map") >= 2, 120, "two map steps", workers
     )
-    canceled = api_client.post(
-        f"/api/v1/analyses/{created['id']}/cancel", headers=tenant_a.headers
-    )
+    canceled = api_client.post(f"/api/v1/analyses/{created['id']}/cancel", headers=tenant_a.headers)
     assert canceled.status_code == 200, canceled.text
     at_cancel = generations(llm)
-    ended = wait_state(api_client, tenant_a, created["id"], {"canceled", "ready", "failed"}, workers)
+    ended = wait_state(
+        api_client, tenant_a, created["id"], {"canceled", "ready", "failed"}, workers
+    )
     assert ended["state"] == "canceled" and ended["progress"] == "canceled"
     time.sleep(1)  # anything the worker would still send has reached the service by now
     assert generations(llm) - at_cancel <= 1
@@ -333,7 +341,8 @@ def test_cancel_extract_and_backpressure(
     assert ledger(session_factory, tenant_a)[0] - before == 2  # the answer and its retry
 
     link = api_client.get(
-        f"/api/v1/analyses/{extract['id']}/artifact", params={"format": "json"},
+        f"/api/v1/analyses/{extract['id']}/artifact",
+        params={"format": "json"},
         headers=tenant_a.headers,
     ).json()
     artifact = json.loads(httpx.get(link["url"], timeout=10).text)
@@ -354,4 +363,3 @@ def _occupy(llm: Service, release: threading.Event) -> None:
         for _ in r.iter_lines():
             if release.is_set():
                 break
-

@@ -17,7 +17,7 @@ def test_parts_fill_the_budget_in_order_and_keep_their_pages() -> None:
     assert [u.text for u in units] == ["Intro\none", "two", "three", "four", "five"]
     parts = pack(units, [4, 4, 4, 4, 4], budget=10)
     assert [(p.first_page, p.last_page) for p in parts] == [(1, 1), (2, 3), (3, 3)]
-    assert parts[1].text == "three\n\nfour" and parts[1].pages == "pp. 2–3"
+    assert parts[1].text == "three\n\nfour" and parts[1].pages == "pp. 2-3"
     assert all(p.tokens <= 10 for p in parts)
     assert [p.index for p in parts] == [0, 1, 2]
 

@@ -52,9 +52,7 @@ class AnalyzeHandler(JobHandler):
             code = getattr(exc, "code", None) or "extract.failed"
             return Reason(str(code), str(exc)[:300], permanent=True)
         if isinstance(exc, LlmRejected):
-            return Reason(
-                "llm.rejected", "the generation service refused the analysis's request"
-            )
+            return Reason("llm.rejected", "the generation service refused the analysis's request")
         if isinstance(exc, LlmUnavailable):
             return Reason("llm.unavailable", "the generation service stayed unavailable")
         return None

@@ -130,15 +130,15 @@ class AnalyzeLlm:
 
     # --- calls ------------------------------------------------------------------------------
 
-    def tokens(
-        self, texts: list[str], messages: list[dict[str, str]] | None = None
-    ) -> TokenCounts:
+    def tokens(self, texts: list[str], messages: list[dict[str, str]] | None = None) -> TokenCounts:
         """Token counts in the served model's tokenizer (and, with ``messages``, of the
         chat prompt they render to), in as many requests as the service's limits need."""
         batches: list[list[str]] = [[]]
         size = 0
         for text in texts:
-            if batches[-1] and (len(batches[-1]) >= TOKENIZE_TEXTS or size + len(text) > TOKENIZE_CHARS):
+            if batches[-1] and (
+                len(batches[-1]) >= TOKENIZE_TEXTS or size + len(text) > TOKENIZE_CHARS
+            ):
                 batches.append([])
                 size = 0
             batches[-1].append(text)
@@ -179,7 +179,8 @@ class AnalyzeLlm:
     async def _stream(self, messages: list[dict[str, str]], sampling: Sampling) -> Generation:
         self.calls += 1
         parts: list[str] = []
-        async with contextlib.aclosing(self._client.stream_chat(messages, sampling)) as events:
+        stream = self._client.stream_chat(messages, sampling)
+        async with contextlib.aclosing(stream) as events:  # type: ignore[type-var]
             async for event in events:
                 if isinstance(event, Delta):
                     parts.append(event.text)

@@ -193,7 +193,8 @@ def schema_error(schema: dict[str, Any], value: Any) -> str | None:
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path)
-    return (f"at /{where}: " if where else "") + error.message[:ERROR_CHARS]
+    message = str(error.message)[:ERROR_CHARS]
+    return (f"at /{where}: " if where else "") + message
 
 
 def merge_values(values: list[Any]) -> Any:
@@ -544,7 +545,9 @@ class AnalyzeRun:
                 used = count
         return groups
 
-    def _reduce_group(self, llm: AnalyzeLlm, group: list[Item], level: int, limit: int) -> list[Item]:
+    def _reduce_group(
+        self, llm: AnalyzeLlm, group: list[Item], level: int, limit: int
+    ) -> list[Item]:
         s = self.subject
         partials = [prompts.render_partial(i.text, i.covers) for i in group]
         messages = prompts.reduce_messages(s.kind, s.instructions, partials)

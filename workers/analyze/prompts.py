@@ -31,7 +31,7 @@ _DEFAULT_INSTRUCTIONS = {
 }
 _REDUCE_SYSTEM = (
     "You combine partial results, each from a part of the same documents, into one answer. "
-    "Keep the page references in brackets, like [Title, pp. 3–5], next to what they support."
+    "Keep the page references in brackets, like [Title, pp. 3-5], next to what they support."
 )
 
 
@@ -50,9 +50,7 @@ def map_messages(
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
-def retry_messages(
-    messages: list[dict[str, str]], answer: str, error: str
-) -> list[dict[str, str]]:
+def retry_messages(messages: list[dict[str, str]], answer: str, error: str) -> list[dict[str, str]]:
     note = (
         f"That answer is not valid: {error[:300]}. Answer again with JSON only that validates "
         "against the schema."

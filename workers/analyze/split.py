@@ -44,7 +44,7 @@ class Part:
 def page_label(first: int | None, last: int | None) -> str:
     if first is None or last is None:
         return ""
-    return f"p. {first}" if first == last else f"pp. {first}–{last}"
+    return f"p. {first}" if first == last else f"pp. {first}-{last}"
 
 
 def units_of(blocks: Sequence[TextBlock]) -> list[Unit]:
