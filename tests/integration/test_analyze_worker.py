@@ -96,7 +96,7 @@ def workers(
         "HAVEN_MODEL_CACHE_DIR": str(tmp_path / "models"),
         "HAVEN_MODEL_STORE_ATTEMPTS": "1",
         "HAVEN_LLM_URL": llm.url,
-        "HAVEN_ANALYZE_MAP_TOKENS": "64",
+        "HAVEN_ANALYZE_MAP_TOKENS": "48",
         "HAVEN_ANALYZE_REDUCE_TOKENS": "64",
         "HAVEN_JOB_LEASE_SECONDS": "2",
         "HAVEN_JOB_HEARTBEAT_SECONDS": "0.2",
@@ -188,7 +188,10 @@ def long_pdf(pages: int) -> bytes:
     )
 
 
-def test_long_document_survives_a_kill_and_is_reused(
+PAGES = 36
+
+
+def test_analyses_on_real_workers(
     api_client: TestClient,
     session_factory: sessionmaker[Session],
     tenant_a: Account,
@@ -196,7 +199,26 @@ def test_long_document_survives_a_kill_and_is_reused(
     workers: Workers,
     llm: Service,
 ) -> None:
-    content = long_pdf(60)
+    """One worker is killed; the next one serves every scenario after that (a worker takes
+    a while to start on a busy machine)."""
+    doc = _survives_a_kill_and_is_reused(
+        api_client, session_factory, tenant_a, tenant_b, workers, llm
+    )
+    _cancel_stops_within_one_call(api_client, session_factory, tenant_a, workers, llm, doc)
+    _extract_retries_then_marks_failed_and_waits_out_a_busy_llm(
+        api_client, session_factory, tenant_a, workers, llm
+    )
+
+
+def _survives_a_kill_and_is_reused(
+    api_client: TestClient,
+    session_factory: sessionmaker[Session],
+    tenant_a: Account,
+    tenant_b: Account,
+    workers: Workers,
+    llm: Service,
+) -> str:
+    content = long_pdf(PAGES)
     doc = upload_ready(
         api_client, session_factory, tenant_a, content, "report.pdf", "application/pdf"
     )["document"]["id"]
@@ -243,7 +265,7 @@ def test_long_document_survives_a_kill_and_is_reused(
     assert ready["model"]["context_length"] == CONTEXT
     citations = result["citations"]
     assert len(citations) == parts
-    assert citations[0]["pages"][0] == 1 and citations[-1]["pages"][1] == 60
+    assert citations[0]["pages"][0] == 1 and citations[-1]["pages"][1] == PAGES
 
     # The artifact: its tenant downloads it through a short-lived link; no one else can.
     link = api_client.get(f"/api/v1/analyses/{analysis_id}/artifact", headers=tenant_a.headers)
@@ -273,28 +295,26 @@ def test_long_document_survives_a_kill_and_is_reused(
     assert redone["state"] == "ready" and redone["llm_calls"] == 0
     assert redone["result"]["text"] == result["text"]
     assert generations(llm) == settled
+    return str(doc)
 
 
-def test_cancel_extract_and_backpressure(
+def _cancel_stops_within_one_call(
     api_client: TestClient,
     session_factory: sessionmaker[Session],
     tenant_a: Account,
     workers: Workers,
     llm: Service,
+    long_doc: str,
 ) -> None:
-    long_doc = upload_ready(
-        api_client, session_factory, tenant_a, long_pdf(40), "long.pdf", "application/pdf"
-    )["document"]["id"]
-    short_doc = upload_ready(
-        api_client, session_factory, tenant_a, " ".join(CORPUS[:3]).encode(), "short.txt"
-    )["document"]["id"]
-    workers.start("analyst")
-
-    # Cancel mid-map: the job stops within the call it interrupts.
+    """Cancel mid-map: the job stops within the call it interrupts."""
+    stored = stored_steps(session_factory, tenant_a, "map")
     body = {"document_ids": [long_doc], "kind": "custom", "instructions": "List the names."}
     created = api_client.post("/api/v1/analyses", json=body, headers=tenant_a.headers).json()
     wait_for(
-        lambda: stored_steps(session_factory, tenant_a, "map") >= 2, 120, "two map steps", workers
+        lambda: stored_steps(session_factory, tenant_a, "map") >= stored + 2,
+        120,
+        "two map steps",
+        workers,
     )
     canceled = api_client.post(f"/api/v1/analyses/{created['id']}/cancel", headers=tenant_a.headers)
     assert canceled.status_code == 200, canceled.text
@@ -306,6 +326,17 @@ def test_cancel_extract_and_backpressure(
     time.sleep(1)  # anything the worker would still send has reached the service by now
     assert generations(llm) - at_cancel <= 1
 
+
+def _extract_retries_then_marks_failed_and_waits_out_a_busy_llm(
+    api_client: TestClient,
+    session_factory: sessionmaker[Session],
+    tenant_a: Account,
+    workers: Workers,
+    llm: Service,
+) -> None:
+    short_doc = upload_ready(
+        api_client, session_factory, tenant_a, " ".join(CORPUS[:3]).encode(), "short.txt"
+    )["document"]["id"]
     # Extract on a text that fits: one call, then one retry told why the answer was not
     # valid; the part is marked failed in the artifact, never dropped. The service is busy
     # (its one slot and its queue taken) when the job starts: it waits, it does not fail.
@@ -326,7 +357,7 @@ def test_cancel_extract_and_backpressure(
         headers=tenant_a.headers,
     ).json()
     wait_for(
-        lambda: llm.metric("haven_llm_rejections_total", reason="queue_full") >= 1,
+        lambda: "analyze.llm_busy" in workers.running[-1].log_path.read_text(),
         60,
         "the analysis to be refused by the busy service",
         workers,
@@ -338,6 +369,7 @@ def test_cancel_extract_and_backpressure(
     assert done["state"] == "ready", done
     assert done["result"]["parts"] == 1 and done["result"]["failed_parts"] == 1
     assert done["result"]["valid"] is False
+    assert done["result"]["llm_waits"] >= 1
     assert ledger(session_factory, tenant_a)[0] - before == 2  # the answer and its retry
 
     link = api_client.get(
@@ -353,13 +385,14 @@ def test_cancel_extract_and_backpressure(
 
 
 def _occupy(llm: Service, release: threading.Event) -> None:
-    """A long generation holding a slot (or a queue place) until ``release``."""
-    body = {
-        "messages": [{"role": "user", "content": "hold"}],
-        "max_tokens": 900,
-        "stream": True,
-    }
-    with httpx.stream("POST", f"{llm.url}/v1/chat/completions", json=body, timeout=120) as r:
-        for _ in r.iter_lines():
-            if release.is_set():
-                break
+    """Long generations, one after another, holding a slot (or the queue's place) until
+    ``release``."""
+    body = {"messages": [{"role": "user", "content": "hold"}], "max_tokens": 900, "stream": True}
+    while not release.is_set():
+        with contextlib.suppress(httpx.HTTPError):
+            url = f"{llm.url}/v1/chat/completions"
+            with httpx.stream("POST", url, json=body, timeout=120) as response:
+                for _ in response.iter_lines():
+                    if release.is_set():
+                        break
+        time.sleep(0.02)

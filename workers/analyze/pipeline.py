@@ -247,6 +247,7 @@ class AnalyzeRun:
 
     def _run(self, llm: AnalyzeLlm) -> None:
         s = self.subject
+        self.llm = llm
         probe = llm.tokens([], [{"role": "user", "content": "?"}])
         self.context = probe.context_length
         self.model = {
@@ -508,6 +509,7 @@ class AnalyzeRun:
             if level >= MAX_LEVELS:
                 raise ContextTooSmall("the partial results could not be combined in the context")
             counts = llm.tokens([prompts.render_partial(i.text, i.covers) for i in items]).counts
+            items, counts = self._shortened(llm, items, counts, budget // 2)
             groups = self._groups(items, counts, budget)
             if all(len(group) == 1 for group in groups):
                 raise ContextTooSmall(
@@ -531,6 +533,23 @@ class AnalyzeRun:
             level += 1
         final = items[0]
         return {"text": final.text, "citations": final.covers}
+
+    def _shortened(
+        self, llm: AnalyzeLlm, items: list[Item], counts: list[int], most: int
+    ) -> tuple[list[Item], list[int]]:
+        """Results longer than half the room are cut, so that any two can be combined (an
+        answer of N tokens can take more than N once tokenized again, e.g. broken UTF-8)."""
+        for _ in range(REPACK_ROUNDS):
+            long = [n for n, count in enumerate(counts) if count > most]
+            if not long:
+                break
+            for n in long:
+                item = items[n]
+                keep = max(1, int(len(item.text) * most / counts[n] * 0.8))
+                items[n] = Item(item.key, item.text[:keep], item.covers)
+                log.info("analyze.partial_cut", tokens=counts[n], room=most)
+            counts = llm.tokens([prompts.render_partial(i.text, i.covers) for i in items]).counts
+        return items, counts
 
     @staticmethod
     def _groups(items: list[Item], counts: list[int], budget: int) -> list[list[Item]]:
@@ -626,6 +645,8 @@ class AnalyzeRun:
             "steps": self.totals.steps,
             "reused_steps": self.totals.reused,
             "input_tokens": self.totals.extra.get("input_tokens", 0),
+            # Times this run waited out a busy generation service (503, with backoff).
+            "llm_waits": self.llm.waits,
         }
         sources = [
             {
