@@ -7,9 +7,11 @@ import uuid
 from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from haven.db.tables import Role
+from haven.db.engine import transaction
+from haven.db.tables import Chunk, DocumentVersion, Role
 from tests.fixtures.analyses import mark_ready, upload_ready
 from tests.fixtures.api import Account, create_user
 
@@ -72,6 +74,31 @@ def test_bad_requests_get_a_clear_4xx(
     many = _post(api_client, tenant_a, document_ids=[doc] * 21, kind="summary")
     assert many.status_code == 413, many.text
     assert (many.json()["code"], many.json()["limit"]) == ("analysis.too_many_documents", 20)
+
+    # More tokens than the configured limit (estimated from what ingest counted): 413.
+    with transaction(session_factory) as session:
+        version = session.execute(
+            select(DocumentVersion).where(DocumentVersion.document_id == uuid.UUID(doc))
+        ).scalar_one()
+        session.add(
+            Chunk(
+                id=uuid.uuid4(),
+                tenant_id=tenant_a.tenant_id,
+                document_id=version.document_id,
+                version_id=version.id,
+                position=0,
+                token_count=5000,
+                text_sha256="0" * 64,
+            )
+        )
+    settings = api_client.app.state.runtime.settings  # type: ignore[attr-defined]
+    settings.analyze_max_input_tokens = 4000
+    try:
+        long = _post(api_client, tenant_a, document_ids=[doc], kind="summary")
+    finally:
+        settings.analyze_max_input_tokens = 2_000_000
+    assert long.status_code == 413, long.text
+    assert (long.json()["code"], long.json()["limit"]) == ("analysis.too_many_tokens", 4000)
 
 
 def test_roles_reuse_and_stale(
