@@ -13,7 +13,7 @@ and exactly as many generated tokens, greedy. Both rates are total tokens (promp
 completion) per second; the ratio is pipeline / raw (goal ≥ 0.9). Also reported: the wall
 time per 100k input tokens (the document's tokens in the model's tokenizer).
 
-    .venv/bin/python -m bench.analyze.run [--abstracts 60] [--ctx 2048] [--threads 2]
+    .venv/bin/python -m bench.analyze.run [--abstracts 12] [--ctx 1024] [--threads 2]
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import argparse
 import json
 import os
 import shutil
+import signal
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -92,13 +94,15 @@ def raw_replay(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--abstracts", type=int, default=60)
-    parser.add_argument("--ctx", type=int, default=2048)
+    parser.add_argument("--abstracts", type=int, default=12)
+    parser.add_argument("--ctx", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--map-tokens", type=int, default=128)
-    parser.add_argument("--reduce-tokens", type=int, default=256)
+    parser.add_argument("--map-tokens", type=int, default=48)
+    parser.add_argument("--reduce-tokens", type=int, default=96)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
+    # A TERM (timeout, Ctrl-C from a supervisor) still stops the stack's processes.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     text = document(args.abstracts)
     work = Path(tempfile.mkdtemp(prefix="haven-bench-analyze-"))
@@ -118,6 +122,8 @@ def main() -> None:
             HAVEN_ANALYZE_MAP_TOKENS=str(args.map_tokens),
             HAVEN_ANALYZE_REDUCE_TOKENS=str(args.reduce_tokens),
             HAVEN_JOB_LEASE_SECONDS="60",
+            # A loaded machine generates slowly: no call is cut short.
+            HAVEN_LLM_REQUEST_TIMEOUT_SECONDS="1800",
             HAVEN_LOG_LEVEL="WARNING",
         ) as stack:
             engine = make_engine(stack.settings)

@@ -113,19 +113,19 @@ class AnalyzeLlm:
     def _patiently(self, attempt: Callable[[], T], what: str) -> T:
         """``attempt`` until the service takes it; backpressure never fails the job unless
         it lasts longer than ``analyze_llm_wait_seconds`` (then the runner retries it)."""
-        waited = 0.0
+        started = time.monotonic()
         wait = FIRST_WAIT
         while True:
             try:
                 return attempt()
             except LlmUnavailable as exc:
-                if waited >= self.settings.analyze_llm_wait_seconds:
+                # Failed attempts count too (a generation the service timed out).
+                if time.monotonic() - started >= self.settings.analyze_llm_wait_seconds:
                     raise
                 pause = min(max(exc.retry_after or 0.0, wait), LONGEST_WAIT)
                 self.waits += 1
                 log.info("analyze.llm_busy", what=what, wait_s=round(pause, 2), error=str(exc))
                 self._wait(pause)
-                waited += pause
                 wait = min(wait * 2, LONGEST_WAIT)
 
     # --- calls ------------------------------------------------------------------------------
