@@ -154,11 +154,16 @@ def main() -> None:
             assert body["state"] == "ready", body
             with transaction(factory) as session:
                 rows = session.execute(
-                    select(UsageEntry.prompt_tokens, UsageEntry.completion_tokens)
+                    select(
+                        UsageEntry.prompt_tokens,
+                        UsageEntry.completion_tokens,
+                        UsageEntry.latency_ms,
+                    )
                     .where(UsageEntry.tenant_id == owner.tenant_id, UsageEntry.kind == "analyze")
                     .order_by(UsageEntry.id)
                 ).all()
-            calls = [(int(p), int(c)) for p, c in rows]
+            calls = [(int(p), int(c)) for p, c, _ in rows]
+            in_llm = sum(int(ms or 0) for _, _, ms in rows) / 1000
             engine.dispose()
             stack.llm.stop()  # the baseline gets the CPUs the service had
             raw_seconds, raw_tokens = raw_replay(text, calls, args.ctx, args.threads)
@@ -185,8 +190,10 @@ def main() -> None:
             f"(SmolLM2 tokenizer); summary in {result['parts']} parts, "
             f"{result['steps'] - result['parts']} reduces, {len(calls)} llm calls, "
             f"{pipeline_tokens} tokens processed",
-            f"- pipeline: {wall:.1f} s from request to ready, {pipeline_rate:.0f} tokens/s",
-            f"- raw llama.cpp, same calls: {raw_seconds:.1f} s, {raw_rate:.0f} tokens/s",
+            f"- pipeline: {wall:.1f} s from request to ready, {pipeline_rate:.1f} tokens/s; "
+            f"{in_llm:.1f} s of it inside llm calls, {wall - in_llm:.1f} s outside "
+            "(queue, extraction, tokenizing, stored steps, artifact)",
+            f"- raw llama.cpp, same calls: {raw_seconds:.1f} s, {raw_rate:.1f} tokens/s",
             f"- ratio pipeline / raw: {pipeline_rate / raw_rate:.2f} (goal ≥ 0.9)",
             f"- wall time per 100k input tokens: {wall / input_tokens * 100_000:.0f} s",
             "",
