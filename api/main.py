@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api.admin.router import router as admin_router
+from api.analyses.router import router as analyses_router
 from api.auth.router import router as auth_router
 from api.chat.router import router as chat_router
 from api.documents.router import router as documents_router
@@ -89,4 +90,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(runs_router)
     app.include_router(read_only_router)
     instrument_app(app)
+    # analyses (#18)
+    app.include_router(analyses_router)
     return app

@@ -50,3 +50,9 @@ class ApiSettings(StoreSettings, AuthSettings):
     queue_cap_total: dict[str, int] = {"ingest": 10000}
     queue_cap_retry_after_seconds: int = Field(default=30, ge=1)
     # --- end queue caps ---
+    # --- analyses (POST /api/v1/analyses) ---
+    # Documents one analysis may read, and their tokens in all (estimated from their chunks
+    # at request time; the worker counts them exactly in the model's tokens).
+    analyze_max_documents: int = Field(default=20, ge=1)
+    analyze_max_input_tokens: int = Field(default=2_000_000, ge=1)
+    analyze_max_schema_bytes: int = Field(default=64 * 1024, ge=256)
