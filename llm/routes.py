@@ -102,6 +102,8 @@ async def info(runtime: RuntimeDep) -> dict[str, Any]:
             "chat_template": model.template.origin,
             "active_slots": pool.active,
             "waiting": pool.waiting,
+            # The fair queue's view: slots held and requests waiting, per tenant.
+            "tenants": pool.by_tenant(),
         }
     return body
 

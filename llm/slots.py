@@ -73,6 +73,12 @@ class SlotPool:
     def active_of(self, tenant: str) -> int:
         return self._active[tenant]
 
+    def by_tenant(self) -> dict[str, dict[str, int]]:
+        """Slots held and requests waiting, per tenant with either."""
+        waiting: Counter[str] = Counter(w.tenant for w in self._waiters)
+        tenants = {t for t, n in self._active.items() if n > 0} | set(waiting)
+        return {t: {"active": self._active[t], "waiting": waiting[t]} for t in sorted(tenants)}
+
     async def acquire(
         self, wait_seconds: float, tenant: str = ANONYMOUS, priority: Priority = "interactive"
     ) -> Slot:
