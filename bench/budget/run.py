@@ -74,9 +74,27 @@ def reservation_cost(database_url: str, requests: int, concurrency: int) -> dict
         tenant_id = tenant.id
     budget = TokenBudget(factory)
     rng = random.Random(5)
+    # One tenant per thread: the same statements without waiting for each other's row lock.
+    spread: list[uuid.UUID] = []
+    with transaction(factory) as session:
+        for _ in range(concurrency):
+            other = Tenant(slug=f"bench-{uuid.uuid4().hex[:8]}", name="bench", token_budget=10**15)
+            session.add(other)
+            session.flush()
+            spread.append(other.id)
+    local = threading.local()
+    handed = iter(range(10**9))
+    handing = threading.Lock()
 
     def with_budget() -> None:
         held = budget.reserve(tenant_id, 600, kind="chat")
+        budget.settle(held, prompt_tokens=rng.randint(50, 300), completion_tokens=200)
+
+    def with_budget_spread() -> None:
+        if not hasattr(local, "tenant"):
+            with handing:
+                local.tenant = spread[next(handed) % len(spread)]
+        held = budget.reserve(local.tenant, 600, kind="chat")
         budget.settle(held, prompt_tokens=rng.randint(50, 300), completion_tokens=200)
 
     def without_budget() -> None:
@@ -90,7 +108,11 @@ def reservation_cost(database_url: str, requests: int, concurrency: int) -> dict
                 )
             )
 
-    modes = {"with reservation": with_budget, "without (ledger row only)": without_budget}
+    modes = {
+        "with reservation, one tenant (one row for all 16 threads)": with_budget,
+        "with reservation, a tenant per thread": with_budget_spread,
+        "without (ledger row only)": without_budget,
+    }
     latencies: dict[str, list[float]] = {name: [] for name in modes}
     busy: dict[str, float] = dict.fromkeys(modes, 0.0)
 
@@ -288,6 +310,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("--cost-only", action="store_true", help="only the reservation cost")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="haven-bench-budget-"))
@@ -299,6 +322,11 @@ def main() -> None:
     try:
         cost = reservation_cost(database_url, args.requests, args.concurrency)
         loads.append(load())
+        if args.cost_only:
+            print(f"load {' → '.join(loads)}")
+            for name, (p50, p99, rps, n) in cost.items():
+                print(f"| {name} | {p50:.2f} | {p99:.2f} | {rps:.0f} | {n} |")
+            return
         with quota_stack(database_url, s3, work) as stack:
             burst_result = burst(stack, args.burst)
             loads.append(load())
