@@ -224,10 +224,15 @@ _RELEASE = text(
     """
 )
 
+# A reservation older than this is not renewed even by a live holder: a settle that was
+# lost (its transaction failed, its task was cancelled) must not hold tokens for ever. No
+# llm call runs this long (llm's own request limit is far shorter).
+MAX_HOLD_SECONDS = 2 * 3600
+
 _RENEW = text(
     """
     UPDATE budget_reservations SET expires_at = now() + make_interval(secs => :lease)
-    WHERE holder = :holder
+    WHERE holder = :holder AND created_at > now() - make_interval(secs => :max_hold)
     """
 )
 
@@ -429,7 +434,10 @@ class TokenBudget:
     def renew(self) -> int:
         """Extend the lease of every reservation this process holds."""
         with transaction(self.factory) as session:
-            result = session.execute(_RENEW, {"holder": self.holder, "lease": self.lease_seconds})
+            result = session.execute(
+                _RENEW,
+                {"holder": self.holder, "lease": self.lease_seconds, "max_hold": MAX_HOLD_SECONDS},
+            )
             return int(getattr(result, "rowcount", 0) or 0)
 
     def sweep(self) -> int:

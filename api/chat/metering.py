@@ -13,6 +13,7 @@ the usage ledger row in the caller's transaction (the chat stores its message in
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from haven.db.tables import UsageEntry
 from haven.llm_client import LlmRejected, LlmUnavailable
 
 log = structlog.get_logger("haven.chat")
+# How long counting an interrupted answer's text may take before one token a delta is used.
+COUNT_SECONDS = 3.0
 
 
 def _is_cached(prepared: PreparedAnswer) -> bool:
@@ -125,8 +128,10 @@ class Meter:
         text = "".join(self.parts)
         completion = len(self.parts)
         try:
-            completion = (await self.runtime.llm.count_tokens([text])).counts[0]
-        except (LlmUnavailable, LlmRejected) as exc:
+            # Bounded: this runs while the stream closes, which has a time limit of its own.
+            counted = await asyncio.wait_for(self.runtime.llm.count_tokens([text]), COUNT_SECONDS)
+            completion = counted.counts[0]
+        except (LlmUnavailable, LlmRejected, TimeoutError) as exc:
             log.warning("chat.meter.count_failed", error=str(exc))
         assert self.reservation is not None
         cap = max(0, self.reservation.tokens - self.prompt_tokens)
