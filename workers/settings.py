@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import field_validator
 from pydantic_settings import NoDecode
 
+from haven.language import DEFAULT_LANGUAGES, parse_languages
 from haven.queueing import QUEUES
 from models.defaults import DEFAULT_EMBED_ALIAS
 from models.settings import ModelStoreSettings
@@ -52,6 +53,14 @@ class WorkerSettings(ModelStoreSettings):
     worker_queues: Annotated[list[str], NoDecode] = list(QUEUES)
     # Where an embedded beat (haven up, celery worker -B) keeps its schedule state.
     beat_schedule_path: Path = Path("var/celerybeat-schedule")
+    # Languages a chunk's language is detected among (ISO 639-1, comma-separated); a chunk
+    # in none of them is "und". The API's HAVEN_LANGUAGES should be the same.
+    languages: Annotated[list[str], NoDecode] = list(DEFAULT_LANGUAGES)
+
+    @field_validator("languages", mode="before")
+    @classmethod
+    def _known_languages(cls, value: Any) -> Any:
+        return list(parse_languages(value))
 
     @field_validator("emb_aliases", "worker_queues", mode="before")
     @classmethod
