@@ -27,7 +27,7 @@ async def search_chunks(
         mode=body.mode,
         reason=outcome.reason,
         query_lang=outcome.query_lang,
-        channels=list(outcome.channels),  # type: ignore[arg-type]
+        channels=list(outcome.channels),
         results=[
             SearchResult(
                 document_id=uuid.UUID(str(hit.payload["document_id"])),

@@ -409,8 +409,13 @@ def bilingual(folder: Path) -> list[str]:
     tenant = uuid.uuid4()
     passages = scifact_passages(corpus, tokenizer, worker, tenant)
     texts = [p[1] for p in passages]
+    started = time.perf_counter()
     dense = model.encode(texts, batch_size=32, convert_to_numpy=True)
+    encode_ms = (time.perf_counter() - started) * 1000 / len(texts)
+    detector.warm()
+    started = time.perf_counter()
     langs = [detector.detect(str(p[2]["text"])) for p in passages]
+    detect_ms = (time.perf_counter() - started) * 1000 / len(texts)
     chunks = [
         IndexedChunk(
             cid,
@@ -492,6 +497,8 @@ def bilingual(folder: Path) -> list[str]:
         "chunk languages (document's language → detected: chunks): "
         + ", ".join(f"{d} → {c}: {n}" for (d, c), n in sorted(detected.items()))
         + f"; questions whose detected language is not their own: {wrong_lang}",
+        f"cost per chunk, same run: language detection {detect_ms:.2f} ms, MiniLM embedding "
+        f"{encode_ms:.2f} ms (batches of 32) — detection is {detect_ms / encode_ms:.1%} of it",
         "",
         "| questions | mode | hit@1 | hit@5 | nDCG@10 | channels used |",
         "|---|---|---|---|---|---|",

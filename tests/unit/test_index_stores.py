@@ -226,3 +226,55 @@ def test_a_query_the_dense_model_does_not_understand_is_ranked_lexically(
     # Asked for dense, a search is dense.
     dense = SearchParams(mode="dense", query_lang="ru", dense_languages=("en",))
     assert search(index, tenant, vectors, dense).channels == ("dense",)
+
+
+def test_chunks_of_an_earlier_analyzer_are_re_analyzed_in_place(index: ChunkIndex) -> None:
+    from haven import lexical
+    from haven.language import Detector
+    from haven.relex import relex_index
+
+    index.ensure({"a": 4})
+    tenant, document = uuid.uuid4(), uuid.uuid4()
+    texts = [
+        "Заявление на ежегодный отпуск подаётся через портал за 14 дней.",
+        "Meals are reimbursed up to 60 dollars.",
+    ]
+    ids = [chunk_id(document, 1, p) for p in range(2)]
+    # As indexed by the English-only analyzer: Russian words unstemmed, no language.
+    for p, (cid, text) in enumerate(zip(ids, texts, strict=True)):
+        old = sorted({lexical.token_id(w.lower().strip(".")) for w in text.split()})
+        index.upsert(
+            [
+                IndexedChunk(
+                    cid,
+                    {"a": [1.0, float(p), 3.0, 0.5]},
+                    SparseVector(old, [1.0] * len(old)),
+                    {
+                        "tenant_id": str(tenant),
+                        "document_id": str(document),
+                        "lang": "und",
+                        "text": text,
+                    },
+                )
+            ]
+        )
+    index.activate_version(ids, [])
+    question = lexical.query_vector("ежегодные заявления")
+    vectors = QueryVectors(
+        "a", [1.0, 0.0, 3.0, 0.5], SparseVector(question.indices, question.values)
+    )
+    lexical_only = SearchParams(mode="lexical")
+    assert search(index, tenant, vectors, lexical_only).hits == []
+
+    report = relex_index(index, Detector(["en", "ru"]), lexical.BM25(), batch=1)
+    assert (report.seen, report.updated) == (2, 2)
+    assert report.chunk_langs == {ids[0]: "ru", ids[1]: "en"}
+    assert report.document_langs == {document: "ru"}  # the longer text
+    hits = search(index, tenant, vectors, lexical_only).hits
+    assert [h.chunk_id for h in hits] == [ids[0]]
+    assert hits[0].payload["lang"] == "ru"
+    assert hits[0].payload["analyzer"] == lexical.ANALYZER_ID
+    # The dense vectors are kept, and a second run finds nothing to do.
+    assert search(index, tenant, vectors, SearchParams(mode="dense")).hits[0].chunk_id == ids[0]
+    again = relex_index(index, Detector(["en", "ru"]), lexical.BM25())
+    assert (again.seen, again.updated) == (2, 0)
