@@ -4,9 +4,11 @@ prefix before each text. The model is the tiny random-weight one the tests build
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from fastapi.testclient import TestClient
 from sentence_transformers import SentenceTransformer
 
 from emb.main import create_app
+from emb.settings import EmbSettings
 from models.registry import ModelRegistry
 from models.store import registry_from_settings
 from tests.fixtures.tiny_st import (
@@ -22,10 +25,31 @@ from tests.fixtures.tiny_st import (
     TINY_ST_NAME,
     build_tiny_sentence_transformer,
 )
-from tests.integration.test_emb_service import emb_settings, wait_until_settled
 
 ALIAS = "multi"
 TEXTS = ["Сколько дней длится отпуск?", "The vacation lasts 28 days."]
+
+
+def emb_settings(s3_endpoint: str, bucket: str, cache: Path, **values: Any) -> EmbSettings:
+    return EmbSettings(
+        env="test",
+        log_json=False,
+        s3_endpoint=s3_endpoint,
+        models_bucket=bucket,
+        model_cache_dir=cache,
+        model_store_attempts=2,
+        **values,
+    )
+
+
+def wait_until_ready(client: TestClient, timeout: float = 300) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get("/readyz")
+        if response.status_code == 200 or response.json()["status"] == "failed":
+            return response.status_code
+        time.sleep(0.1)
+    raise TimeoutError("emb neither became ready nor failed")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +85,7 @@ def client(
         s3_endpoint, bucket, tmp_path_factory.mktemp("cache"), emb_aliases=[ALIAS]
     )
     with TestClient(create_app(settings)) as client:
-        assert wait_until_settled(client).status_code == 200
+        assert wait_until_ready(client) == 200
         yield client
 
 
