@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TypeVar
 
 import redis
@@ -31,6 +32,7 @@ from haven.db.engine import make_engine, make_session_factory
 from haven.emb_client import AsyncEmbClient
 from haven.index import ChunkIndex
 from haven.job_metrics import JobPipelineCollector
+from haven.language import Detector
 from haven.llm_client import AsyncLlmClient
 from haven.ops_metrics import ApiOpsMetrics, JobStateCollector, tenant_in_context
 from haven.queueing import create_celery
@@ -91,6 +93,11 @@ class ApiRuntime:
     # Readiness checks added by a process that runs more than this API (the all-in-one's
     # worker): name -> a call that raises while that part is not ready.
     readiness_checks: dict[str, Callable[[], None]] = field(default_factory=dict)
+
+    @cached_property
+    def detector(self) -> Detector:
+        """The queries' language detection (its models load on the first query)."""
+        return Detector(self.settings.languages)
 
     @classmethod
     def build(cls, settings: ApiSettings) -> ApiRuntime:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated, Any
 
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from haven.language import DEFAULT_LANGUAGES, parse_languages
 from haven.sandbox import SandboxSettings
 from haven.settings import AuthSettings, StoreSettings
 
@@ -26,6 +30,16 @@ class ApiSettings(StoreSettings, AuthSettings):
     # The dense alias queries are embedded with (the index holds one vector per alias).
     search_alias: str = "minilm"
     search_candidates: int = 100
+    # Languages a query's language is detected among (ISO 639-1, comma-separated), as the
+    # workers' HAVEN_LANGUAGES. A query in a language the search alias's model does not
+    # declare is searched by the lexical channel alone (haven.search).
+    languages: Annotated[list[str], NoDecode] = list(DEFAULT_LANGUAGES)
+
+    @field_validator("languages", mode="before")
+    @classmethod
+    def _known_languages(cls, value: Any) -> Any:
+        return list(parse_languages(value))
+
     llm_url: str = "http://127.0.0.1:8083"
     # The longest answer the chat asks the model for; the prompt's passages fill the rest
     # of the model's context.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -76,7 +76,7 @@ async def info(runtime: RuntimeDep) -> dict[str, Any]:
             "max_queue": settings.emb_max_queue,
             "max_items_per_request": settings.emb_max_items_per_request,
         },
-        "sparse": {"analyzer": "snowball-english", "bm25": vars(settings.bm25)},
+        "sparse": {"analyzer": lexical.ANALYZER_ID, "bm25": vars(settings.bm25)},
     }
 
 
@@ -96,7 +96,7 @@ async def metrics(runtime: RuntimeDep) -> Response:
 async def embed(body: contracts.EmbedRequest, runtime: RuntimeDep) -> Response:
     models = _select(runtime, body.aliases or list(runtime.settings.emb_aliases))
     _check_count(runtime, len(body.texts))
-    encoded = await _encode_all(runtime, models, body.texts)
+    encoded = await _encode_all(runtime, models, body.texts, body.input_type)
     sparse = None
     if body.sparse is not None:
         sparse = await asyncio.to_thread(_sparse_vectors, runtime, body.texts, body.sparse)
@@ -130,7 +130,7 @@ async def openai_embeddings(
             f"{model.alias} has {model.dimension} dimensions; other sizes are not served",
         )
     _check_count(runtime, len(texts))
-    encoded = (await _encode_all(runtime, [model], texts))[model.alias]
+    encoded = (await _encode_all(runtime, [model], texts, body.input_type))[model.alias]
     tokens = sum(encoded.tokens)
     return _json(
         {
@@ -181,10 +181,15 @@ def _check_count(runtime: EmbRuntime, count: int) -> None:
 
 
 async def _encode_all(
-    runtime: EmbRuntime, models: list[ServedModel], texts: list[str]
+    runtime: EmbRuntime,
+    models: list[ServedModel],
+    texts: list[str],
+    input_type: Literal["query", "passage"] | None = None,
 ) -> dict[str, Encoded]:
     try:
-        results = await asyncio.gather(*(m.batcher.embed(texts) for m in models))
+        results = await asyncio.gather(
+            *(m.batcher.embed(_prefixed(m, texts, input_type)) for m in models)
+        )
     except QueueFull as exc:
         raise Unavailable(f"overloaded: {exc}", runtime.settings.emb_retry_after_seconds) from exc
     except ReplicaExited as exc:
@@ -195,6 +200,20 @@ async def _encode_all(
         if cut := sum(result.truncated):
             runtime.metrics.truncated.labels(model.alias).inc(cut)
     return {m.alias: r for m, r in zip(models, results, strict=True)}
+
+
+def _prefixed(
+    model: ServedModel, texts: list[str], input_type: Literal["query", "passage"] | None
+) -> list[str]:
+    """The texts as ``model`` is meant to see them: with the query or passage prefix its
+    manifest declares (E5's "query: " / "passage: "); unchanged for a model without."""
+    manifest = model.local.manifest
+    prefix = {
+        "query": manifest.query_prefix,
+        "passage": manifest.passage_prefix,
+        None: "",
+    }[input_type]
+    return [prefix + text for text in texts] if prefix else texts
 
 
 def _sparse_vectors(
@@ -214,6 +233,9 @@ def _served(model: ServedModel) -> contracts.ServedModel:
         version=manifest.version,
         dimension=model.dimension,
         max_seq_length=model.max_seq_length,
+        languages=manifest.languages,
+        query_prefix=manifest.query_prefix,
+        passage_prefix=manifest.passage_prefix,
     )
 
 

@@ -180,5 +180,40 @@ def read_only_status() -> None:
         _echo_state(read_only.read(session))
 
 
+# -- maintenance ---------------------------------------------------------------------------
+
+maintenance_app = typer.Typer(help="Upkeep of the index after an upgrade.", no_args_is_help=True)
+app.add_typer(maintenance_app, name="maintenance")
+
+
+@maintenance_app.command("relex")
+def relex(
+    languages: Annotated[
+        str, typer.Option(envvar="HAVEN_LANGUAGES", help="languages detected among (ISO 639-1)")
+    ] = "en,ru",
+) -> None:
+    """Recompute the lexical vectors and languages of chunks indexed by an earlier analyzer
+    (see haven/relex.py); dense vectors are kept. With the embedded store, stop Haven first
+    (one process at a time may open it)."""
+    from emb.settings import EmbSettings
+    from haven.language import Detector
+    from haven.relex import record_languages, relex_index
+    from haven.vectors import close_embedded, make_index, make_qdrant
+
+    settings = StoreSettings()
+    store = make_qdrant(settings)
+    try:
+        report = relex_index(
+            make_index(settings, store), Detector(languages.split(",")), EmbSettings().bm25
+        )
+    finally:
+        store.close() if settings.qdrant_url else close_embedded(settings)
+    record_languages(_admin_session(), report)
+    typer.echo(
+        f"{report.updated} of {report.seen} chunks re-analyzed, "
+        f"{len(report.document_langs)} documents' languages set"
+    )
+
+
 if __name__ == "__main__":
     app()

@@ -53,8 +53,11 @@ class EmbClient:
         *,
         aliases: list[str] | None = None,
         sparse: Literal["document", "query"] | None = None,
+        input_type: Literal["query", "passage"] | None = None,
     ) -> EmbedResponse:
-        body = EmbedRequest(texts=list(texts), aliases=aliases, sparse=sparse)
+        body = EmbedRequest(
+            texts=list(texts), aliases=aliases, sparse=sparse, input_type=input_type
+        )
         try:
             response = self._client.post("/embed", json=body.model_dump())
         except httpx.HTTPError as exc:
@@ -78,8 +81,11 @@ class AsyncEmbClient:
         *,
         aliases: list[str] | None = None,
         sparse: Literal["document", "query"] | None = None,
+        input_type: Literal["query", "passage"] | None = None,
     ) -> EmbedResponse:
-        body = EmbedRequest(texts=list(texts), aliases=aliases, sparse=sparse)
+        body = EmbedRequest(
+            texts=list(texts), aliases=aliases, sparse=sparse, input_type=input_type
+        )
         try:
             response = await self._client.post("/embed", json=body.model_dump())
         except httpx.HTTPError as exc:

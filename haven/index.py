@@ -13,7 +13,7 @@ process (the embedded default).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,6 +161,32 @@ class ChunkIndex:
         if active_only:
             conditions.append(Match("active", True))
         return self.store.count(self.collection, Filter(must=tuple(conditions)))
+
+    def points(self, batch: int = 256) -> Iterator[list[tuple[uuid.UUID, dict[str, Any]]]]:
+        """Every point's id and payload, a page at a time (maintenance)."""
+        if not self.store.exists(self.collection):
+            return
+        offset: uuid.UUID | None = None
+        while True:
+            page, offset = self.store.scroll(self.collection, offset=offset, limit=batch)
+            if page:
+                yield page
+            if offset is None:
+                return
+
+    def set_lexical(
+        self, updates: Sequence[tuple[uuid.UUID, SparseVector, dict[str, Any]]]
+    ) -> None:
+        """Replace points' lexical vectors and set payload fields of each (maintenance: a
+        new analyzer); their dense vectors are left as they are."""
+        if not updates:
+            return
+        self.store.update_sparse(self.collection, SPARSE_NAME, [(i, v) for i, v, _ in updates])
+        groups: dict[tuple[tuple[str, Any], ...], list[uuid.UUID]] = {}
+        for point_id, _, fields in updates:
+            groups.setdefault(tuple(sorted(fields.items())), []).append(point_id)
+        for fields_key, ids in groups.items():
+            self.store.set_payload(self.collection, ids, dict(fields_key))
 
     def _delete(self, flt: Filter) -> None:
         if not self.store.exists(self.collection):

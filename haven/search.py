@@ -7,6 +7,15 @@ candidates for diversity with the dense vectors (Qdrant's MMR). Every query filt
 tenant and on active (fully indexed) versions, whatever the request asks. The same requests
 run on a Qdrant server and on Qdrant Edge (``haven.vectorstore``).
 
+Each channel is used only where it understands the query: the dense model's manifest declares
+its languages, and a hybrid query in a language it does not declare (a Russian query to the
+English-only MiniLM) skips the dense channel and is ranked by the lexical channel alone,
+whose analyzer covers it — a dense ranking of a language the model never learnt is close to
+noise, and fused in, it pulls a correct lexical ranking away (a down-weighted RRF channel
+still moves hits; see ``Fuse``). It is skipped, not down-weighted. A query with no lexical
+terms keeps the dense channel whatever its language, and ``mode="dense"`` is always dense.
+The outcome says which channels ranked the hits and the query's language.
+
 The API and ``bench/retrieval`` both run this code.
 """
 
@@ -18,6 +27,7 @@ from datetime import datetime
 from typing import Literal
 
 from haven.index import SPARSE_NAME, TENANT_KEY, ChunkIndex, SparseVector, dense_name
+from haven.language import UNDETERMINED
 from haven.vectorstore import (
     Condition,
     DatetimeRange,
@@ -59,6 +69,10 @@ class SearchParams:
     # result is the same without; a caller that only needs it (the benchmark) saves the
     # second scoring of both channels.
     channel_ranks: bool = True
+    # The query's language (haven.language) and the languages the dense model declares
+    # (empty: not declared, trusted with every language).
+    query_lang: str = UNDETERMINED
+    dense_languages: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,27 @@ class Hit:
 class SearchOutcome:
     hits: list[Hit]
     reason: str | None
+    # The channels that ranked the hits ("dense", "lexical"), and the query's language.
+    channels: tuple[str, ...] = ()
+    query_lang: str = UNDETERMINED
+
+
+def dense_understands(query_lang: str, dense_languages: tuple[str, ...]) -> bool:
+    """Whether the dense model was made for the query's language (an undetermined query, or
+    a model that declares no languages, gets the benefit of the doubt)."""
+    return not dense_languages or query_lang == UNDETERMINED or query_lang in dense_languages
+
+
+def effective_mode(params: SearchParams, has_terms: bool) -> Mode:
+    """The mode a search runs in: hybrid becomes lexical for a query the dense model does
+    not understand, as long as the query has lexical terms."""
+    if (
+        params.mode == "hybrid"
+        and has_terms
+        and not dense_understands(params.query_lang, params.dense_languages)
+    ):
+        return "lexical"
+    return params.mode
 
 
 def build_filter(tenant_id: uuid.UUID, filters: SearchFilters) -> Filter:
@@ -101,10 +136,14 @@ def build_filter(tenant_id: uuid.UUID, filters: SearchFilters) -> Filter:
 def search(
     index: ChunkIndex, tenant_id: uuid.UUID, vectors: QueryVectors, params: SearchParams
 ) -> SearchOutcome:
+    lang = params.query_lang
     if not index.exists():
-        return SearchOutcome([], "nothing has been indexed yet")
+        return SearchOutcome([], "nothing has been indexed yet", query_lang=lang)
     if params.mode == "lexical" and not vectors.sparse.indices:
-        return SearchOutcome([], "the query has no searchable terms (only stop words?)")
+        return SearchOutcome(
+            [], "the query has no searchable terms (only stop words?)", query_lang=lang
+        )
+    mode = effective_mode(params, bool(vectors.sparse.indices))
 
     flt = build_filter(tenant_id, params.filters)
     using = dense_name(vectors.alias)
@@ -112,9 +151,9 @@ def search(
     dense = Nearest(vectors.dense, using)
     lexical = Nearest(vectors.sparse, SPARSE_NAME)
     channels: dict[str, Nearest] = {}
-    if params.mode in ("hybrid", "dense"):
+    if mode in ("hybrid", "dense"):
         channels["dense"] = dense
-    if params.mode in ("hybrid", "lexical") and vectors.sparse.indices:
+    if mode in ("hybrid", "lexical") and vectors.sparse.indices:
         channels["lexical"] = lexical
     diversify = (
         Diversify(vectors.dense, using, relevance=params.mmr_lambda, candidates=limit)
@@ -122,9 +161,9 @@ def search(
         else None
     )
 
-    if params.mode == "dense":
+    if mode == "dense":
         final = Request(diversify or dense, params.top_k, flt, with_payload=True)
-    elif params.mode == "lexical":
+    elif mode == "lexical":
         final = Request(lexical, params.top_k, flt, with_payload=True)
     else:
         prefetch = tuple(Prefetch(query, limit, flt) for query in channels.values())
@@ -140,7 +179,7 @@ def search(
                 with_payload=True,
             )
 
-    reported = {} if not params.channel_ranks and params.mode == "hybrid" else channels
+    reported = {} if not params.channel_ranks and mode == "hybrid" else channels
     requests = [Request(query, limit, flt) for query in reported.values()]
     responses = index.store.query_batch(index.collection, [*requests, final])
     ranks = {
@@ -157,4 +196,9 @@ def search(
         )
         for point in responses[-1]
     ]
-    return SearchOutcome(hits, None if hits else "no indexed passage matched the query")
+    return SearchOutcome(
+        hits,
+        None if hits else "no indexed passage matched the query",
+        channels=tuple(channels),
+        query_lang=lang,
+    )

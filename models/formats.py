@@ -37,6 +37,12 @@ def _sentence_transformers_parameters(folder: Path) -> dict[str, Any]:
             params["dimension"] = config["word_embedding_dimension"]
     if "dimension" not in params and "hidden_size" in (hf := _read_json(folder / "config.json")):
         params["dimension"] = hf["hidden_size"]
+    # Query and passage prefixes, where the model declares them as sentence-transformers
+    # prompts (E5-style models: {"query": "query: ", "passage": "passage: "}).
+    prompts = _read_json(folder / "config_sentence_transformers.json").get("prompts") or {}
+    for kind in ("query", "passage"):
+        if isinstance(prompts.get(kind), str) and prompts[kind]:
+            params[f"{kind}_prefix"] = prompts[kind]
     modules = _read_json(folder / "modules.json")
     if isinstance(modules, list):
         params["normalized"] = any(str(m.get("type", "")).endswith(".Normalize") for m in modules)

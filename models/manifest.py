@@ -21,6 +21,9 @@ ModelType = Literal["embed", "llm", "sparse"]
 ModelFormat = Literal["sentence-transformers", "gguf"]
 
 MANIFEST_FILE = "manifest.json"
+# Languages of bundled models whose manifests were published before languages were
+# declared (a version's manifest never changes).
+KNOWN_LANGUAGES: dict[str, tuple[str, ...]] = {"all-minilm-l6-v2": ("en",)}
 # Names, versions and aliases become object keys and cache folder names: no slashes, no dots
 # first, so none of them can climb out of its prefix or folder.
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -72,6 +75,28 @@ class Manifest(BaseModel):
     @property
     def ref(self) -> str:
         return f"{self.name}/{self.version}"
+
+    @property
+    def languages(self) -> list[str]:
+        """The languages (ISO 639-1) an embedding model is declared to understand:
+        ``parameters["languages"]`` (a list, or "en,ru" as ``--param`` gives it); for a
+        bundled model published before languages were declared, what Haven knows of it;
+        empty when unknown (trusted with every language)."""
+        declared = self.parameters.get("languages")
+        if declared is None:
+            return list(KNOWN_LANGUAGES.get(self.name, ()))
+        items = declared.split(",") if isinstance(declared, str) else list(declared)
+        return [str(code).strip().lower() for code in items if str(code).strip()]
+
+    @property
+    def query_prefix(self) -> str:
+        """Put before every query this model embeds (E5: ``"query: "``)."""
+        return str(self.parameters.get("query_prefix") or "")
+
+    @property
+    def passage_prefix(self) -> str:
+        """Put before every passage this model embeds (E5: ``"passage: "``)."""
+        return str(self.parameters.get("passage_prefix") or "")
 
     def same_content(self, other: Manifest) -> bool:
         """Same files with the same checksums (timestamps and parameters aside)."""

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from haven.db.engine import make_engine, make_session_factory
 from haven.emb_client import EmbClient
 from haven.index import ChunkIndex
+from haven.language import Detector
 from haven.read_only import ReadOnlySwitch
 from haven.sandbox import Sandbox
 from haven.storage import make_client
@@ -79,6 +80,13 @@ class WorkerRuntime:
                 self.index.ensure(self.dimensions)
                 self._index_ensured = True
         return self.index
+
+    @cached_property
+    def detector(self) -> Detector:
+        """The chunks' language detection, its models loaded once per process."""
+        detector = Detector(self.settings.languages)
+        detector.warm()
+        return detector
 
     @cached_property
     def emb(self) -> EmbClient:

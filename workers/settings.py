@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
+from haven.language import DEFAULT_LANGUAGES, parse_languages
 from haven.queueing import QUEUES
 from haven.sandbox import SandboxSettings
 from models.defaults import DEFAULT_EMBED_ALIAS
@@ -57,6 +58,14 @@ class WorkerSettings(ModelStoreSettings):
     worker_metrics_port: int = Field(default=0, ge=0, le=65535)
     # Where an embedded beat (haven up, celery worker -B) keeps its schedule state.
     beat_schedule_path: Path = Path("var/celerybeat-schedule")
+    # Languages a chunk's language is detected among (ISO 639-1, comma-separated); a chunk
+    # in none of them is "und". The API's HAVEN_LANGUAGES should be the same.
+    languages: Annotated[list[str], NoDecode] = list(DEFAULT_LANGUAGES)
+
+    @field_validator("languages", mode="before")
+    @classmethod
+    def _known_languages(cls, value: Any) -> Any:
+        return list(parse_languages(value))
 
     # --- code runs (workers/runs) ---
     # The sandbox: its limits, uid and languages (HAVEN_SANDBOX_*, validated and reported

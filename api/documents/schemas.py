@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from haven.contracts.text import Filename, MimeType, SourceId, Tag, Title
 from haven.db.tables import DocumentState, JobState
@@ -32,8 +32,17 @@ class DocumentRead(BaseModel):
     state: DocumentState
     tags: list[str]
     current_version: int | None
+    lang: str = Field(
+        default="und",
+        description="main language of the current version (ISO 639-1; und: not determined)",
+    )
     created_at: datetime
     updated_at: datetime
+
+    @field_validator("lang", mode="before")
+    @classmethod
+    def _undetermined_until_indexed(cls, value: object) -> object:
+        return "und" if value is None else value
 
 
 class DocumentDetail(DocumentRead):

@@ -26,6 +26,8 @@ async def search_chunks(
     return SearchResponse(
         mode=body.mode,
         reason=outcome.reason,
+        query_lang=outcome.query_lang,
+        channels=list(outcome.channels),
         results=[
             SearchResult(
                 document_id=uuid.UUID(str(hit.payload["document_id"])),
@@ -37,6 +39,7 @@ async def search_chunks(
                 text=str(hit.payload.get("text", "")),
                 score=hit.score,
                 ranks=ChannelRanks(dense=hit.dense_rank, lexical=hit.lexical_rank),
+                lang=str(hit.payload.get("lang") or "und"),
             )
             for hit in outcome.hits
         ],

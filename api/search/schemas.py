@@ -59,9 +59,16 @@ class SearchResult(BaseModel):
     text: str
     score: float
     ranks: ChannelRanks
+    # The chunk's language (ISO 639-1; "und": not determined or indexed before detection).
+    lang: str = "und"
 
 
 class SearchResponse(BaseModel):
     results: list[SearchResult]
     reason: str | None = None
     mode: str
+    # The query's language (ISO 639-1, "und" when not determined) and the channels that
+    # ranked the results: a hybrid query in a language the dense model does not declare is
+    # ranked by the lexical channel alone.
+    query_lang: str = "und"
+    channels: list[Literal["dense", "lexical"]] = []

@@ -26,7 +26,11 @@ async def retrieve(
 ) -> SearchOutcome:
     alias = runtime.settings.search_alias
     try:
-        embedded = await runtime.emb.embed([query], aliases=[alias], sparse="query")
+        # The query's language is told while emb embeds it.
+        embedded, query_lang = await asyncio.gather(
+            runtime.emb.embed([query], aliases=[alias], sparse="query", input_type="query"),
+            asyncio.to_thread(runtime.detector.detect, query),
+        )
     except EmbeddingUnavailable as exc:
         raise Unavailable(
             "the embedding service is busy or down",
@@ -40,6 +44,7 @@ async def retrieve(
             "the embedding service refused the query", code="search.query_rejected"
         ) from exc
     item = embedded.data[0]
+    model = next((m for m in embedded.models if m.alias == alias), None)
     sparse = item.sparse
     vectors = QueryVectors(
         alias=alias,
@@ -55,6 +60,8 @@ async def retrieve(
         mmr=options.mmr,
         mmr_lambda=options.mmr_lambda,
         candidates=runtime.settings.search_candidates,
+        query_lang=query_lang,
+        dense_languages=tuple(model.languages) if model else (),
         filters=SearchFilters(
             tags=f.tags,
             document_ids=f.document_ids,

@@ -13,6 +13,14 @@ are cached in ``bench/out/`` (the corpus takes minutes of CPU to embed).
 
     .venv/bin/python -m bench.retrieval.run                      # SciFact, local mode vs Edge
     .venv/bin/python -m bench.retrieval.run --stores edge --scale 10000,100000,1000000
+
+The bilingual set (``bench/retrieval/bilingual/``: short company documents in Russian, English
+and both, with Russian and English questions whose answer is in exactly one of them) runs
+through the same path on Edge and reports hit@1, hit@5 and nDCG@10 per question language
+and mode; ``--bilingual-data DIR`` runs another set of the same format (see its README).
+
+    .venv/bin/python -m bench.retrieval.run --stores edge --modes dense,lexical,hybrid
+    .venv/bin/python -m bench.retrieval.run --no-scifact --bilingual-data path/to/set
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,8 +49,10 @@ from bench.common import PeakRss, machine
 from emb.settings import EmbSettings
 from haven import lexical
 from haven.index import ChunkIndex, IndexedChunk, SparseVector, chunk_id, passage_text
+from haven.language import Detector
 from haven.search import QueryVectors, SearchParams, search
 from haven.vectorstore import HNSW_EF, INDEXING_THRESHOLD_KB, EdgeStore, ServerStore
+from models.manifest import KNOWN_LANGUAGES
 from workers.ingest.chunking import chunk_blocks
 from workers.ingest.extract import ExtractLimits, extract
 from workers.ingest.normalize import normalize_blocks
@@ -56,6 +67,10 @@ DATA = Path(
     )
 )
 ALIAS = "minilm"
+BILINGUAL = Path(__file__).resolve().parent / "bilingual"
+# The languages the bundled model's manifest declares (models.defaults): the search routes a
+# query in another language to the lexical channel, as the API does.
+MINILM_LANGUAGES = tuple(KNOWN_LANGUAGES["all-minilm-l6-v2"])
 PUBLISHED = {
     "lexical": ("BM25 (Lucene, title+text)", 0.6789),
     "dense": ("all-MiniLM-L6-v2, dense only", 0.6451),
@@ -220,6 +235,16 @@ def scifact(args: argparse.Namespace, stores: list[str]) -> list[str]:
         query_vectors.append(
             QueryVectors(ALIAS, vector.tolist(), SparseVector(weights.indices, weights.values))
         )
+    detector = Detector(worker.languages)
+    query_langs = [detector.detect(queries[qid]) for qid in qids]
+    started = time.perf_counter()
+    passage_langs = [detector.detect(p[1]) for p in passages]
+    detect_ms = (time.perf_counter() - started) * 1000 / max(1, len(passages))
+    started = time.perf_counter()
+    for p in passages:
+        lexical.analyze(p[1])
+    analyze_ms = (time.perf_counter() - started) * 1000 / max(1, len(passages))
+    languages = {lang: passage_langs.count(lang) for lang in sorted(set(passage_langs))}
 
     rows, api_rows, builds = [], [], []
     work = Path(tempfile.mkdtemp(prefix="haven-bench-retrieval-"))
@@ -242,9 +267,14 @@ def scifact(args: argparse.Namespace, stores: list[str]) -> list[str]:
                 }
             )
             ndcgs, recalls, times = [], [], []
-            for qid, vectors in zip(qids, query_vectors, strict=True):
+            for qid, vectors, lang in zip(qids, query_vectors, query_langs, strict=True):
                 t0 = time.perf_counter()
-                outcome = search(index, tenant, vectors, params)
+                outcome = search(
+                    index,
+                    tenant,
+                    vectors,
+                    replace(params, query_lang=lang, dense_languages=MINILM_LANGUAGES),
+                )
                 times.append((time.perf_counter() - t0) * 1000)
                 ranked: list[str] = []
                 for hit in outcome.hits:  # a document ranks at its best chunk
@@ -268,9 +298,14 @@ def scifact(args: argparse.Namespace, stores: list[str]) -> list[str]:
             if kind != "local":  # the API's own parameters: top 10 of 100 candidates
                 api = SearchParams(**{**RUNS[name].__dict__, "top_k": 10, "candidates": 100})
                 times, cpu = [], []
-                for vectors in query_vectors:
+                for vectors, lang in zip(query_vectors, query_langs, strict=True):
                     t0, c0 = time.perf_counter(), time.process_time()
-                    search(index, tenant, vectors, api)
+                    search(
+                        index,
+                        tenant,
+                        vectors,
+                        replace(api, query_lang=lang, dense_languages=MINILM_LANGUAGES),
+                    )
                     times.append((time.perf_counter() - t0) * 1000)
                     cpu.append((time.process_time() - c0) * 1000)
                 api_rows.append(
@@ -300,7 +335,12 @@ def scifact(args: argparse.Namespace, stores: list[str]) -> list[str]:
         f"index: {len(corpus)} documents → {len(passages)} chunks "
         f"({worker.chunk_max_tokens} tokens, overlap {worker.chunk_overlap_tokens}), "
         f"all-MiniLM-L6-v2 + BM25 sparse (k1 {emb.bm25.k1}, b {emb.bm25.b}, "
-        f"avg length {emb.bm25.avg_length}) with Qdrant's IDF; " + "; ".join(builds),
+        f"avg length {emb.bm25.avg_length}) with Qdrant's IDF, analyzer "
+        f"{lexical.ANALYZER_ID}; " + "; ".join(builds),
+        f"chunk languages detected ({', '.join(worker.languages)}): {languages}; "
+        f"{detect_ms:.2f} ms per chunk to detect, {analyze_ms:.2f} ms to analyze lexically "
+        f"(one core, loaded machine); query languages: "
+        f"{ {lang: query_langs.count(lang) for lang in sorted(set(query_langs))} }",
         f"Edge searches HNSW segments with ef = max({HNSW_EF}, limit) — here "
         f"{args.chunks_per_query} (the chunks asked per query) — and scans segments below the "
         f"indexing threshold ({INDEXING_THRESHOLD_KB:,} KB of vectors) exactly, as local mode "
@@ -325,6 +365,161 @@ def scifact(args: argparse.Namespace, stores: list[str]) -> list[str]:
             else []
         ),
     ]
+
+
+def load_bilingual(
+    folder: Path,
+) -> tuple[list[dict[str, str]], list[tuple[str, str, str, str]]]:
+    """A bilingual set: ``corpus.jsonl`` (``_id``, ``title``, ``text``) and
+    ``questions.tsv`` (question id, language, the id of the one document that answers it,
+    the question)."""
+    with (folder / "corpus.jsonl").open(encoding="utf-8") as fh:
+        corpus = [json.loads(line) for line in fh if line.strip()]
+    questions = []
+    with (folder / "questions.tsv").open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip() and not line.startswith("#"):
+                qid, lang, doc, text = line.rstrip("\n").split("\t", 3)
+                questions.append((qid, lang, doc, text))
+    return corpus, questions
+
+
+BILINGUAL_RUNS: dict[str, tuple[SearchParams, bool]] = {
+    # name -> (parameters, whether the dense model's languages are known to the search)
+    "dense": (SearchParams(mode="dense"), True),
+    "lexical": (SearchParams(mode="lexical"), True),
+    "hybrid": (SearchParams(mode="hybrid"), True),
+    "hybrid, dense for every language": (SearchParams(mode="hybrid"), False),
+}
+
+
+def bilingual(folder: Path) -> list[str]:
+    """hit@1, hit@5 and nDCG@10 per question language and mode on a bilingual set, through
+    the API's search path (chunked, embedded, analyzed and language-tagged as ingest does;
+    10 results of 100 candidates per channel; documents ranked by their best chunk)."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer
+
+    corpus, questions = load_bilingual(folder)
+    worker, emb = WorkerSettings(), EmbSettings()
+    model_path = str(get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = SentenceTransformer(model_path, device="cpu")
+    detector = Detector(worker.languages)
+    tenant = uuid.uuid4()
+    passages = scifact_passages(corpus, tokenizer, worker, tenant)
+    texts = [p[1] for p in passages]
+    started = time.perf_counter()
+    dense = model.encode(texts, batch_size=32, convert_to_numpy=True)
+    encode_ms = (time.perf_counter() - started) * 1000 / len(texts)
+    detector.warm()
+    started = time.perf_counter()
+    langs = [detector.detect(str(p[2]["text"])) for p in passages]
+    detect_ms = (time.perf_counter() - started) * 1000 / len(texts)
+    chunks = [
+        IndexedChunk(
+            cid,
+            {ALIAS: vector.tolist()},
+            SparseVector(weights.indices, weights.values),
+            {**payload, "lang": lang, "analyzer": lexical.ANALYZER_ID},
+        )
+        for (cid, _, payload), vector, lang, weights in zip(
+            passages,
+            dense,
+            langs,
+            (lexical.document_vector(t, emb.bm25) for t in texts),
+            strict=True,
+        )
+    ]
+    folder_out = Path(tempfile.mkdtemp(prefix="haven-bench-bilingual-"))
+    index = open_store("edge", folder_out)
+    fill(index, lambda: iter([chunks]), int(dense.shape[1]))
+    query_dense = model.encode([q[3] for q in questions], batch_size=32, convert_to_numpy=True)
+    query_langs = [detector.detect(q[3]) for q in questions]
+
+    scores: dict[tuple[str, str], list[tuple[float, float, float]]] = defaultdict(list)
+    misses: dict[str, list[str]] = defaultdict(list)
+    channels_used: dict[tuple[str, str], set[tuple[str, ...]]] = defaultdict(set)
+    for (qid, lang, answer, text), vector, query_lang in zip(
+        questions, query_dense, query_langs, strict=True
+    ):
+        weights = lexical.query_vector(text)
+        vectors = QueryVectors(
+            ALIAS, vector.tolist(), SparseVector(weights.indices, weights.values)
+        )
+        for name, (params, routed) in BILINGUAL_RUNS.items():
+            outcome = search(
+                index,
+                tenant,
+                vectors,
+                replace(
+                    params,
+                    query_lang=query_lang,
+                    dense_languages=MINILM_LANGUAGES if routed else (),
+                    channel_ranks=False,
+                ),
+            )
+            ranked: list[str] = []
+            for hit in outcome.hits:
+                source = str(hit.payload["source"])
+                if source not in ranked:
+                    ranked.append(source)
+            rank = ranked.index(answer) + 1 if answer in ranked else None
+            scores[(lang, name)].append(
+                (
+                    float(rank == 1),
+                    float(rank is not None and rank <= 5),
+                    1 / math.log2(rank + 1) if rank is not None and rank <= 10 else 0.0,
+                )
+            )
+            channels_used[(lang, name)].add(outcome.channels)
+            if name == "hybrid" and rank != 1:
+                misses[lang].append(f"{qid} (rank {rank or '>10'})")
+    index.store.close()
+    shutil.rmtree(folder_out, ignore_errors=True)
+
+    detected = defaultdict(int)
+    for doc_lang, chunk_lang in zip(
+        (next(d.get("lang", "?") for d in corpus if d["_id"] == p[2]["source"]) for p in passages),
+        langs,
+        strict=True,
+    ):
+        detected[(doc_lang, chunk_lang)] += 1
+    wrong_lang = sum(
+        1 for (_, lang, _, _), found in zip(questions, query_langs, strict=True) if lang != found
+    )
+    lines = [
+        f"set: {folder} — {len(corpus)} documents → {len(passages)} chunks; "
+        f"{sum(1 for q in questions if q[1] == 'ru')} Russian and "
+        f"{sum(1 for q in questions if q[1] == 'en')} English questions, one answering "
+        f"document each; all-MiniLM-L6-v2 (declares {', '.join(MINILM_LANGUAGES)}), analyzer "
+        f"{lexical.ANALYZER_ID}, Qdrant Edge, 10 results of 100 candidates per channel",
+        "chunk languages (document's language → detected: chunks): "
+        + ", ".join(f"{d} → {c}: {n}" for (d, c), n in sorted(detected.items()))
+        + f"; questions whose detected language is not their own: {wrong_lang}",
+        f"cost per chunk, same run: language detection {detect_ms:.2f} ms, MiniLM embedding "
+        f"{encode_ms:.2f} ms (batches of 32) — detection is {detect_ms / encode_ms:.1%} of it",
+        "",
+        "| questions | mode | hit@1 | hit@5 | nDCG@10 | channels used |",
+        "|---|---|---|---|---|---|",
+    ]
+    for lang in sorted({q[1] for q in questions}, reverse=True):
+        for name in BILINGUAL_RUNS:
+            rows = scores[(lang, name)]
+            h1, h5, nd = (sum(r[i] for r in rows) / len(rows) for i in range(3))
+            used = " / ".join(sorted("+".join(c) or "none" for c in channels_used[(lang, name)]))
+            line = f"| {lang} ({len(rows)}) | {name} | {h1:.3f} | {h5:.3f} | {nd:.3f} | {used} |"
+            lines.append(line)
+            print(line, flush=True)
+    lines += [
+        "",
+        "hybrid misses at rank 1: "
+        + "; ".join(f"{lang}: {', '.join(m)}" for lang, m in sorted(misses.items()))
+        if misses
+        else "hybrid misses at rank 1: none",
+        "",
+    ]
+    return lines
 
 
 def synthetic(sizes: list[int], queries: int, dim: int = 384) -> list[str]:
@@ -435,7 +630,13 @@ def main() -> None:
         help="comma-separated synthetic collection sizes to time on Edge (e.g. 10000,100000)",
     )
     parser.add_argument("--scale-queries", type=int, default=200)
-    parser.add_argument("--no-scifact", action="store_true", help="only the synthetic sizes")
+    parser.add_argument("--no-scifact", action="store_true", help="skip SciFact")
+    parser.add_argument(
+        "--bilingual-data",
+        default=str(BILINGUAL),
+        help="a bilingual set (corpus.jsonl + questions.tsv) to report per language",
+    )
+    parser.add_argument("--no-bilingual", action="store_true", help="skip the bilingual set")
     args = parser.parse_args()
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
 
@@ -460,6 +661,14 @@ def main() -> None:
             "(the machine is shared: wall-clock latency includes waiting for a core)",
             f"command: {command}",
             *scifact(args, stores),
+        ]
+    if not args.no_bilingual:
+        sections += [
+            f"## retrieval (bilingual set, Russian and English) — "
+            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+            f"machine: {machine()}; load average {os.getloadavg()[0]:.1f} at the start",
+            f"command: {command}",
+            *bilingual(Path(args.bilingual_data)),
         ]
     if args.scale:
         sizes = [int(s) for s in args.scale.split(",")]

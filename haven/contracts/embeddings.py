@@ -26,6 +26,10 @@ class EmbedRequest(BaseModel):
     # "document" weights terms with BM25 saturation (for indexing), "query" weights each
     # distinct term 1 (for searching); None returns no sparse vector.
     sparse: Literal["document", "query"] | None = None
+    # What the texts are, for models that embed queries and passages with a prefix of their
+    # own (E5's "query: " / "passage: ", declared in the model's manifest); None: neither
+    # prefix. Another model is not affected.
+    input_type: Literal["query", "passage"] | None = None
 
 
 class EmbeddedText(BaseModel):
@@ -42,6 +46,11 @@ class ServedModel(BaseModel):
     version: str
     dimension: int
     max_seq_length: int
+    # The languages the model's manifest declares it embeds well (ISO 639-1); empty when it
+    # declares none (then it is trusted with every language).
+    languages: list[str] = []
+    query_prefix: str = ""
+    passage_prefix: str = ""
 
 
 class EmbedResponse(BaseModel):
@@ -56,6 +65,8 @@ class OpenAIEmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
+    # Not in OpenAI's schema: apply the model's query or passage prefix (see EmbedRequest).
+    input_type: Literal["query", "passage"] | None = None
 
 
 class OpenAIEmbedding(BaseModel):

@@ -326,6 +326,15 @@ class DocumentRepository(TenantRepository[Document]):
         else:
             self.session.execute(_MARK_READY, params)
 
+    def set_language(self, document_id: uuid.UUID, lang: str) -> None:
+        """The document's main language, from the version it now serves."""
+        self.session.execute(
+            update(Document)
+            .where(Document.tenant_id == self.tenant_id, Document.id == document_id)
+            .values(lang=lang)
+            .execution_options(synchronize_session=False)
+        )
+
     def add_version(self, document: Document, version: DocumentVersion) -> DocumentVersion:
         version.tenant_id = self.tenant_id
         version.document_id = document.id

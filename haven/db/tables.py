@@ -171,6 +171,9 @@ class Document(Timestamped, Base):
     state: Mapped[DocumentState] = mapped_column(_enum(DocumentState))
     tags: Mapped[list[str]] = mapped_column(default=list, server_default="{}")
     current_version: Mapped[int | None] = mapped_column(Integer)
+    # The main language of the current version (ISO 639-1, or "und"): the language most of
+    # its chunks' text is in (haven.language).
+    lang: Mapped[str] = mapped_column(String(8), default="und", server_default="und")
 
 
 class DocumentVersion(Base):
@@ -213,6 +216,8 @@ class Chunk(Base):
     token_count: Mapped[int] = mapped_column(Integer)
     text_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # The chunk's language (ISO 639-1, or "und"), as in the index's `lang` payload.
+    lang: Mapped[str] = mapped_column(String(8), default="und", server_default="und")
 
 
 class Job(Timestamped, Base):

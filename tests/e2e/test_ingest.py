@@ -328,3 +328,61 @@ def _api_alive(stack: Stack) -> None:
     """A test that stopped a service must not break the next one."""
     if stack.api.process is None or stack.api.process.poll() is not None:
         stack.api.start()
+
+
+RUSSIAN_DOC = (
+    "# Положение об отпусках\n\n"
+    "Ежегодный оплачиваемый отпуск длится 28 календарных дней. Заявление на отпуск "
+    "подаётся через кадровый портал не позднее чем за 14 дней до его начала. При увольнении "
+    "за неиспользованные дни отпуска выплачивается компенсация.\n"
+).encode()
+ENGLISH_DOC = (
+    b"# Expense policy\n\nMeals during business travel are reimbursed up to 60 dollars per "
+    b"day. Submit every expense report within 30 days of the purchase, with the receipt.\n"
+)
+
+
+def test_chunks_carry_their_language_and_the_lang_filter_returns_only_it(
+    stack: Stack, tenant: Account
+) -> None:
+    ru = upload(stack, tenant, "otpusk.md", RUSSIAN_DOC)
+    en = upload(stack, tenant, "expenses.md", ENGLISH_DOC)
+    for uploaded in (ru, en):
+        wait_job(stack, tenant, uploaded["job_id"], {"ready"})
+
+    # A Russian question in other word forms than the document's finds it, by the lexical
+    # channel alone: the bundled model declares English only.
+    response = stack.client.post(
+        "/api/v1/search",
+        json={"query": "Сколько дней длятся отпуска?", "top_k": 5},
+        headers=tenant.headers,
+    ).json()
+    assert response["query_lang"] == "ru"
+    assert response["channels"] == ["lexical"]
+    assert response["results"][0]["document_id"] == ru["document"]["id"]
+    assert response["results"][0]["lang"] == "ru"
+    english = stack.client.post(
+        "/api/v1/search", json={"query": "How are meals reimbursed?"}, headers=tenant.headers
+    ).json()
+    assert (english["query_lang"], english["channels"]) == ("en", ["dense", "lexical"])
+    assert english["results"][0]["document_id"] == en["document"]["id"]
+
+    # Each language's filter returns that language's chunks only, whatever the query.
+    for lang, document in (("ru", ru), ("en", en)):
+        for query in ("отпуск", "expense report", "policy"):
+            hits = search(stack, tenant, query, filters={"lang": [lang]})
+            assert {h["lang"] for h in hits} <= {lang}
+            assert {h["document_id"] for h in hits} <= {document["document"]["id"]}
+        assert search(stack, tenant, "policy отпуск", filters={"lang": [lang]}), lang
+
+    # The document's main language in the API, the chunks' in PostgreSQL.
+    for lang, document in (("ru", ru), ("en", en)):
+        detail = stack.client.get(
+            f"/api/v1/documents/{document['document']['id']}", headers=tenant.headers
+        ).json()
+        assert detail["lang"] == lang
+        with transaction(stack.session_factory) as session:
+            langs = session.execute(
+                select(Chunk.lang).where(Chunk.document_id == uuid.UUID(document["document"]["id"]))
+            ).scalars()
+            assert set(langs) == {lang}

@@ -111,6 +111,10 @@ def test_dense_vectors_match_sentence_transformers(
             "version": "1",
             "dimension": 384,
             "max_seq_length": 256,
+            # Known for the bundled model though its manifest predates declared languages.
+            "languages": ["en"],
+            "query_prefix": "",
+            "passage_prefix": "",
         }
     ]
     served = np.array([item["dense"][ALIAS] for item in body["data"]])
@@ -118,6 +122,9 @@ def test_dense_vectors_match_sentence_transformers(
     assert served.shape == (4, 384)
     assert cosines(served, expected).min() >= 0.9999
     assert [item["truncated"] for item in body["data"]] == [[], [], [], []]
+    # A model without prefixes embeds a query as it is.
+    as_query = client.post("/embed", json={"texts": TEXTS, "input_type": "query"}).json()
+    assert [item["dense"] for item in as_query["data"]] == [item["dense"] for item in body["data"]]
 
 
 def test_openai_endpoint_float_and_base64(

@@ -41,6 +41,7 @@ def put(
     tags: list[str] | None = None,
     updated: datetime = DAY,
     activate: bool = True,
+    lang: str = "und",
 ) -> list[uuid.UUID]:
     """Chunks whose dense vector points along their position and whose lexical terms are
     their words' lengths (a stand-in for term ids)."""
@@ -58,7 +59,7 @@ def put(
                 "version": version,
                 "tags": tags or [],
                 "mime": "text/plain",
-                "lang": "und",
+                "lang": lang,
                 "updated_at": updated.isoformat(),
                 "text": text,
             },
@@ -171,3 +172,109 @@ def test_a_new_embedding_alias_needs_a_reindex(index: ChunkIndex) -> None:
     index.ensure({"a": 4})
     with pytest.raises(RuntimeError, match="re-index"):
         index.ensure({"a": 4, "b": 8})
+
+
+def test_the_lang_filter_returns_only_chunks_in_those_languages(index: ChunkIndex) -> None:
+    index.ensure({"a": 4})
+    tenant = uuid.uuid4()
+    ru, en = uuid.uuid4(), uuid.uuid4()
+    put(index, tenant, ru, ["отпуск длится", "заявление подаётся"], lang="ru")
+    put(index, tenant, en, ["leave lasts", "request is filed"], lang="en")
+    vectors = query([1.0, 0.0, 12.0, 0.5], [5, 6, 7, 8, 9])
+    for mode in ("dense", "lexical", "hybrid"):
+        for lang, document in (("ru", ru), ("en", en)):
+            params = SearchParams(mode=mode, filters=SearchFilters(lang=[lang]))  # type: ignore[arg-type]
+            hits = search(index, tenant, vectors, params).hits
+            assert hits and {h.payload["lang"] for h in hits} == {lang}, (mode, lang)
+            assert {h.payload["document_id"] for h in hits} == {str(document)}
+    both = SearchParams(filters=SearchFilters(lang=["ru", "en"]))
+    assert len(search(index, tenant, vectors, both).hits) == 4
+    assert (
+        search(index, tenant, vectors, SearchParams(filters=SearchFilters(lang=["de"]))).hits == []
+    )
+
+
+def test_a_query_the_dense_model_does_not_understand_is_ranked_lexically(
+    index: ChunkIndex,
+) -> None:
+    index.ensure({"a": 4})
+    tenant = uuid.uuid4()
+    ids = put(index, tenant, uuid.uuid4(), ["aa bbbbbbb", "cc dddd", "eeeee"], lang="ru")
+    # Dense points at the second chunk, the lexical term (length 7) only matches the first.
+    vectors = query([1.0, 1.0, 7.0, 0.5], [7])
+    english_model = SearchParams(query_lang="ru", dense_languages=("en",))
+    outcome = search(index, tenant, vectors, english_model)
+    assert outcome.channels == ("lexical",) and outcome.query_lang == "ru"
+    assert [h.chunk_id for h in outcome.hits] == [ids[0]]
+    assert outcome.hits[0].dense_rank is None and outcome.hits[0].lexical_rank == 1
+
+    multilingual = search(
+        index, tenant, vectors, SearchParams(query_lang="ru", dense_languages=("en", "ru"))
+    )
+    assert multilingual.channels == ("dense", "lexical")
+    assert multilingual.hits[0].dense_rank is not None
+    # A model that declares nothing, or a query whose language is not known, keeps both.
+    assert search(index, tenant, vectors, SearchParams(query_lang="ru")).channels == (
+        "dense",
+        "lexical",
+    )
+    undetermined = SearchParams(query_lang="und", dense_languages=("en",))
+    assert search(index, tenant, vectors, undetermined).channels == ("dense", "lexical")
+    # Without lexical terms the dense channel is all there is: kept, whatever the language.
+    no_terms = search(index, tenant, query([1.0, 1.0, 7.0, 0.5], []), english_model)
+    assert no_terms.channels == ("dense",) and no_terms.hits
+    # Asked for dense, a search is dense.
+    dense = SearchParams(mode="dense", query_lang="ru", dense_languages=("en",))
+    assert search(index, tenant, vectors, dense).channels == ("dense",)
+
+
+def test_chunks_of_an_earlier_analyzer_are_re_analyzed_in_place(index: ChunkIndex) -> None:
+    from haven import lexical
+    from haven.language import Detector
+    from haven.relex import relex_index
+
+    index.ensure({"a": 4})
+    tenant, document = uuid.uuid4(), uuid.uuid4()
+    texts = [
+        "Заявление на ежегодный отпуск подаётся через портал за 14 дней.",
+        "Meals are reimbursed up to 60 dollars.",
+    ]
+    ids = [chunk_id(document, 1, p) for p in range(2)]
+    # As indexed by the English-only analyzer: Russian words unstemmed, no language.
+    for p, (cid, text) in enumerate(zip(ids, texts, strict=True)):
+        old = sorted({lexical.token_id(w.lower().strip(".")) for w in text.split()})
+        index.upsert(
+            [
+                IndexedChunk(
+                    cid,
+                    {"a": [1.0, float(p), 3.0, 0.5]},
+                    SparseVector(old, [1.0] * len(old)),
+                    {
+                        "tenant_id": str(tenant),
+                        "document_id": str(document),
+                        "lang": "und",
+                        "text": text,
+                    },
+                )
+            ]
+        )
+    index.activate_version(ids, [])
+    question = lexical.query_vector("ежегодные заявления")
+    vectors = QueryVectors(
+        "a", [1.0, 0.0, 3.0, 0.5], SparseVector(question.indices, question.values)
+    )
+    lexical_only = SearchParams(mode="lexical")
+    assert search(index, tenant, vectors, lexical_only).hits == []
+
+    report = relex_index(index, Detector(["en", "ru"]), lexical.BM25(), batch=1)
+    assert (report.seen, report.updated) == (2, 2)
+    assert report.chunk_langs == {ids[0]: "ru", ids[1]: "en"}
+    assert report.document_langs == {document: "ru"}  # the longer text
+    hits = search(index, tenant, vectors, lexical_only).hits
+    assert [h.chunk_id for h in hits] == [ids[0]]
+    assert hits[0].payload["lang"] == "ru"
+    assert hits[0].payload["analyzer"] == lexical.ANALYZER_ID
+    # The dense vectors are kept, and a second run finds nothing to do.
+    assert search(index, tenant, vectors, SearchParams(mode="dense")).hits[0].chunk_id == ids[0]
+    again = relex_index(index, Detector(["en", "ru"]), lexical.BM25())
+    assert (again.seen, again.updated) == (2, 0)

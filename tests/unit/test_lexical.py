@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -72,3 +73,96 @@ def test_query_vector_weighs_each_distinct_term_once() -> None:
     assert sorted(vector.indices) == sorted({lexical.token_id("cell"), lexical.token_id("growth")})
     assert vector.values == [1.0, 1.0]
     assert vector.indices == sorted(vector.indices)
+
+
+# -- Russian and mixed text ---------------------------------------------------------------
+
+
+def _ids(text: str) -> list[int]:
+    return lexical.query_vector(text).indices
+
+
+@pytest.mark.parametrize(
+    "forms",
+    [
+        ("отпуск", "отпуска", "отпуском", "отпуске", "отпусков", "отпуску"),
+        ("заявление", "заявления", "заявлений", "заявлением", "заявлению"),
+        ("командировка", "командировки", "командировке", "командировку", "командировкой"),
+        ("поставщик", "поставщика", "поставщиков", "поставщикам", "поставщиками"),
+        ("пароль", "пароли", "паролей", "пароле", "паролем"),
+        ("договор", "договора", "договоров", "договору", "договором"),
+        # A fleeting vowel: present in some forms, gone in others.
+        ("листок", "листки", "листка", "листков"),
+        ("заявка", "заявки", "заявок", "заявкой"),
+        ("число", "числа", "чисел", "числам"),
+        ("окно", "окна", "окон"),
+    ],
+)
+def test_russian_noun_cases_and_numbers_share_one_token(forms: tuple[str, ...]) -> None:
+    ids = {tuple(_ids(form)) for form in forms}
+    assert len(ids) == 1 and len(next(iter(ids))) == 1, forms
+
+
+@pytest.mark.parametrize(
+    "forms",
+    [
+        ("работать", "работает", "работают", "работал", "работала"),
+        ("проводится", "проводят", "проводили", "проводит"),
+        ("подаётся", "подается", "подаёт", "подать"),
+        ("меняются", "менять", "меняют"),
+        ("проверяют", "проверяется", "проверять"),
+    ],
+)
+def test_russian_verb_forms_share_one_token(forms: tuple[str, ...]) -> None:
+    ids = {tuple(_ids(form)) for form in forms}
+    assert len(ids) == 1 and len(next(iter(ids))) == 1, forms
+
+
+def test_a_russian_question_finds_the_inflected_words_of_a_russian_document() -> None:
+    document = lexical.document_vector(
+        "Заявление на отпуск подаётся через портал HR-7 не позднее чем за 14 дней."
+    )
+    query = lexical.query_vector("За сколько дней подавать заявления на отпуска?")
+    shared = set(document.indices) & set(query.indices)
+    for word in ("заявление", "отпуск", "дней"):
+        assert lexical.token_id(lexical.analyze(word)[0]) in shared
+
+
+def test_russian_stop_words_are_dropped_and_yo_is_folded() -> None:
+    assert lexical.analyze("и в на по не что") == []
+    assert lexical.analyze("Ёлка ёлки") == lexical.analyze("елка елки")
+    # Numerals are what a question is about ("три дня"): kept.
+    assert len(lexical.analyze("три дня")) == 2
+
+
+def test_mixed_text_stems_each_word_in_its_own_language() -> None:
+    terms = lexical.analyze("Релизы выкатываются через pipelines в GitLab CI, код ZP-40")
+    assert terms == [
+        lexical.analyze("релиз")[0],
+        lexical.analyze("выкатывается")[0],
+        "pipelin",
+        "gitlab",
+        "ci",
+        "код",
+        "zp",
+        "40",
+    ]
+    # An English word in a Russian sentence stems as English, so an English query finds it.
+    assert set(_ids("pipeline")) <= set(_ids("Релиз идёт через pipelines"))
+    # English text is analyzed exactly as by the English-only analyzer of earlier releases.
+    assert lexical.analyze("The Proteins were RUNNING") == ["protein", "run"]
+
+
+def test_russian_token_ids_are_stable_across_processes() -> None:
+    code = "from haven.lexical import query_vector; print(query_vector('отпусками').indices)"
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout.strip()
+        for seed in ("1", "2")
+    }
+    assert outputs == {str(lexical.query_vector("отпуск").indices)}

@@ -21,6 +21,7 @@ import structlog
 from sqlalchemy import Select, case, select, true, update
 from sqlalchemy.orm import Session
 
+from haven import lexical
 from haven.answer_cache import invalidate_documents
 from haven.auth.principal import Principal
 from haven.db.engine import transaction
@@ -28,6 +29,7 @@ from haven.db.repositories import ChunkRepository, DocumentRepository
 from haven.db.tables import Document, DocumentState, DocumentVersion, Job, Role
 from haven.index import IndexedChunk, SparseVector, chunk_id, passage_text
 from haven.jobs import claim_statement, job_params
+from haven.language import main_language
 from haven.storage import download
 from haven.tracing import span
 from workers.ingest.chunking import ChunkDraft, chunk_blocks
@@ -64,6 +66,7 @@ class IngestRun:
         self.subject: Subject = claim.subject
         self.settings = rt.settings
         self.beat = heartbeat  # renews the lease, records progress, stops on cancel
+        self.langs: dict[int, str] = {}  # chunk position -> language
 
     def run(self) -> int:
         s = self.subject
@@ -83,6 +86,8 @@ class IngestRun:
                 max_tokens=self.settings.chunk_max_tokens,
                 overlap_tokens=self.settings.chunk_overlap_tokens,
             )
+        # Each chunk's language, for its payload (the `lang` filter) and its row.
+        self.langs = {d.position: self.rt.detector.detect(d.text) for d in drafts}
         self.beat(done=3)
         with span("ingest.embed_index", chunks=len(drafts)):
             self._embed_and_index(drafts)
@@ -92,7 +97,7 @@ class IngestRun:
         return len(drafts)
 
     def _payload(
-        self, draft: ChunkDraft, cid: uuid.UUID, models: dict[str, str]
+        self, draft: ChunkDraft, cid: uuid.UUID, models: dict[str, str], lang: str
     ) -> dict[str, object]:
         s = self.subject
         return {
@@ -104,7 +109,8 @@ class IngestRun:
             "position": draft.position,
             "page": draft.page,
             "heading": draft.heading,
-            "lang": "und",
+            "lang": lang,
+            "analyzer": lexical.ANALYZER_ID,
             "mime": s.mime,
             "title": s.title,
             "tags": s.tags,
@@ -125,11 +131,11 @@ class IngestRun:
         batch = self.settings.emb_request_batch
         for start in range(0, len(todo), batch):
             part = todo[start : start + batch]
+            texts = [passage_text(d.heading, d.text) for _, d in part]
             response = self.rt.emb.embed(
-                [passage_text(d.heading, d.text) for _, d in part],
-                aliases=aliases,
-                sparse="document",
+                texts, aliases=aliases, sparse="document", input_type="passage"
             )
+
             models = {m.alias: f"{m.name}@{m.version}" for m in response.models}
             index.upsert(
                 IndexedChunk(
@@ -138,7 +144,7 @@ class IngestRun:
                     sparse=SparseVector(item.sparse.indices, item.sparse.values)
                     if item.sparse
                     else SparseVector([], []),
-                    payload=self._payload(draft, cid, models),
+                    payload=self._payload(draft, cid, models, self.langs[draft.position]),
                 )
                 for (cid, draft), item in zip(part, response.data, strict=True)
             )
@@ -156,6 +162,7 @@ class IngestRun:
                 "heading": d.heading,
                 "token_count": d.token_count,
                 "text_sha256": d.sha256,
+                "lang": self.langs[d.position],
             }
             for d in drafts
         ]
@@ -183,6 +190,11 @@ class IngestRun:
                     chunks.delete_other_versions(s.document_id, s.version_id),
                 )
             documents.mark_ready(s.document_id, s.version_id, s.version, current=current)
+            if current:
+                documents.set_language(
+                    s.document_id,
+                    main_language((self.langs[d.position], len(d.text)) for d in drafts),
+                )
         if s.version > 1:  # answers that cited an earlier version are stale now
             invalidate_documents(self.rt.redis, s.principal.tenant_id, [s.document_id])
         log.info(
