@@ -87,14 +87,15 @@ def test_search_sees_only_the_tenants_active_chunks_in_every_mode(index: ChunkIn
     ids = put(index, mine, document, ["alpha beta", "gamma delta epsilon", "zeta"])
     put(index, theirs, uuid.uuid4(), ["alpha beta", "gamma delta epsilon"])
     put(index, mine, uuid.uuid4(), ["alpha beta unfinished"], activate=False)
-    vectors = query([1.0, 1.0, 18.0, 0.5], [5])
+    # Terms 5 and 7: the second chunk holds both, the first only 5 (no tie in either channel).
+    vectors = query([1.0, 1.0, 18.0, 0.5], [5, 7])
     for mode in ("dense", "lexical", "hybrid"):
         outcome = search(index, mine, vectors, SearchParams(mode=mode))  # type: ignore[arg-type]
         assert {h.payload["tenant_id"] for h in outcome.hits} == {str(mine)}, mode
         assert {h.chunk_id for h in outcome.hits} <= set(ids), mode
     hybrid = search(index, mine, vectors, SearchParams(mode="hybrid"))
-    assert hybrid.hits[0].chunk_id == ids[1]  # nearest and sharing the term
-    assert hybrid.hits[0].dense_rank == 1 and hybrid.hits[0].lexical_rank is not None
+    assert hybrid.hits[0].chunk_id == ids[1]  # nearest and sharing the most terms
+    assert hybrid.hits[0].dense_rank == 1 and hybrid.hits[0].lexical_rank == 1
     assert index.count(mine) == 4 and index.count(mine, active_only=True) == 3
     assert index.existing_ids([ids[0], uuid.uuid4()]) == {ids[0]}
 
