@@ -15,6 +15,8 @@ from models.settings import ModelStoreSettings
 
 class WorkerSettings(ModelStoreSettings):
     emb_url: str = "http://127.0.0.1:8082"
+    # The generation service, for the pipelines that call a model (reviews).
+    llm_url: str = "http://127.0.0.1:8083"
     # Dense vectors are written for each of these aliases; the first one's tokenizer chunks.
     emb_aliases: Annotated[list[str], NoDecode] = [DEFAULT_EMBED_ALIAS]
     emb_request_batch: int = 64
