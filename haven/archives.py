@@ -103,9 +103,9 @@ def _safe_path(part: str, raw: str, limits: ArchiveLimits) -> str:
 
 def _kind(info: zipfile.ZipInfo) -> str | None:
     """None for a regular file or a folder; what else it is otherwise. Zips made on Unix keep
-    the file mode in the top 16 bits of ``external_attr``."""
+    the file mode in the top 16 bits of ``external_attr`` (some tools leave the type bits 0)."""
     mode = info.external_attr >> 16
-    if not mode or info.create_system != 3:
+    if info.create_system != 3 or not stat.S_IFMT(mode):
         return None
     if stat.S_ISLNK(mode):
         return "symlink (never followed)"

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 from pydantic import AnyHttpUrl, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from haven.archives import ArchiveLimits
+
 MiB = 1024 * 1024
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -83,3 +85,15 @@ class ReviewSettings(BaseSettings):
         if not self.allowed_globs:
             raise ValueError("HAVEN_REVIEW_ALLOWED_GLOBS must name at least one pattern")
         return self
+
+    def archive_limits(self, part: str) -> ArchiveLimits:
+        """The limits for one form part: logs come in any file name, code only in the
+        allowed types."""
+        return ArchiveLimits(
+            max_entries=self.max_entries,
+            max_file_bytes=self.max_file_bytes,
+            max_total_bytes=self.max_total_bytes,
+            max_ratio=self.max_ratio,
+            max_path_length=self.max_path_length,
+            allowed_globs=("*",) if part == "logs_zip" else tuple(self.allowed_globs),
+        )

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from haven.queueing import QUEUES
+from haven.review_settings import ReviewSettings
 from models.defaults import DEFAULT_EMBED_ALIAS
 from models.settings import ModelStoreSettings
 
@@ -17,6 +18,8 @@ class WorkerSettings(ModelStoreSettings):
     emb_url: str = "http://127.0.0.1:8082"
     # The generation service, for the pipelines that call a model (reviews).
     llm_url: str = "http://127.0.0.1:8083"
+    # The code-review pipeline (HAVEN_REVIEW_*).
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
     # Dense vectors are written for each of these aliases; the first one's tokenizer chunks.
     emb_aliases: Annotated[list[str], NoDecode] = [DEFAULT_EMBED_ALIAS]
     emb_request_batch: int = 64

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import uuid
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,14 +26,6 @@ from haven.review_settings import ReviewSettings
 
 router = APIRouter(prefix="/api/v1/reviews", tags=["reviews"])
 
-
-class _Settings:
-    @cached_property
-    def value(self) -> ReviewSettings:
-        return ReviewSettings()
-
-
-_settings = _Settings()
 
 # The form, for the OpenAPI document (the route reads the body itself, as it streams).
 _FORM_SCHEMA: dict[str, Any] = {
@@ -104,7 +95,7 @@ def _read(review: Review, session: Any) -> ReviewRead:
 async def submit_review(
     request: Request, principal: EditorPrincipal, runtime: RuntimeDep, response: Response
 ) -> ReviewAccepted:
-    settings = _settings.value
+    settings = runtime.settings.review
     with tempfile.TemporaryDirectory(prefix="haven-review-") as folder:
         form = await read_form(
             request.stream(),

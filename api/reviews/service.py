@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.multipart import Form
-from haven.archives import ArchiveLimits, inspect
+from haven.archives import inspect
 from haven.auth.principal import Principal
 from haven.db.repositories import JobRepository, TenantRepository
 from haven.db.tables import Job, JobKind, JobState, Review, ReviewDelivery
@@ -49,18 +49,6 @@ class ReviewRepository(TenantRepository[Review]):
             stmt.order_by(Review.created_at.desc(), Review.id).offset(offset).limit(limit)
         ).scalars()
         return list(rows), int(total)
-
-
-def archive_limits(settings: ReviewSettings, part: str) -> ArchiveLimits:
-    return ArchiveLimits(
-        max_entries=settings.max_entries,
-        max_file_bytes=settings.max_file_bytes,
-        max_total_bytes=settings.max_total_bytes,
-        max_ratio=settings.max_ratio,
-        max_path_length=settings.max_path_length,
-        # Logs come in any file name; code only in the allowed types.
-        allowed_globs=("*",) if part == "logs_zip" else tuple(settings.allowed_globs),
-    )
 
 
 @dataclass(frozen=True)
@@ -98,7 +86,7 @@ def validate(form: Form, settings: ReviewSettings) -> Submission:
         if part in form.files:
             if form.files[part].size == 0:
                 raise BadRequest(f"{part} is empty", code="archive.empty")
-            inspect(form.files[part].path, part, archive_limits(settings, part))
+            inspect(form.files[part].path, part, settings.archive_limits(part))
     return submission
 
 

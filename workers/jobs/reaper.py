@@ -17,7 +17,6 @@ import structlog
 from haven.db.engine import transaction
 from haven.jobs import WORKER_LOST, JobStore
 from haven.queueing import guard_key, send_job_once, task_for
-from workers.review.handler import review_settings
 from workers.review.publish import deliver_due
 from workers.runtime import WorkerRuntime
 
@@ -53,5 +52,5 @@ def reap_jobs(rt: WorkerRuntime) -> dict[str, int]:
     if to_send:
         log.info("reaper.run", sent=len(to_send))
     # Review results whose delivery is due (the outbox of workers.review.publish).
-    published = deliver_due(rt.session_factory, review_settings())
+    published = deliver_due(rt.session_factory, settings.review)
     return {"sent": len(to_send), **published}

@@ -11,18 +11,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import structlog
 from sqlalchemy import select
 
-from haven.archives import ArchiveLimits, ArchiveRejected, Inventory, extract, inspect
+from haven.archives import ArchiveRejected, Inventory, extract, inspect
 from haven.db.engine import transaction
 from haven.db.tables import JobKind, Review, UsageEntry
 from haven.jobs import Reason
-from haven.review_settings import ReviewSettings
 from workers.jobs.handler import Claim, JobHandler, finish
 from workers.jobs.heartbeat import Heartbeat
 from workers.jobs.registry import register
@@ -63,22 +61,6 @@ LOGS_PROMPT = (
 )
 
 
-@cache
-def review_settings() -> ReviewSettings:
-    return ReviewSettings()
-
-
-def limits_for(settings: ReviewSettings, part: str) -> ArchiveLimits:
-    return ArchiveLimits(
-        max_entries=settings.max_entries,
-        max_file_bytes=settings.max_file_bytes,
-        max_total_bytes=settings.max_total_bytes,
-        max_ratio=settings.max_ratio,
-        max_path_length=settings.max_path_length,
-        allowed_globs=("*",) if part == "logs_zip" else tuple(settings.allowed_globs),
-    )
-
-
 @dataclass
 class Workspace:
     root: Path
@@ -93,7 +75,7 @@ class ReviewRun:
         self.rt = rt
         self.claim = claim
         self.beat = beat
-        self.settings = review_settings()
+        self.settings = rt.settings.review
 
     # --- steps ---
 
@@ -104,7 +86,7 @@ class ReviewRun:
             archive = folder / f"{part}.zip"
             self.rt.s3.fget_object(self.rt.settings.s3_bucket, key, str(archive))
             form_part = f"{part}_zip"
-            limits = limits_for(self.settings, form_part)
+            limits = self.settings.archive_limits(form_part)
             inventory: Inventory = inspect(archive, form_part, limits)
             tree = folder / part
             tree.mkdir()

@@ -214,6 +214,7 @@ def plan(
     flat = [b for file_blocks in blocks for b in file_blocks]
     flat_counts = iter(count(flat)) if flat else iter(())
     sized = [[(b, next(flat_counts)) for b in file_blocks] for file_blocks in blocks]
+    sized = [_split_large(pairs, count, budget) for pairs in sized]
     order = sorted(range(len(candidates)), key=lambda i: -sum(n for _, n in sized[i]))
     batches: list[Batch] = []
     current: list[str] = []
@@ -264,6 +265,23 @@ def plan(
             break
     close()
     return batches[:max_calls], coverage
+
+
+def _split_large(
+    pairs: list[tuple[str, int]], count: Callable[[list[str]], list[int]], budget: int
+) -> list[tuple[str, int]]:
+    """Hunks larger than a whole call, cut at line boundaries into pieces that fit."""
+    out: list[tuple[str, int]] = []
+    for text, tokens in pairs:
+        if tokens + 2 <= budget:
+            out.append((text, tokens))
+            continue
+        lines = text.split("\n")
+        pieces = -(-tokens // max(1, int(budget * 0.8)))
+        size = max(1, -(-len(lines) // pieces))
+        parts = ["\n".join(lines[i : i + size]) for i in range(0, len(lines), size)]
+        out += list(zip(parts, count(parts), strict=True))
+    return out
 
 
 # --- tolerant parsing of the model's findings -----------------------------------------------

@@ -97,15 +97,17 @@ def _strip(line: str) -> tuple[str, str | None, str | None]:
     return line.strip(), stamp, severity
 
 
-def _events(path: Path, name: str, budget: int) -> tuple[list[_Event], int]:
+def _events(path: Path, name: str, budget: int) -> tuple[list[_Event], int, bool]:
     events: list[_Event] = []
     lines = 0
     trace: list[str] | None = None
     trace_where = ""
     trace_stamp: str | None = None
+    cut = False
     with path.open("r", encoding="utf-8", errors="replace") as handle:
         for number, raw in enumerate(handle, 1):
             if lines >= budget:
+                cut = True
                 break
             lines += 1
             line = raw.rstrip("\n").replace("\x00", "")
@@ -137,7 +139,7 @@ def _events(path: Path, name: str, budget: int) -> tuple[list[_Event], int]:
             events.append(_Event(message[:2000], severity, f"{name}:{number}", stamp))
     if trace is not None:
         events.append(_Event("Traceback: (cut short)", "error", trace_where, trace_stamp))
-    return events, lines
+    return events, lines, cut
 
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2, "debug": 3}
@@ -161,8 +163,9 @@ def group_logs(root: Path, *, max_lines: int, max_groups: int, samples: int) -> 
         if budget <= 0:
             truncated = True
             break
-        found, read = _events(path, path.relative_to(root).as_posix(), budget)
+        found, read, cut = _events(path, path.relative_to(root).as_posix(), budget)
         total_lines += read
+        truncated = truncated or cut
         for event in found:
             events += 1
             mined = miner.add_log_message(event.text)
