@@ -21,6 +21,7 @@ from haven.archives import ArchiveRejected, Inventory, extract, inspect
 from haven.db.engine import transaction
 from haven.db.tables import JobKind, Review, UsageEntry
 from haven.jobs import Reason
+from haven.review_settings import ReviewSettings
 from workers.jobs.handler import Claim, JobHandler, finish
 from workers.jobs.heartbeat import Heartbeat
 from workers.jobs.registry import register
@@ -135,9 +136,9 @@ class ReviewRun:
                 max_findings=settings.max_findings,
             )
             self.beat(done=3)
-            passes = self.llm_passes(llm, changes, static, work)
+            passes = llm_passes(llm, changes, static, settings)
             self.beat(done=4)
-            logs = self.log_pass(llm, work) if work.logs is not None else None
+            logs = log_pass(llm, work.logs, settings) if work.logs is not None else None
             self.beat(done=5)
             result = self.result(review, work, changes, static, passes, logs, llm)
             with transaction(self.rt.session_factory) as session:
@@ -171,101 +172,6 @@ class ReviewRun:
                 publish.deliver_due(self.rt.session_factory, settings, only=delivery_id)
             except Exception as exc:
                 log.warning("review.publish_deferred", error=type(exc).__name__)
-
-    def llm_passes(
-        self, llm: LlmSession, changes: ChangeSet, static: StaticReport, work: Workspace
-    ) -> dict[str, Any]:
-        settings = self.settings
-        llm.count(["x"])  # the context length and the model's identity
-        answer = min(settings.answer_tokens, max(32, llm.context_length // 3))
-        known = {c.path for c in changes.files}
-
-        def fits(prompt_head: str) -> int:
-            head = llm.count([prompt_head])[0]
-            return llm.context_length - head - answer - 64
-
-        # Pass 1: architecture, from the shape of the change.
-        tree = (
-            "\n".join(f"{c.status:8} {c.path} (+{c.added} -{c.removed})" for c in changes.files)
-            or "(no changes)"
-        )
-        head1 = ARCHITECTURE_PROMPT
-        tree = _clip(llm, tree, fits(head1))
-        architecture = llm.complete("architecture", head1 + tree, answer)
-
-        # Pass 2: components, within the budget.
-        head2 = COMPONENTS_PROMPT
-        batches, coverage = plan(changes, llm.count, fits(head2), settings.max_component_calls)
-        component_findings: list[dict[str, Any]] = []
-        notes: list[str] = []
-        for batch in batches:
-            text = llm.complete("components", head2 + batch.text, answer)
-            found, rest = parse_findings(text, known)
-            component_findings += found
-            notes += rest
-        # Pass 3: synthesis, with the linters' findings.
-        lint = (
-            "\n".join(
-                f"{f.path}:{f.start_line} [{f.source} {f.rule}] {f.message}"
-                for f in static.findings[:30]
-            )
-            or "(none)"
-        )
-        component_lines = [
-            f"{f.get('path')}:{f.get('start_line')} {f['message']}" for f in component_findings[:30]
-        ]
-        body = "\n".join(
-            [
-                "Architecture notes:",
-                architecture,
-                "",
-                "Component notes:",
-                *component_lines,
-                *notes[:20],
-                "",
-                "Linter findings:",
-                lint,
-            ]
-        )
-        head3 = SYNTHESIS_PROMPT
-        synthesis = llm.complete("synthesis", head3 + _clip(llm, body, fits(head3)), answer)
-        return {
-            "architecture": architecture,
-            "components": {"findings": component_findings, "notes": notes, "calls": len(batches)},
-            "synthesis": synthesis,
-            "coverage": coverage,
-        }
-
-    def log_pass(self, llm: LlmSession, work: Workspace) -> dict[str, Any]:
-        settings = self.settings
-        assert work.logs is not None
-        report: LogReport = group_logs(
-            work.logs,
-            max_lines=settings.max_log_lines,
-            max_groups=settings.max_log_groups,
-            samples=settings.log_samples,
-        )
-        top = report.top_errors(settings.log_groups_to_llm)
-        diagnosis = None
-        if top:
-            answer = min(settings.answer_tokens, max(32, llm.context_length // 3))
-            head = LOGS_PROMPT
-            groups = "\n\n".join(
-                f"Group {i + 1} ({g.count} times): {g.template}\n"
-                f"Sample: {g.samples[0] if g.samples else ''}"
-                for i, g in enumerate(top)
-            )
-            budget = llm.context_length - llm.count([head])[0] - answer - 64
-            diagnosis = llm.complete("logs", head + _clip(llm, groups, budget), answer)
-        return {
-            "files": report.files,
-            "lines": report.lines,
-            "events": report.events,
-            "groups": [g.as_dict() for g in report.groups[:100]],
-            "group_count": len(report.groups),
-            "truncated": report.truncated,
-            "diagnosis": diagnosis,
-        }
 
     def result(
         self,
@@ -319,6 +225,102 @@ class ReviewRun:
                 "llm_seconds": round(sum(c.seconds for c in llm.calls), 3),
             },
         }
+
+
+def llm_passes(
+    llm: LlmSession, changes: ChangeSet, static: StaticReport, settings: ReviewSettings
+) -> dict[str, Any]:
+    """Architecture, components (within the budget) and synthesis."""
+    llm.count(["x"])  # the context length and the model's identity
+    answer = min(settings.answer_tokens, max(32, llm.context_length // 3))
+    known = {c.path for c in changes.files}
+
+    def fits(prompt_head: str) -> int:
+        head = llm.count([prompt_head])[0]
+        return llm.context_length - head - answer - 64
+
+    # Pass 1: architecture, from the shape of the change.
+    tree = (
+        "\n".join(f"{c.status:8} {c.path} (+{c.added} -{c.removed})" for c in changes.files)
+        or "(no changes)"
+    )
+    head1 = ARCHITECTURE_PROMPT
+    tree = _clip(llm, tree, fits(head1))
+    architecture = llm.complete("architecture", head1 + tree, answer)
+
+    # Pass 2: components, within the budget.
+    head2 = COMPONENTS_PROMPT
+    batches, coverage = plan(changes, llm.count, fits(head2), settings.max_component_calls)
+    component_findings: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for batch in batches:
+        text = llm.complete("components", head2 + batch.text, answer)
+        found, rest = parse_findings(text, known)
+        component_findings += found
+        notes += rest
+    # Pass 3: synthesis, with the linters' findings.
+    lint = (
+        "\n".join(
+            f"{f.path}:{f.start_line} [{f.source} {f.rule}] {f.message}"
+            for f in static.findings[:30]
+        )
+        or "(none)"
+    )
+    component_lines = [
+        f"{f.get('path')}:{f.get('start_line')} {f['message']}" for f in component_findings[:30]
+    ]
+    body = "\n".join(
+        [
+            "Architecture notes:",
+            architecture,
+            "",
+            "Component notes:",
+            *component_lines,
+            *notes[:20],
+            "",
+            "Linter findings:",
+            lint,
+        ]
+    )
+    head3 = SYNTHESIS_PROMPT
+    synthesis = llm.complete("synthesis", head3 + _clip(llm, body, fits(head3)), answer)
+    return {
+        "architecture": architecture,
+        "components": {"findings": component_findings, "notes": notes, "calls": len(batches)},
+        "synthesis": synthesis,
+        "coverage": coverage,
+    }
+
+
+def log_pass(llm: LlmSession, logs: Path, settings: ReviewSettings) -> dict[str, Any]:
+    """Group the run logs; the model diagnoses the top error groups."""
+    report: LogReport = group_logs(
+        logs,
+        max_lines=settings.max_log_lines,
+        max_groups=settings.max_log_groups,
+        samples=settings.log_samples,
+    )
+    top = report.top_errors(settings.log_groups_to_llm)
+    diagnosis = None
+    if top:
+        answer = min(settings.answer_tokens, max(32, llm.context_length // 3))
+        head = LOGS_PROMPT
+        groups = "\n\n".join(
+            f"Group {i + 1} ({g.count} times): {g.template}\n"
+            f"Sample: {g.samples[0] if g.samples else ''}"
+            for i, g in enumerate(top)
+        )
+        budget = llm.context_length - llm.count([head])[0] - answer - 64
+        diagnosis = llm.complete("logs", head + _clip(llm, groups, budget), answer)
+    return {
+        "files": report.files,
+        "lines": report.lines,
+        "events": report.events,
+        "groups": [g.as_dict() for g in report.groups[:100]],
+        "group_count": len(report.groups),
+        "truncated": report.truncated,
+        "diagnosis": diagnosis,
+    }
 
 
 def _clip(llm: LlmSession, text: str, budget: int) -> str:
