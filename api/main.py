@@ -17,6 +17,7 @@ from api.jobs.router import router as jobs_router
 from api.openai.router import router as openai_router
 from api.ops import router as ops_router
 from api.reviews.router import router as reviews_router
+from api.runs.router import router as runs_router
 from api.runtime import ApiRuntime
 from api.search.router import router as search_router
 from api.settings import ApiSettings
@@ -73,4 +74,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(search_router)
     app.include_router(chat_router)
     app.include_router(openai_router)
+    # code runs in the sandbox, who may run code, the common-error registry
+    app.include_router(runs_router)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from haven.review_settings import ReviewSettings
+from haven.sandbox import SandboxSettings
 from haven.settings import AuthSettings, StoreSettings
 
 
@@ -39,3 +40,8 @@ class ApiSettings(StoreSettings, AuthSettings):
     # A comment line on an idle stream, so proxies and browsers keep it open.
     chat_heartbeat_seconds: float = Field(default=15.0, gt=0)
     answer_cache_ttl_seconds: int = Field(default=24 * 3600, ge=0)
+    # --- code runs (api/runs) ---
+    # The languages and submission limits the runner has (HAVEN_SANDBOX_*, shared with it).
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    # Runs a day of an allow-listed user or API key whose entry sets no quota of its own.
+    runs_daily_quota: int = Field(default=200, ge=0)

@@ -61,6 +61,17 @@ def _register_job_task(app: Celery, handler: JobHandler) -> None:
     del run
 
 
+def _serve_runner_health(app: Celery, settings: WorkerSettings) -> None:
+    """The runner's /healthz and /readyz (a no-op sandbox run), when this worker runs code."""
+    if settings.runner_health_port and "run" in settings.worker_queues:
+        from workers.runs.health import serve_in_thread
+
+        sandbox = runtime_for(app).sandbox
+        serve_in_thread(sandbox, settings.runner_health_host, settings.runner_health_port)
+        ready = sandbox.readiness(fresh=True)
+        log.info("runner.sandbox", ready=ready.ok, reason=ready.reason)
+
+
 def create_worker_app(settings: WorkerSettings) -> Celery:
     app = create_celery(settings, beat_interval=settings.reaper_interval_seconds)
     app.conf.haven_settings = settings
@@ -89,7 +100,12 @@ def create_worker_app(settings: WorkerSettings) -> Celery:
         if getattr(sender, "app", None) is not app:
             return
         declare_topology(app)
+        _serve_runner_health(app, settings)
         try:  # load the chunking tokenizer now rather than inside the first job
+            if "ingest" not in settings.worker_queues:  # e.g. the runner: no chunking here
+                hearing = runtime_for(app).cancels  # its subscriber thread starts here
+                del hearing
+                return
             runtime_for(app).warm()
         except Exception as exc:  # jobs will retry until the model store is reachable
             log.warning("worker.warm_failed", error=str(exc))

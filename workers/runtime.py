@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from haven.db.engine import make_engine, make_session_factory
 from haven.emb_client import EmbClient
 from haven.index import ChunkIndex
+from haven.sandbox import Sandbox
 from haven.storage import make_client
 from haven.vectors import make_index, make_qdrant
 from models.loader import ModelCache
@@ -85,6 +86,11 @@ class WorkerRuntime:
         cache = ModelCache(registry_from_settings(self.settings), self.settings.model_cache_dir)
         local = cache.fetch(self.settings.emb_aliases[0])
         return AutoTokenizer.from_pretrained(str(local.path))
+
+    @cached_property
+    def sandbox(self) -> Sandbox:
+        """Code runs' sandbox (workers/runs), with its readiness cache."""
+        return Sandbox(self.settings.sandbox)
 
     def warm(self) -> None:
         """Load what the first job would otherwise wait for, and start hearing cancels."""

@@ -10,14 +10,13 @@ from pydantic_settings import NoDecode
 
 from haven.queueing import QUEUES
 from haven.review_settings import ReviewSettings
+from haven.sandbox import SandboxSettings
 from models.defaults import DEFAULT_EMBED_ALIAS
 from models.settings import ModelStoreSettings
 
 
 class WorkerSettings(ModelStoreSettings):
     emb_url: str = "http://127.0.0.1:8082"
-    # The generation service, for the pipelines that call a model (reviews).
-    llm_url: str = "http://127.0.0.1:8083"
     # The code-review pipeline (HAVEN_REVIEW_*).
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     # Dense vectors are written for each of these aliases; the first one's tokenizer chunks.
@@ -57,6 +56,19 @@ class WorkerSettings(ModelStoreSettings):
     worker_queues: Annotated[list[str], NoDecode] = list(QUEUES)
     # Where an embedded beat (haven up, celery worker -B) keeps its schedule state.
     beat_schedule_path: Path = Path("var/celerybeat-schedule")
+
+    # --- code runs (workers/runs) ---
+    # The sandbox: its limits, uid and languages (HAVEN_SANDBOX_*, validated and reported
+    # in every run's result).
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    # The generation service, for the pipelines that call a model (a code run's failure no
+    # registry entry explains, the review passes).
+    llm_url: str = "http://127.0.0.1:8083"
+    runs_explain_max_tokens: int = Field(default=256, ge=16, le=4096)
+    runs_explain_timeout_seconds: float = Field(default=120.0, gt=0)
+    # The runner's /healthz and /readyz (a no-op sandbox run); 0: not served.
+    runner_health_port: int = Field(default=0, ge=0, le=65535)
+    runner_health_host: str = "0.0.0.0"  # noqa: S104 - probed by the orchestrator
 
     @field_validator("emb_aliases", "worker_queues", mode="before")
     @classmethod

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -408,3 +409,85 @@ class DeadLetter(Base):
     body: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     replayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# --- Code runs: submissions run in the sandbox, who may run code, the common-error registry --
+
+
+class CodeRun(Timestamped, Base):
+    """One submission run in the sandbox. ``bundle`` is a zip Haven wrote itself from the
+    checked submission (a snippet is one file); ``result`` what the sandbox reported, with
+    the explanation of a failure."""
+
+    __tablename__ = "code_runs"
+    __table_args__ = (
+        Index("ix_code_runs_tenant_subject_created", "tenant_id", "subject_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = _tenant_fk()
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), index=True
+    )
+    # Who ran it: a user or an API key of the tenant.
+    subject_id: Mapped[uuid.UUID] = mapped_column()
+    subject_kind: Mapped[str] = mapped_column(String(16))
+    language: Mapped[str] = mapped_column(String(32))
+    bundle: Mapped[bytes] = mapped_column(LargeBinary)
+    stdin: Mapped[bytes] = mapped_column(LargeBinary, default=b"", server_default="")
+    args: Mapped[list[str]] = mapped_column(default=list, server_default="{}")
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+
+
+class RunAccess(Timestamped, Base):
+    """A user or API key a tenant admin allowed to run code, with a daily run quota
+    (None: the installation's default)."""
+
+    __tablename__ = "run_access"
+    __table_args__ = (UniqueConstraint("tenant_id", "subject_kind", "subject_id"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = _tenant_fk()
+    subject_kind: Mapped[str] = mapped_column(String(16))
+    subject_id: Mapped[uuid.UUID] = mapped_column()
+    daily_quota: Mapped[int | None] = mapped_column(Integer)
+    created_by: Mapped[uuid.UUID | None] = mapped_column()
+
+
+class ErrorPattern(Timestamped, Base):
+    """A common error and how to explain it. ``tenant_id`` None: a shared default, read by
+    every tenant; a tenant's own entries are matched before the defaults. A run's error
+    matches when its type equals ``error_type`` (None: any failure), its message matches
+    ``message_regex`` and the submitted code matches ``code_regex`` (each None: anything)."""
+
+    __tablename__ = "error_patterns"
+    __table_args__ = (Index("ix_error_patterns_language_type", "language", "error_type"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    language: Mapped[str] = mapped_column(String(32))
+    error_type: Mapped[str | None] = mapped_column(String(200))
+    message_regex: Mapped[str | None] = mapped_column(String(500))
+    code_regex: Mapped[str | None] = mapped_column(String(500))
+    title: Mapped[str] = mapped_column(String(200))
+    explanation: Mapped[str] = mapped_column(Text)
+    hint: Mapped[str] = mapped_column(Text, default="", server_default="")
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
+
+
+class ErrorPatternHit(Base):
+    """How often an entry explained a tenant's runs (a shared default counts per tenant)."""
+
+    __tablename__ = "error_pattern_hits"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    pattern_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("error_patterns.id", ondelete="CASCADE"), primary_key=True
+    )
+    hits: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    last_hit_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

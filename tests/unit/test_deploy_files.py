@@ -42,9 +42,9 @@ STACK_VARIABLES = {
 
 STORES = {"postgres", "redis", "rabbitmq", "qdrant", "minio"}
 ONE_SHOT = {"migrate", "models-init"}
-STATELESS = {"api", "emb", "llm", "worker", "nginx"}
-HAVEN_SERVICES = {"api", "emb", "llm", "worker", "beat", "migrate", "models-init"}
-COMPOSE_SERVICES = STORES | ONE_SHOT | {"api", "worker", "beat", "llm", "emb", "nginx"}
+STATELESS = {"api", "emb", "llm", "worker", "nginx", "runner"}
+HAVEN_SERVICES = {"api", "emb", "llm", "worker", "beat", "migrate", "models-init", "runner"}
+COMPOSE_SERVICES = STORES | ONE_SHOT | {"api", "worker", "beat", "llm", "emb", "nginx", "runner"}
 STACK_SERVICES = COMPOSE_SERVICES | {"prometheus"}
 
 # The settings class each Haven service builds at start: "module:Class", or "module" for the
@@ -54,6 +54,7 @@ SERVICE_SETTINGS = {
     "migrate": "haven.settings:StoreSettings",  # `haven db upgrade`
     "models-init": "models.settings:ModelStoreSettings",  # `haven models publish-defaults`
     "worker": "workers.settings:WorkerSettings",
+    "runner": "workers.settings:WorkerSettings",
     "beat": "workers.settings:WorkerSettings",
     "llm": "llm.settings:LlmSettings",
     "emb": "emb.settings:EmbSettings",

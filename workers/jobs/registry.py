@@ -12,7 +12,13 @@ from workers.jobs.handler import JobHandler
 
 # The modules that register the workers' handlers. A new pipeline (analyze, review, run,
 # maintenance) adds its module here: ``workers/<pipeline>/handler.py`` calling ``register``.
-PIPELINES = ("workers.ingest.handler", "workers.review.handler", "workers.jobs.probe")
+PIPELINES = (
+    "workers.ingest.handler",
+    "workers.review.handler",
+    "workers.jobs.probe",
+    # code runs in the sandbox
+    "workers.runs.handler",
+)
 
 _handlers: dict[JobKind, JobHandler] = {}
 
