@@ -10,6 +10,7 @@ from pydantic import AnyHttpUrl, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from haven.archives import ArchiveLimits
+from haven.sandbox.settings import RunLimits
 
 MiB = 1024 * 1024
 
@@ -56,6 +57,11 @@ class ReviewSettings(BaseSettings):
     context_lines_after: int = Field(default=1, ge=0)
     llm_retry_seconds: PositiveFloat = 5.0  # first wait after a busy llm, doubling
     llm_max_wait_seconds: PositiveFloat = 300.0  # total wait for a busy llm before failing
+
+    # --- the submission's tests, in the code-run sandbox (HAVEN_SANDBOX_* applies) ---
+    test_limits: RunLimits = RunLimits(
+        wall_seconds=60, cpu_seconds=30, memory_mb=1024, processes=64, output_bytes=256 * 1024
+    )
 
     # --- log pass ---
     max_log_lines: PositiveInt = 200_000

@@ -123,7 +123,11 @@ def test_a_submission_is_reviewed_scored_and_published_once(stack: Stack, tenant
     assert _finding(result, "E722")["start_line"] == lines["bare_except"]
     assert _finding(result, "B307")["start_line"] == lines["eval"]
     assert _finding(result, "B608")["start_line"] == lines["sql"]
-    assert {f["path"] for f in result["static_analysis"]["findings"]} <= {"grades.py", "util.py"}
+    assert {f["path"] for f in result["static_analysis"]["findings"]} <= {
+        "grades.py",
+        "util.py",
+        "test_grades.py",
+    }
 
     # The repeated traceback is one group with its count, diagnosed by the model.
     logs = result["pass4_logs"]
@@ -133,7 +137,7 @@ def test_a_submission_is_reviewed_scored_and_published_once(stack: Stack, tenant
 
     # Every changed file is accounted for; the unchanged README is not a change.
     coverage = {c["path"]: c["review"] for c in result["coverage"]}
-    assert set(coverage) == {"grades.py", "util.py"}
+    assert set(coverage) == {"grades.py", "util.py", "test_grades.py"}
     assert all(status in ("reviewed", "partly", "skipped") for status in coverage.values())
     assert result["skipped_entries"]["new"] == [
         {"path": "photo.png", "reason": "not an allowed file type"}
@@ -141,7 +145,10 @@ def test_a_submission_is_reviewed_scored_and_published_once(stack: Stack, tenant
     for section in ("pass1_architecture", "pass2_components", "pass3_synthesis"):
         assert section in result
     assert 0 <= result["overall_score"] <= 5 and result["overall_score"] < 5
-    assert result["tests"]["ran"] is False
+    # The submission's own tests ran in the sandbox: one passes, one fails.
+    tests = result["tests"]
+    assert tests["ran"], tests
+    assert (tests["passed"], tests["failed"]) == (1, 1)
     assert result["usage"]["completion_tokens"] > 0
 
     # Published exactly once, to the primary receiver.

@@ -39,6 +39,7 @@ from workers.review.llm import (
 )
 from workers.review.logs import LogReport, group_logs
 from workers.review.scoring import RUBRIC, score
+from workers.review.tests_run import run_tests
 from workers.runtime import WorkerRuntime
 
 log = structlog.get_logger("haven.review")
@@ -184,7 +185,7 @@ class ReviewRun:
         llm: LlmSession,
     ) -> dict[str, Any]:
         coverage: list[Coverage] = passes["coverage"]
-        tests = _tests(work.new)
+        tests = run_tests(work.new, self.rt.settings.sandbox, self.settings.test_limits)
         findings = [f.as_dict() for f in static.findings] + passes["components"]["findings"]
         overall = score(static.findings, passes["components"]["findings"], logs, tests)
         errors = sum(1 for f in static.findings if f.severity == "error")
@@ -332,23 +333,6 @@ def _clip(llm: LlmSession, text: str, budget: int) -> str:
         return text
     keep = max(0, int(len(text) * budget / tokens * 0.9))
     return text[:keep] + "\n[… cut to fit the model's context]"
-
-
-def _tests(root: Path) -> dict[str, Any]:
-    found = sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*.py")
-        if p.name.startswith("test_") or p.name.endswith("_test.py")
-    )
-    if not found:
-        return {"found": 0, "ran": False, "reason": "the submission has no pytest tests"}
-    return {
-        "found": len(found),
-        "files": found[:50],
-        "ran": False,
-        "reason": "not run: no code-run sandbox is available to this worker (tests are never "
-        "run outside it)",
-    }
 
 
 def payload(review: Review, result: dict[str, Any]) -> dict[str, Any]:

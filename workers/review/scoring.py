@@ -33,7 +33,8 @@ def score(
     weights = {"error": 0.5, "warning": 0.2, "info": 0.05}
     penalty = min(2.5, sum(weights.get(f.severity, 0.0) for f in static))
     if tests.get("ran") and tests.get("total"):
-        penalty += 1.5 * tests.get("failed", 0) / tests["total"]
+        failing = tests.get("failed", 0) + tests.get("errors", 0)
+        penalty += 1.5 * failing / tests["total"]
     if logs:
         errors = sum(1 for g in logs.get("groups", []) if g.get("severity") == "error")
         penalty += min(0.5, 0.25 * errors)
