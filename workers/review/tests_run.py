@@ -85,7 +85,8 @@ def run_tests(root: Path, sandbox_settings: SandboxSettings, limits: RunLimits) 
     sandbox = Sandbox(settings)
     try:
         sandbox.require_ready()
-        result = sandbox.run(["/usr/bin/python3", "-c", BOOT.format(path=PYTEST_IN_BOX)], files, limits)
+        command = ["/usr/bin/python3", "-c", BOOT.format(path=PYTEST_IN_BOX)]
+        result = sandbox.run(command, files, limits)
     except SandboxUnavailable as exc:
         log.warning("review.tests_not_run", reason=str(exc)[:200])
         return {**base, "reason": f"not run: no sandbox on this worker ({str(exc)[:200]})"}
