@@ -114,7 +114,7 @@ def test_a_submission_is_reviewed_scored_and_published_once(stack: Stack, tenant
         logs_zip=z.run_logs(repeats=9),
     )  # fmt: skip
     review = wait_review(stack, tenant, task_id)
-    assert review["status"] == "ready", review
+    assert review["status"] == "ready", (review["error"], review["error_message"])
     result = review["result"]
 
     # The seeded defects, each named on its line.
@@ -158,7 +158,12 @@ def test_a_submission_is_reviewed_scored_and_published_once(stack: Stack, tenant
     assert sent[0]["key"] == sent[0]["body"]["idempotency_key"]
     assert sent[0]["body"]["result"]["overall_score"] == result["overall_score"]
     assert not [r for r in FALLBACK.received if r["body"]["task_id"] == task_id]
-    assert review["publication"]["state"] == "delivered"
+
+    def delivered() -> bool:
+        read = stack.client.get(f"/api/v1/reviews/{task_id}", headers=tenant.headers).json()
+        return bool(read["publication"]["state"] == "delivered")
+
+    wait_for(delivered, 30, "the review's publication to say delivered")
 
     # The same submission again is the same review, not a second one.
     again = stack.client.post(
@@ -180,7 +185,7 @@ def test_with_the_primary_down_the_fallback_gets_it(stack: Stack, tenant: Accoun
     try:
         task_id = submit(stack, tenant, "beef002", new_zip=z.project_new())
         review = wait_review(stack, tenant, task_id)
-        assert review["status"] == "ready"
+        assert review["status"] == "ready", (review["error"], review["error_message"])
         wait_for(
             lambda: any(r["body"]["task_id"] == task_id for r in FALLBACK.received),
             30,
