@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api.admin.router import router as admin_router
+from api.analyses.router import router as analyses_router
 from api.auth.router import router as auth_router
 from api.chat.router import router as chat_router
 from api.documents.router import router as documents_router
@@ -16,6 +17,8 @@ from api.errors import install_error_handlers
 from api.jobs.router import router as jobs_router
 from api.openai.router import router as openai_router
 from api.ops import router as ops_router
+from api.read_only import ReadOnlyMiddleware
+from api.read_only_router import router as read_only_router
 from api.reviews.router import router as reviews_router
 from api.runs.router import router as runs_router
 from api.runtime import ApiRuntime
@@ -25,13 +28,16 @@ from haven import __version__
 from haven.body_limit import BodyLimitMiddleware
 from haven.queueing import declare_topology
 from haven.storage import ensure_bucket
-from haven.telemetry import RequestContextMiddleware, configure_logging, log
+from haven.telemetry import RequestContextMiddleware, configure_service_logging, log
+from haven.tracing import configure_tracing, instrument_app
 from haven.vectors import make_qdrant
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
-    configure_logging(settings.log_level, settings.log_json)
+    configure_service_logging(settings)
+    # Before the runtime opens its clients, so that their libraries are instrumented.
+    configure_tracing("api", settings.otel_endpoint, version=__version__)
     runtime = ApiRuntime.build(settings)
 
     @asynccontextmanager
@@ -55,6 +61,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     # Every body but a multipart upload's is refused with 413 past this size, before it is
     # parsed (uploads have their own limit, below).
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_json_body_bytes)
+    # Read-only mode refuses writes before their body is read (inside CORS, so a browser
+    # can read the reason).
+    app.add_middleware(
+        ReadOnlyMiddleware,
+        switch=runtime.read_only,
+        retry_after=settings.read_only_retry_after_seconds,
+    )
+    app.state.ops_metrics = runtime.ops
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -76,4 +90,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(openai_router)
     # code runs in the sandbox, who may run code, the common-error registry
     app.include_router(runs_router)
+    app.include_router(read_only_router)
+    instrument_app(app)
+    # analyses (#18)
+    app.include_router(analyses_router)
     return app

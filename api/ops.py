@@ -147,12 +147,16 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
 
 
 @router.get("/api/version")
-async def version(runtime: RuntimeDep) -> dict[str, str]:
+async def version(runtime: RuntimeDep) -> dict[str, Any]:
+    """The build, and read-only mode (``read_only.on`` and its reason: the web app's
+    banner)."""
+    state = await asyncio.to_thread(runtime.read_only.current)
     return {
         "service": "api",
         "version": __version__,
         "build": runtime.settings.build_version,
         "commit": runtime.settings.git_commit,
+        "read_only": state.to_json(),
     }
 
 

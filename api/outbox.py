@@ -39,7 +39,8 @@ class JobOutbox:
         return bool(self.pending or self.callbacks)
 
     def flush(self, runtime: ApiRuntime) -> None:
-        request_id = structlog.contextvars.get_contextvars().get("request_id")
+        bound = structlog.contextvars.get_contextvars()
+        request_id = bound.get("request_id")
         for task, job_id in self.pending:
             try:
                 send_job_once(
@@ -48,7 +49,7 @@ class JobOutbox:
                     task,
                     job_id,
                     expires_seconds=runtime.settings.task_expires_seconds,
-                    headers={"request_id": request_id},
+                    headers={"request_id": request_id, "tenant_id": bound.get("tenant_id")},
                     force=job_id in self.forced,
                 )
             except Exception as exc:  # the reaper re-sends queued jobs whose message is lost

@@ -31,7 +31,9 @@ from haven.emb_client import AsyncEmbClient
 from haven.index import ChunkIndex
 from haven.job_metrics import JobPipelineCollector
 from haven.llm_client import AsyncLlmClient
+from haven.ops_metrics import ApiOpsMetrics, JobStateCollector, tenant_in_context
 from haven.queueing import create_celery
+from haven.read_only import ReadOnlySwitch
 from haven.storage import Presigner, make_client, make_presigner
 from haven.telemetry import RequestMetrics
 from haven.vectors import make_index, release_qdrant
@@ -66,6 +68,9 @@ class ApiRuntime:
     signin: SignInThrottle
     # Password checks (argon2, 64 MiB each) at once; they never hold a database slot.
     password_checks: asyncio.Semaphore
+    # Read-only mode as this replica last read it, and the operators' metrics.
+    read_only: ReadOnlySwitch
+    ops: ApiOpsMetrics
     # Requests that may hold a database session at once. Every session is opened under a
     # slot and a slot never waits in a thread, so a thread never waits for a connection:
     # with more concurrent requests than connections, the rest wait here, on the event loop,
@@ -97,6 +102,18 @@ class ApiRuntime:
             settings.redis_url, socket_connect_timeout=2, socket_timeout=5
         )
         registry.register(JobPipelineCollector(celery, session_factory, settings.job_lease_seconds))
+        read_only = ReadOnlySwitch(session_factory, settings.read_only_cache_seconds)
+        registry.register(JobStateCollector(session_factory, read_only))
+        ops = ApiOpsMetrics(registry)
+        llm = AsyncLlmClient(settings.llm_url)
+        llm.on_completed = lambda done: ops.count_tokens(
+            tenant_in_context(), done.completion_tokens
+        )
+        answers = AnswerCache(
+            aredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5),
+            settings.answer_cache_ttl_seconds,
+        )
+        answers.on_lookup = ops.count_lookup
         return cls(
             settings=settings,
             engine=engine,
@@ -118,13 +135,8 @@ class ApiRuntime:
             registry=registry,
             celery=celery,
             emb=AsyncEmbClient(settings.emb_url),
-            llm=AsyncLlmClient(settings.llm_url),
-            answers=AnswerCache(
-                aredis.Redis.from_url(
-                    settings.redis_url, socket_connect_timeout=2, socket_timeout=5
-                ),
-                settings.answer_cache_ttl_seconds,
-            ),
+            llm=llm,
+            answers=answers,
             auth=AuthStates(async_redis, sync_redis, settings.auth_state_ttl_seconds),
             signin=SignInThrottle(
                 async_redis,
@@ -133,6 +145,8 @@ class ApiRuntime:
                 window_seconds=settings.signin_window_seconds,
             ),
             password_checks=asyncio.Semaphore(settings.password_check_concurrency),
+            read_only=read_only,
+            ops=ops,
         )
 
     async def in_db_thread(self, fn: Callable[..., T], *args: Any) -> T:

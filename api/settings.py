@@ -45,3 +45,17 @@ class ApiSettings(StoreSettings, AuthSettings):
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     # Runs a day of an allow-listed user or API key whose entry sets no quota of its own.
     runs_daily_quota: int = Field(default=200, ge=0)
+    # --- queue caps (operators) ---
+    # Jobs of a workload (job kind) that may wait at once: per tenant (past it: 429) and in
+    # total (past it: 503), as JSON objects, e.g. HAVEN_QUEUE_CAP_PER_TENANT='{"ingest": 500}'.
+    # A kind missing from a map has no such cap.
+    queue_cap_per_tenant: dict[str, int] = {"ingest": 1000}
+    queue_cap_total: dict[str, int] = {"ingest": 10000}
+    queue_cap_retry_after_seconds: int = Field(default=30, ge=1)
+    # --- end queue caps ---
+    # --- analyses (POST /api/v1/analyses) ---
+    # Documents one analysis may read, and their tokens in all (estimated from their chunks
+    # at request time; the worker counts them exactly in the model's tokens).
+    analyze_max_documents: int = Field(default=20, ge=1)
+    analyze_max_input_tokens: int = Field(default=2_000_000, ge=1)
+    analyze_max_schema_bytes: int = Field(default=64 * 1024, ge=256)

@@ -17,6 +17,7 @@ from celery.signals import worker_ready as worker_ready_signal
 
 from api.main import create_app
 from api.settings import ApiSettings
+from haven.ops_metrics import WORKER_METRICS
 from haven.queueing import QUEUES
 from workers.app import create_worker_app
 from workers.settings import WorkerSettings
@@ -30,6 +31,8 @@ def main(
     api_settings = ApiSettings()
     worker_settings = WorkerSettings()
     app = create_app(api_settings)
+    # The worker's job metrics on the API's /metrics (one process, one port).
+    WORKER_METRICS.serve_in(app.state.runtime.registry)
     # Ready means ready to ingest too: the worker consumes (and has loaded its tokenizer).
     worker_ready = threading.Event()
     worker_ready_signal.connect(lambda **_: worker_ready.set(), weak=False)

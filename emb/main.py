@@ -12,12 +12,14 @@ from emb.routes import router
 from emb.runtime import EmbRuntime
 from emb.settings import EmbSettings
 from haven import __version__
-from haven.telemetry import RequestContextMiddleware, configure_logging, log
+from haven.telemetry import RequestContextMiddleware, configure_service_logging, log
+from haven.tracing import configure_tracing, instrument_app
 
 
 def create_app(settings: EmbSettings | None = None) -> FastAPI:
     settings = settings or EmbSettings()
-    configure_logging(settings.log_level, settings.log_json)
+    configure_service_logging(settings)
+    configure_tracing("emb", settings.otel_endpoint, version=__version__)
     runtime = EmbRuntime(settings)
 
     @asynccontextmanager
@@ -35,4 +37,5 @@ def create_app(settings: EmbSettings | None = None) -> FastAPI:
     app.state.runtime = runtime
     app.add_middleware(RequestContextMiddleware, metrics=runtime.metrics.http)
     app.include_router(router)
+    instrument_app(app)
     return app

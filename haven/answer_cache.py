@@ -23,7 +23,7 @@ import json
 import re
 import unicodedata
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -100,9 +100,13 @@ class AnswerCache:
     def __init__(self, client: aredis.Redis, ttl_seconds: int) -> None:
         self.client = client
         self.ttl = ttl_seconds
+        # Told of every lookup, hit or not (the API's cache hit ratio).
+        self.on_lookup: Callable[[bool], None] | None = None
 
     async def get(self, key: str) -> CachedAnswer | None:
         raw = await self.client.get(key)
+        if self.on_lookup is not None:
+            self.on_lookup(raw is not None)
         return CachedAnswer.loads(raw) if raw is not None else None
 
     async def put(self, key: str, tenant_id: uuid.UUID, answer: CachedAnswer) -> None:

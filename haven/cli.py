@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from importlib.metadata import EntryPoint, entry_points
 from typing import Annotated
 
@@ -10,6 +11,7 @@ import typer
 from alembic import command
 from sqlalchemy.orm import Session, sessionmaker
 
+from haven import read_only
 from haven.auth import accounts
 from haven.cli_support import alembic_config
 from haven.db.engine import make_engine, make_session_factory, transaction
@@ -118,6 +120,64 @@ def create_user(
             f"{exc.message}: {tenant!r}" if isinstance(exc, NotFound) else exc.message, err=True
         )
         raise typer.Exit(1) from exc
+
+
+# --- read-only mode ---------------------------------------------------------------------------
+
+read_only_app = typer.Typer(
+    help="Read-only mode: pause every write (uploads, changes, new jobs); reads and answers go on.",
+    no_args_is_help=True,
+)
+admin_app.add_typer(read_only_app, name="read-only")
+
+
+@contextmanager
+def _platform_transaction() -> Iterator[Session]:
+    engine = make_engine(StoreSettings())
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def _echo_state(state: read_only.ReadOnlyState) -> None:
+    if state.on:
+        since = state.since.isoformat() if state.since else "?"
+        typer.echo(f"read-only: on since {since} ({state.reason})")
+    else:
+        typer.echo("read-only: off")
+
+
+@read_only_app.command("on")
+def read_only_on(
+    reason: Annotated[str, typer.Option(help="shown to refused callers and in /api/version")],
+) -> None:
+    """Switch read-only mode on (every API replica and worker sees it within seconds)."""
+    with _platform_transaction() as session:
+        state = read_only.switch(
+            session, AuditLog(session, None, None), on=True, reason=reason, by="cli"
+        )
+    _echo_state(state)
+
+
+@read_only_app.command("off")
+def read_only_off(
+    reason: Annotated[str | None, typer.Option(help="why, for the audit log")] = None,
+) -> None:
+    """Switch read-only mode off: writes and new jobs go on."""
+    with _platform_transaction() as session:
+        state = read_only.switch(
+            session, AuditLog(session, None, None), on=False, reason=reason, by="cli"
+        )
+    _echo_state(state)
+
+
+@read_only_app.command("status")
+def read_only_status() -> None:
+    """Whether read-only mode is on, since when and why."""
+    with _platform_transaction() as session:
+        _echo_state(read_only.read(session))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from haven.tracing import span
 from haven.vectorstore import Filter, Match, Point, Schema, SparseVector, VectorStore
 
 __all__ = [
@@ -123,7 +124,8 @@ class ChunkIndex:
             for chunk in chunks
         ]
         if points:
-            self.store.upsert(self.collection, points)
+            with span("qdrant.upsert", points=len(points)):
+                self.store.upsert(self.collection, points)
         return len(points)
 
     def activate_version(

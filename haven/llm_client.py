@@ -12,7 +12,7 @@ the service notices and answers by stopping the generation and freeing its slot.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +125,8 @@ class AsyncLlmClient:
             timeout=httpx.Timeout(timeout, connect=5.0),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
         )
+        # Told of every finished generation (the API counts tokens per tenant with it).
+        self.on_completed: Callable[[Completed], None] | None = None
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -184,9 +186,12 @@ class AsyncLlmClient:
                             finish_reason = choice["finish_reason"]
                     usage = chunk.get("usage")
                     if usage and finish_reason is not None:
-                        yield Completed(
+                        completed = Completed(
                             finish_reason, usage["prompt_tokens"], usage["completion_tokens"]
                         )
+                        if self.on_completed is not None:
+                            self.on_completed(completed)
+                        yield completed
                         return
                 raise LlmUnavailable("the generation stream ended without finishing")
         except httpx.HTTPError as exc:

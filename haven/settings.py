@@ -38,6 +38,16 @@ class HavenSettings(BaseSettings):
     log_json: bool = True
     build_version: str = "dev"
     git_commit: str = "unknown"
+    # --- logs to a file and tracing (operators) ---
+    # JSON lines also go to this file (besides stdout), rotated every ``log_rotate_days``
+    # days; ``log_retention_files`` rotated files are kept, older ones deleted.
+    log_file: Path | None = None
+    log_rotate_days: int = Field(default=3, ge=1)
+    log_retention_files: int = Field(default=10, ge=1)
+    # OpenTelemetry tracing, off unless set: the OTLP/HTTP endpoint of a collector
+    # (e.g. http://otel-collector:4318); spans go to <endpoint>/v1/traces.
+    otel_endpoint: str | None = None
+    # --- end logs and tracing ---
 
     @classmethod
     def settings_customise_sources(
@@ -93,6 +103,14 @@ class StoreSettings(HavenSettings):
     # A running job whose worker sent no heartbeat for this long is taken over or requeued
     # (the reaper: after two leases); the API's /metrics counts such jobs as stuck.
     job_lease_seconds: int = 60
+    # --- read-only mode (operators) ---
+    # Seconds a process keeps the read-only switch it read from PostgreSQL: every API
+    # replica and worker sees a change within this long.
+    read_only_cache_seconds: float = Field(default=2.0, ge=0)
+    # The Retry-After of a write refused in read-only mode, and how long a worker waits
+    # before it looks again at a job it did not take.
+    read_only_retry_after_seconds: int = Field(default=60, ge=1)
+    # --- end read-only mode ---
 
     @model_validator(mode="after")
     def _refuse_development_store_secrets(self) -> StoreSettings:

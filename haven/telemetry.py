@@ -6,18 +6,24 @@ request carries them, and workers restore them from the task's headers.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import re
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
+from logging.handlers import TimedRotatingFileHandler
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 import structlog
 from fastapi.routing import iter_route_contexts
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import compile_path
@@ -28,8 +34,19 @@ REQUEST_ID_HEADER = "X-Request-ID"
 log = structlog.get_logger("haven")
 
 
-def configure_logging(level: str = "INFO", json_logs: bool = True) -> None:
-    """Route stdlib and structlog records through one JSON (or console) renderer."""
+def configure_logging(
+    level: str = "INFO",
+    json_logs: bool = True,
+    *,
+    log_file: Path | None = None,
+    rotate_days: int = 3,
+    retention_files: int = 10,
+    secrets: Iterable[str] = (),
+) -> None:
+    """Route stdlib and structlog records through one JSON (or console) renderer, to stdout
+    and, with ``log_file``, to that file as JSON lines, rotated every ``rotate_days`` days
+    with ``retention_files`` old files kept. Any of ``secrets`` that reaches a line anyway
+    (an exception quoting a URL, a library's debug line) is masked before it is written."""
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -44,21 +61,91 @@ def configure_logging(level: str = "INFO", json_logs: bool = True) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-    )
+    masks = sorted({secret for secret in secrets if len(secret) >= MIN_SECRET_LENGTH}, key=len)[
+        ::-1
+    ]
+
+    def formatter_for(final: Any) -> logging.Formatter:
+        return structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                _masked(final, masks) if masks else final,
+            ],
+        )
+
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(formatter)
+    handler.setFormatter(formatter_for(renderer))
+    handlers: list[logging.Handler] = [handler]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        rotating = TimedRotatingFileHandler(
+            log_file,
+            when="D",
+            interval=rotate_days,
+            backupCount=retention_files,
+            encoding="utf-8",
+            utc=True,
+        )
+        rotating.setFormatter(formatter_for(structlog.processors.JSONRenderer()))
+        handlers.append(rotating)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    for old_handler in root.handlers:
+        if isinstance(old_handler, TimedRotatingFileHandler):
+            old_handler.close()
+    root.handlers[:] = handlers
     root.setLevel(level.upper())
     # uvicorn's access log is replaced by our own request log line.
     logging.getLogger("uvicorn.access").disabled = True
+
+
+# Shorter values (a development "guest") would mask ordinary words.
+MIN_SECRET_LENGTH = 8
+
+
+def _masked(renderer: Any, secrets: list[str]) -> Any:
+    def render(logger: Any, name: str, event: Any) -> Any:
+        line = renderer(logger, name, event)
+        if isinstance(line, str):
+            for secret in secrets:
+                if secret in line:
+                    line = line.replace(secret, "***")
+        return line
+
+    return render
+
+
+def settings_secrets(settings: Any) -> list[str]:
+    """The secret values in a service's settings: every ``SecretStr``, each JWT key, and the
+    password inside a connection URL."""
+    found: list[str] = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name, None)
+        if not isinstance(value, SecretStr):
+            continue
+        secret = value.get_secret_value()
+        found.append(secret)
+        if "://" in secret:
+            password = urlsplit(secret).password
+            if password:  # as written in the URL, and as the driver sends it
+                found.extend({password, unquote(password), quote(unquote(password), safe="")})
+        if name == "jwt_keys":
+            with contextlib.suppress(ValueError, AttributeError):
+                found.extend(str(v) for v in json.loads(secret).values())
+    return found
+
+
+def configure_service_logging(settings: Any) -> None:
+    """``configure_logging`` from a service's settings (``HAVEN_LOG_*``), its secrets masked."""
+    configure_logging(
+        settings.log_level,
+        settings.log_json,
+        log_file=settings.log_file,
+        rotate_days=settings.log_rotate_days,
+        retention_files=settings.log_retention_files,
+        secrets=settings_secrets(settings),
+    )
 
 
 class RequestMetrics:

@@ -18,7 +18,8 @@ from prometheus_client import CollectorRegistry
 from haven import __version__
 from haven.body_limit import BodyLimitMiddleware
 from haven.contracts.openai import error_body
-from haven.telemetry import RequestContextMiddleware, RequestMetrics, configure_logging, log
+from haven.telemetry import RequestContextMiddleware, RequestMetrics, configure_service_logging, log
+from haven.tracing import configure_tracing, instrument_app
 from llm.errors import install_error_handlers
 from llm.metrics import LlmMetrics
 from llm.model import load_model
@@ -30,7 +31,8 @@ from models.loader import ModelIntegrityError
 
 def create_app(settings: LlmSettings | None = None) -> FastAPI:
     settings = settings or LlmSettings()
-    configure_logging(settings.log_level, settings.log_json)
+    configure_service_logging(settings)
+    configure_tracing("llm", settings.otel_endpoint, version=__version__)
     registry = CollectorRegistry()
     service = LlmService(settings, LlmMetrics(registry))
     runtime = LlmRuntime(service=service, registry=registry)
@@ -53,6 +55,7 @@ def create_app(settings: LlmSettings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.llm_max_body_bytes, body=_too_large)
     app.add_middleware(RequestContextMiddleware, metrics=RequestMetrics("llm", registry))
     app.include_router(router)
+    instrument_app(app)
     return app
 
 

@@ -13,14 +13,19 @@ while the message carries only the job id.
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
 import structlog
 from celery import Celery, Task
+from celery.exceptions import Reject
 from celery.signals import worker_init
+from prometheus_client import start_http_server
 
+from haven import __version__
 from haven.dead_letters import drain_dead_letters
+from haven.ops_metrics import WORKER_METRICS
 from haven.queueing import (
     DRAIN_DEAD_TASK,
     REAP_TASK,
@@ -28,6 +33,8 @@ from haven.queueing import (
     declare_topology,
     task_for,
 )
+from haven.telemetry import configure_service_logging
+from haven.tracing import configure_tracing
 from workers.jobs import reaper, registry
 from workers.jobs.handler import JobHandler
 from workers.jobs.runner import run_job
@@ -44,9 +51,12 @@ class JobTask(Task):  # type: ignore[misc]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         structlog.contextvars.clear_contextvars()
-        request_id = (self.request.headers or {}).get("request_id") if self.request else None
+        headers = (self.request.headers or {}) if self.request else {}
         structlog.contextvars.bind_contextvars(
-            task=self.name, job_id=str(args[0]) if args else None, request_id=request_id
+            task=self.name,
+            job_id=str(args[0]) if args else None,
+            request_id=headers.get("request_id"),
+            tenant_id=headers.get("tenant_id"),
         )
         return super().__call__(*args, **kwargs)
 
@@ -56,7 +66,17 @@ def _register_job_task(app: Celery, handler: JobHandler) -> None:
         bind=True, base=JobTask, name=task_for(handler.kind.value), acks_late=True, shared=False
     )
     def run(self: Task, job_id: str) -> str:
-        return run_job(self, runtime_for(app), handler, uuid.UUID(job_id))
+        started = time.monotonic()
+        ended: str | None = None
+        try:
+            ended = run_job(self, runtime_for(app), handler, uuid.UUID(job_id))
+            return ended
+        except Reject:  # failed, its message dead-lettered
+            ended = "failed"
+            raise
+        finally:
+            if ended in ("ready", "failed", "canceled"):
+                WORKER_METRICS.job_ended(handler.kind.value, ended, time.monotonic() - started)
 
     del run
 
@@ -73,6 +93,8 @@ def _serve_runner_health(app: Celery, settings: WorkerSettings) -> None:
 
 
 def create_worker_app(settings: WorkerSettings) -> Celery:
+    configure_service_logging(settings)
+    configure_tracing("worker", settings.otel_endpoint, version=__version__)
     app = create_celery(settings, beat_interval=settings.reaper_interval_seconds)
     app.conf.haven_settings = settings
     # Threads, not forked processes: jobs wait on emb, PostgreSQL and the object store, and
@@ -89,10 +111,14 @@ def create_worker_app(settings: WorkerSettings) -> Celery:
 
     @app.task(name=REAP_TASK, acks_late=True, shared=False)
     def reap_jobs() -> dict[str, int]:
+        if runtime_for(app).read_only.current().on:  # it writes: paused with every write
+            return {}
         return reaper.reap_jobs(runtime_for(app))
 
     @app.task(name=DRAIN_DEAD_TASK, acks_late=True, shared=False)
     def drain_dead() -> int:
+        if runtime_for(app).read_only.current().on:
+            return 0
         return drain_dead_letters(app, runtime_for(app).session_factory)
 
     @worker_init.connect(weak=False)
@@ -101,6 +127,8 @@ def create_worker_app(settings: WorkerSettings) -> Celery:
             return
         declare_topology(app)
         _serve_runner_health(app, settings)
+        if settings.worker_metrics_port:
+            start_http_server(settings.worker_metrics_port, registry=WORKER_METRICS.registry)
         try:  # load the chunking tokenizer now rather than inside the first job
             if "ingest" not in settings.worker_queues:  # e.g. the runner: no chunking here
                 hearing = runtime_for(app).cancels  # its subscriber thread starts here

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from haven.db.engine import make_engine, make_session_factory
 from haven.emb_client import EmbClient
 from haven.index import ChunkIndex
+from haven.read_only import ReadOnlySwitch
 from haven.sandbox import Sandbox
 from haven.storage import make_client
 from haven.vectors import make_index, make_qdrant
@@ -57,6 +58,11 @@ class WorkerRuntime:
         s = self.settings
         tick = max(0.1, min(1.0, s.job_heartbeat_seconds / 2, s.job_lease_seconds / 6))
         return LeaseKeeper(tick)
+
+    @cached_property
+    def read_only(self) -> ReadOnlySwitch:
+        """Read-only mode: while on, this worker takes no new job (``haven.read_only``)."""
+        return ReadOnlySwitch(self.session_factory, self.settings.read_only_cache_seconds)
 
     @cached_property
     def s3(self) -> Minio:

@@ -54,6 +54,10 @@ class WorkerSettings(ModelStoreSettings):
     job_step_deadline_seconds: float = 1800.0
     # The queues (workloads) this worker consumes, comma-separated; every one by default.
     worker_queues: Annotated[list[str], NoDecode] = list(QUEUES)
+    # The workers' Prometheus metrics (haven_jobs_ended_total, haven_job_duration_seconds,
+    # haven_extraction_failures_total) on this port; 0: none (the all-in-one serves them on
+    # the API's /metrics instead).
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
     # Where an embedded beat (haven up, celery worker -B) keeps its schedule state.
     beat_schedule_path: Path = Path("var/celerybeat-schedule")
 
@@ -69,6 +73,19 @@ class WorkerSettings(ModelStoreSettings):
     # The runner's /healthz and /readyz (a no-op sandbox run); 0: not served.
     runner_health_port: int = Field(default=0, ge=0, le=65535)
     runner_health_host: str = "0.0.0.0"  # noqa: S104 - probed by the orchestrator
+    # --- analyze (workers/analyze) ---
+    # The analyses call the generation service at ``llm_url`` (above).
+    llm_timeout_seconds: float = 600.0
+    # Tokens reserved for one part's answer (map) and for a combined answer (reduce).
+    analyze_map_tokens: int = Field(default=256, ge=8)
+    analyze_reduce_tokens: int = Field(default=512, ge=8)
+    analyze_temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    analyze_seed: int = 0
+    # Input tokens (the model's own) an analysis may read in all, counted after extraction.
+    analyze_max_input_tokens: int = Field(default=2_000_000, ge=1)
+    # How long one llm call may wait out a busy service (503/429, with backoff) before the
+    # job is retried by the runner instead.
+    analyze_llm_wait_seconds: float = Field(default=900.0, gt=0)
 
     @field_validator("emb_aliases", "worker_queues", mode="before")
     @classmethod

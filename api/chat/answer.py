@@ -17,6 +17,7 @@ The chat endpoint (SSE or JSON) and the OpenAI-compatible endpoint both answer t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -29,8 +30,9 @@ from typing import Any, Literal
 import redis
 import structlog
 
-from api.chat.grounding import Grounding, check
+from api.chat.grounding import Grounding, attribute, check
 from api.chat.prompt import (
+    HISTORY_SHARE,
     PLAIN_INSTRUCTIONS,
     RAG_INSTRUCTIONS,
     TEMPLATE_TOKENS_BASE,
@@ -62,6 +64,8 @@ log = structlog.get_logger("haven.chat")
 LABEL_TOKENS = 12
 # Below this, an answer is not worth starting.
 MIN_ANSWER_TOKENS = 16
+# Below this, a passage cut to fit is not worth offering.
+MIN_PASSAGE_TOKENS = 32
 # Chat-template markers a model may spell out instead of ending its turn; they are not an
 # answer a user can read.
 _TEMPLATE_MARKERS = re.compile(r"<\|[^|<>\s]{1,40}\|>|<(?:start|end)_of_turn>|</?s>")
@@ -99,6 +103,8 @@ class PreparedAnswer:
     cached: CachedAnswer | None
     reason: str | None
     rag: bool = True
+    # What was asked: the grounding check reads an answer's figures in its light.
+    question: str = ""
 
     @property
     def answer_tokens(self) -> int:
@@ -255,19 +261,26 @@ async def prepare(
         ]
         passages = [replace(p, text=text) for p, (text, _) in zip(passages, shortened, strict=True)]
         passage_counts = [n for _, n in shortened]
+    reserve = passage_counts[0] if passage_counts else 0
     answer_tokens = answer_budget(
-        request.max_tokens,
-        settings.chat_max_answer_tokens,
-        context - fixed,
-        reserve=passage_counts[0] if passage_counts else 0,
+        request.max_tokens, settings.chat_max_answer_tokens, context - fixed, reserve=reserve
     )
     room = context - fixed - answer_tokens
-    history = keep_history(request.history, history_counts, min(room, int(context * 0.25)))
+    # The conversation gives way to the best passage too: a client that sends a long history
+    # with long instructions must not get an answer without any source.
+    history = keep_history(
+        request.history, history_counts, min(room - reserve, int(context * HISTORY_SHARE))
+    )
     # The kept turns are the newest ones: a suffix of the history.
     kept_counts = history_counts[len(history_counts) - len(history) :] if history else []
     room -= sum(c + TEMPLATE_TOKENS_PER_MESSAGE for c in kept_counts)
 
     kept = pack(passages, passage_counts, room)
+    if passages and not kept and room >= MIN_PASSAGE_TOKENS:
+        # Not even the best passage fits whole (the instructions took the context): it is
+        # offered cut to what is left rather than not at all.
+        text, tokens = shorten(passages[0].text, passage_counts[0], room)
+        passages[0], passage_counts[0], kept = replace(passages[0], text=text), tokens, [0]
     sources = [
         Source(
             n=n,
@@ -326,12 +339,20 @@ async def prepare(
         cached=cached,
         reason=reason,
         rag=request.rag,
+        question=request.question,
     )
 
 
 def citations_of(text: str, sources: list[Source]) -> list[Citation]:
-    """Every source offered, each marked with whether the answer cites it."""
+    """Every source offered, each marked with whether the answer cites it: by its ``[n]``
+    markers or, when it has none (small models seldom write them), by the passages its
+    sentences draw on (``grounding.attribute``)."""
     cited = set(cited_numbers(text, len(sources)))
+    by: Literal["marker", "overlap"] = "marker"
+    if not cited and visible(text):
+        material = [" ".join(p for p in (s.title, s.heading, s.text) if p) for s in sources]
+        cited = {sources[i].n for i in attribute(text, material)}
+        by = "overlap"
     return [
         Citation(
             n=s.n,
@@ -341,6 +362,7 @@ def citations_of(text: str, sources: list[Source]) -> list[Citation]:
             version=s.version,
             page=s.page,
             cited=s.n in cited,
+            cited_by=by if s.n in cited else None,
         )
         for s in sources
     ]
@@ -371,7 +393,7 @@ def grounding_of(text: str, prepared: PreparedAnswer) -> Grounding | None:
     material = [
         part for s in prepared.sources for part in (s.text, s.title or "", s.heading or "") if part
     ]
-    return check(text, material)
+    return check(text, material, prepared.question)
 
 
 def finish(
@@ -405,7 +427,9 @@ async def generate(
     cached = prepared.cached
     if cached is not None and visible(cached.text):
         yield AnswerToken(cached.text)
-        yield finish(
+        # The grounding check reads every source: off the event loop.
+        yield await asyncio.to_thread(
+            finish,
             cached.text,
             cached.finish_reason,
             UsageRead.model_validate(cached.usage),
@@ -422,7 +446,8 @@ async def generate(
                 yield AnswerToken(event.text)
             elif isinstance(event, Completed):
                 text = "".join(parts)
-                done = finish(
+                done = await asyncio.to_thread(
+                    finish,
                     text,
                     event.finish_reason,
                     UsageRead(

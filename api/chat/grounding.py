@@ -4,8 +4,11 @@ A small model answers fluently and invents figures with the same confidence as i
 them. This check is lexical and cheap (no second model call): the figures, dates, codes and
 names of the answer are looked up in the passages the prompt offered, and each one that
 appears in none of them is reported as unsupported, so the user sees "unverified" next to an
-invented number instead of taking it as fact. It cannot tell whether a supported figure is
-used correctly, only that it was not made up; it works on English and Russian text.
+invented number instead of taking it as fact. A figure, date or code that is in a source is
+then read in its context: when the words around it in the answer (and the question's) are not
+near it in any source sentence but near another figure, it is reported too, with the
+sentence it came from (``_out_of_context``). It works on English and Russian text. The same
+word overlap tells which passages an answer without ``[n]`` markers draws on (``attribute``).
 
 What counts as a claim:
 
@@ -23,15 +26,20 @@ What counts as a claim:
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any, Literal
 
 import snowballstemmer
+
+from haven.lexical import STOP_WORDS
 
 Kind = Literal["number", "date", "code", "name"]
 
@@ -222,6 +230,8 @@ _NOT_NAMES = frozenset({"I", "I'm", "I've", "I'll", "I'd", "I\u2019m", "OK"})
 
 _local = threading.local()  # snowballstemmer's stemmers keep state: one set per thread
 
+NOT_IN_SOURCES = "in no offered source"
+
 
 @dataclass(frozen=True)
 class Span:
@@ -231,9 +241,17 @@ class Span:
     kind: Kind
     start: int
     end: int
+    # Why it is unsupported, in words a user reads beside the span.
+    reason: str = NOT_IN_SOURCES
 
     def as_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "kind": self.kind, "start": self.start, "end": self.end}
+        return {
+            "text": self.text,
+            "kind": self.kind,
+            "start": self.start,
+            "end": self.end,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True)
@@ -248,12 +266,17 @@ class Grounding:
         return {"grounded": self.grounded, "unsupported": [s.as_dict() for s in self.unsupported]}
 
 
-def check(answer: str, sources: Iterable[str]) -> Grounding:
-    """The claims of ``answer`` found in none of ``sources``, in the order they appear."""
-    known = _Known.of(list(sources))
+def check(answer: str, sources: Iterable[str], question: str = "") -> Grounding:
+    """The claims of ``answer`` found in none of ``sources``, and the figures, dates and codes
+    found there only about something else (``question``, when given, is part of what the
+    answer speaks about), in the order they appear."""
+    material = list(sources)
+    known = _Known.of(material)
     text = _CITATION.sub(lambda m: " " * len(m.group()), answer)
     taken = [False] * len(text)
     found: list[Span] = []
+    # Claims some source holds: whether one holds them in the answer's context is next.
+    held: list[_Claim] = []
 
     def free(start: int, end: int) -> bool:
         return not any(taken[start:end])
@@ -266,6 +289,8 @@ def check(answer: str, sources: Iterable[str]) -> Grounding:
             take(date.start, date.end)
             if not known.has_date(date.value):
                 found.append(Span(text[date.start : date.end], "date", date.start, date.end))
+            else:
+                held.append(_Claim("date", date.value, date.start, date.end))
     for match in _TOKEN.finditer(text):
         token = match.group()
         if not _is_code(token) or not free(match.start(), match.end()):
@@ -273,6 +298,8 @@ def check(answer: str, sources: Iterable[str]) -> Grounding:
         take(match.start(), match.end())
         if _code_key(token) not in known.codes:
             found.append(Span(token, "code", match.start(), match.end()))
+        else:
+            held.append(_Claim("code", _code_key(token), match.start(), match.end()))
     markers = {m.end() - 2 for m in _LIST_MARKER.finditer(text)}
     for match in _NUMBER.finditer(text):
         if not free(match.start(), match.end()) or match.end() in markers:
@@ -280,14 +307,266 @@ def check(answer: str, sources: Iterable[str]) -> Grounding:
         take(match.start(), match.end())
         value = _number_value(match.group())
         unit = _unit_after(text, match.end())
-        if value is not None and not known.has_number(value, unit and unit[0]):
+        if value is None:
+            continue
+        if not known.has_number(value, unit and unit[0]):
             # A figure in no source is the number; one the sources give in another unit is
             # the number with its unit ("250 EUR" where they say 250 CHF).
             end = unit[1] if unit and value in known.numbers else match.end()
             found.append(Span(text[match.start() : end], "number", match.start(), end))
+        else:
+            held.append(_Claim("number", value, match.start(), match.end()))
+    if held:
+        asked = frozenset(w[2] for w in _words(question, 0, len(question)))
+        found.extend(_out_of_context(text, held, _Sentences.of(material), asked))
     found.extend(_unsupported_names(text, known, free))
     found.sort(key=lambda s: s.start)
     return Grounding(tuple(found))
+
+
+# -- figures in their context ----------------------------------------------------------------
+
+# A small model copies a real figure from the wrong sentence of a passage ("leave is 3 days"
+# where the passage says "a sick note after 3 days" and "30 days of annual leave"): the figure
+# is in a source, but not about what the answer says. The words around the answer's figure
+# (and the question's) are therefore looked for around that figure in the sources: when no
+# source sentence that holds the figure shares a word with them, while one holding another
+# figure does, or when one holding another figure shares more than twice as much, the figure
+# is reported with the sentence it came from. Words are compared by their Snowball stems,
+# each weighted by how few source sentences hold it; function words, units and month names
+# do not count (the unit is checked on its own).
+
+# Words each side of a figure that count as its context, within its sentence.
+CONTEXT_WORDS = 12
+
+# Russian function words; the English ones are haven.lexical's.
+_RU_STOP_WORDS_TEXT = """
+    и в во не что на я с со как а то все она так его но да ты к у же вы за бы по только ее
+    мне было вот от меня еще нет о из ему когда даже ли если уже или ни быть был до вас там
+    себя ей может они тут где есть надо ней для мы тебя их чем была сам без кто этот того
+    этого какой какая какие какое ним здесь этом чтобы сейчас были куда можно при об после над
+    через эти нас про всего них много сколько который которая которые
+"""
+_RU_STOP_WORDS = frozenset(_RU_STOP_WORDS_TEXT.split())
+_TERM = re.compile(r"[^\W\d_]{3,}")
+# A sentence ends at its punctuation, a blank line, or a line that starts a list item or a
+# heading; a line wrapped inside a paragraph goes on.
+_SENTENCE_END = re.compile(r"[.!?…](?=\s|$)|\n(?=[ \t]*(?:\n|[-*•#>]|\d{1,2}[.)]\s))")
+_QUOTE_CHARS = 100
+
+
+def terms(text: str) -> set[str]:
+    """The stems of the content words of ``text`` (English or Russian, function words left
+    out)."""
+    return {stem(word) for word in _TERM.findall(text.casefold()) if not _function_word(word)}
+
+
+def _function_word(word: str) -> bool:
+    return word in STOP_WORDS or word.replace("ё", "е") in _RU_STOP_WORDS
+
+
+def _context_word(word: str) -> bool:
+    return not _function_word(word) and _unit_of(word) is None and _month(word) is None
+
+
+@dataclass(frozen=True)
+class _Claim:
+    kind: Kind
+    key: Any  # the number's value, the date's (year, month, day), the code's key
+    start: int
+    end: int
+
+    def held_by(self, figure: _Figure) -> bool:
+        if self.kind != figure.kind:
+            return False
+        if self.kind != "date":
+            return bool(self.key == figure.key)
+        year, month, day = self.key
+        y, m, d = figure.key
+        return (m, d) == (month, day) and (year is None or y is None or y == year)
+
+
+@dataclass(frozen=True)
+class _Figure:
+    """A figure, date or code of a source, with the words around it in its sentence."""
+
+    kind: Kind
+    key: Any
+    stems: frozenset[str]
+    sentence: str
+    # The scripts of the sentence's words (Latin, Cyrillic).
+    scripts: frozenset[str]
+
+
+def _sentence_spans(text: str) -> list[tuple[int, int]]:
+    spans, start = [], 0
+    for match in _SENTENCE_END.finditer(text):
+        if text[start : match.end()].strip():
+            spans.append((start, match.end()))
+        start = match.end()
+    if text[start:].strip():
+        spans.append((start, len(text)))
+    return spans
+
+
+def _words(text: str, start: int, end: int) -> list[tuple[int, int, str]]:
+    """The context words of ``text[start:end]``: where each is and its stem."""
+    return [
+        (m.start(), m.end(), stem(m.group()))
+        for m in _TERM.finditer(text, start, end)
+        if _context_word(m.group().casefold())
+    ]
+
+
+def _around(words: list[tuple[int, int, str]], start: int, end: int) -> frozenset[str]:
+    """The stems of up to ``CONTEXT_WORDS`` words each side of ``text[start:end]``."""
+    before = [w for w in words if w[1] <= start]
+    after = [w for w in words if w[0] >= end]
+    near = before[max(0, len(before) - CONTEXT_WORDS) :] + after[:CONTEXT_WORDS]
+    return frozenset(w[2] for w in near)
+
+
+def _figures_of(text: str) -> list[tuple[Kind, Any, int, int]]:
+    """Every number (also spelled out, or inside a code or a date), date and code of a
+    sentence, with where it is (a spelled-out number: the whole sentence)."""
+    figures: list[tuple[Kind, Any, int, int]] = []
+    spans = []
+    for match in _NUMBER.finditer(text):
+        value = _number_value(match.group())
+        if value is not None:
+            figures.append(("number", value, *match.span()))
+            spans.append(match.span())
+    for run in re.finditer(r"\d+", text):
+        if not any(a <= run.start() and run.end() <= b for a, b in spans):
+            figures.append(("number", Decimal(int(run.group())), *run.span()))
+    figures.extend(("number", Decimal(v), 0, 0) for v in _spelled_numbers(text))
+    figures.extend(("date", d.value, d.start, d.end) for d in _dates(text))
+    figures.extend(
+        ("code", _code_key(m.group()), *m.span())
+        for m in _TOKEN.finditer(text)
+        if any(c.isdigit() for c in m.group()) and any(c.isalpha() for c in m.group())
+    )
+    return figures
+
+
+@dataclass(frozen=True)
+class _Sentences:
+    figures: tuple[_Figure, ...]
+    # How much a shared word tells: a word of few source sentences ("parental") more than
+    # one of many ("leave" in a leave policy), by its inverse sentence frequency.
+    weights: dict[str, float]
+
+    def overlap(self, context: frozenset[str], figure: _Figure) -> float:
+        return sum(self.weights.get(word, 0.0) for word in context & figure.stems)
+
+    @classmethod
+    def of(cls, sources: Sequence[str]) -> _Sentences:
+        figures: list[_Figure] = []
+        frequency: Counter[str] = Counter()
+        sentences = 0
+        for source in sources:
+            text = unicodedata.normalize("NFKC", source)
+            for start, end in _sentence_spans(text):
+                sentence = text[start:end]
+                words = _words(sentence, 0, len(sentence))
+                everything = frozenset(w[2] for w in words)
+                frequency.update(everything)
+                sentences += 1
+                scripts = frozenset(_script(w) for w in everything)
+                for kind, key, a, b in _figures_of(sentence):
+                    near = _around(words, a, b) if b > a else everything
+                    figures.append(_Figure(kind, key, near, " ".join(sentence.split()), scripts))
+        weights = {word: math.log((sentences + 1) / n) for word, n in frequency.items()}
+        return cls(tuple(figures), weights)
+
+
+def _quote(sentence: str) -> str:
+    if len(sentence) > _QUOTE_CHARS:
+        sentence = sentence[: _QUOTE_CHARS - 1].rsplit(" ", 1)[0] + " …"
+    return f"\u201c{sentence}\u201d"
+
+
+def _script(stem: str) -> str:
+    return "cyrillic" if re.search(r"[а-я]", stem) else "latin"
+
+
+def _out_of_context(
+    text: str, claims: list[_Claim], sources: _Sentences, question: frozenset[str]
+) -> list[Span]:
+    """The claims that every source sentence holding them speaks of something else."""
+    found: list[Span] = []
+    # The answer's clauses: "the cap is 250 CHF; leave is 30 days" speaks of two things.
+    clauses = [
+        (start + a, start + b)
+        for start, end in _sentence_spans(text)
+        for a, b in _clause_spans(text[start:end])
+    ]
+    spans = [(c.start, c.end) for c in claims]
+    for claim in claims:
+        start, end = next(((a, b) for a, b in clauses if a <= claim.start < b), (0, len(text)))
+        words = [
+            w for w in _words(text, start, end) if not any(a < w[1] and w[0] < b for a, b in spans)
+        ]
+        context = _around(words, claim.start, claim.end) | question
+        # Only sentences in the context's own language can be compared with it (an English
+        # answer from a Russian passage shares its figures, not its words).
+        scripts = {_script(s) for s in context}
+        holders = [f for f in sources.figures if claim.held_by(f) and f.scripts & scripts]
+        if not holders:
+            continue
+        support = max(holders, key=lambda f: sources.overlap(context, f))
+        best = max(sources.figures, key=lambda f: sources.overlap(context, f))
+        shared, most = sources.overlap(context, support), sources.overlap(context, best)
+        # Nothing near the figure is what the answer speaks of, while the sources speak of
+        # that with another figure; or another figure is spoken of in more than twice as
+        # many of the answer's words.
+        if most > 2 * shared:
+            reason = (
+                f"the sources give it about something else: {_quote(support.sentence)};"
+                f" on this they say {_quote(best.sentence)}"
+            )
+            found.append(
+                Span(text[claim.start : claim.end], claim.kind, claim.start, claim.end, reason)
+            )
+    return found
+
+
+def _clause_spans(sentence: str) -> list[tuple[int, int]]:
+    spans, start = [], 0
+    for match in re.finditer(r";\s", sentence):
+        spans.append((start, match.start()))
+        start = match.end()
+    spans.append((start, len(sentence)))
+    return spans
+
+
+def attribute(answer: str, sources: Sequence[str]) -> list[int]:
+    """The indexes of ``sources`` an answer without citation markers draws on: for each of
+    its sentences, the source sharing the most of its words, figures and codes (a figure or
+    a code counts twice), if that is at least two and half of the sentence's, and no other
+    source shares as much."""
+    features = [_features(unicodedata.normalize("NFKC", s)) for s in sources]
+    drawn: list[int] = []
+    text = _CITATION.sub(lambda m: " " * len(m.group()), answer)
+    for start, end in _sentence_spans(text):
+        own = _features(text[start:end])
+        weight = sum(own.values())
+        scores = [sum(w for f, w in own.items() if f in theirs) for theirs in features]
+        if not scores or weight == 0:
+            continue
+        top = max(scores)
+        index = scores.index(top)
+        if top >= 2 and 2 * top >= weight and scores.count(top) == 1 and index not in drawn:
+            drawn.append(index)
+    return drawn
+
+
+def _features(text: str) -> dict[str, int]:
+    features = {word: 1 for word in terms(text)}
+    for kind, key, _, _ in _figures_of(text):
+        if kind != "date":
+            features[f"{kind}:{key}"] = 2
+    return features
 
 
 # -- the sources' side ------------------------------------------------------------------------
@@ -400,6 +679,7 @@ _UNITS: tuple[tuple[str, str], ...] = (
 _AFTER_NUMBER = re.compile(r"[ \u00a0]*(%|[^\W\d_]+)(?:[ \u00a0]+([^\W\d_]+))?")
 
 
+@lru_cache(maxsize=65536)
 def _unit_of(word: str) -> str | None:
     word = word.casefold()
     return next((unit for start, unit in _UNITS if word.startswith(start)), None)
@@ -429,6 +709,7 @@ def _number_value(raw: str) -> Decimal | None:
         return None
 
 
+@lru_cache(maxsize=65536)
 def _numeral(word: str) -> int | None:
     if word in _EN_NUMBERS:
         return _EN_NUMBERS[word]
@@ -484,6 +765,7 @@ class _Date:
     end: int
 
 
+@lru_cache(maxsize=65536)
 def _month(word: str) -> int | None:
     word = word.casefold().rstrip(".")
     if word in _MONTHS:
@@ -546,6 +828,7 @@ def _code_key(token: str) -> str:
     return re.sub(r"[-/_]", "", token.casefold())
 
 
+@lru_cache(maxsize=65536)
 def stem(word: str) -> str:
     """The Snowball stem of an English or Russian word (by its script), case folded."""
     word = word.casefold().replace("ё", "е")

@@ -17,8 +17,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from api.chat.grounding import stem
-from haven.lexical import STOP_WORDS
+from api.chat.grounding import terms
 
 # Tokens a chat template adds around each message (role markers, turn separators), and
 # around the whole prompt; generous for the templates Haven serves (Gemma, Llama, ChatML).
@@ -99,34 +98,14 @@ def passage_limits(context_length: int) -> PassageLimits:
     return PassageLimits(20, None, compact=False)
 
 
-# Russian function words, left out of the question's terms like the English ones.
-_RU_STOP_WORDS_TEXT = """
-    и в во не что на я с со как а то все она так его но да ты к у же вы за бы по только ее
-    мне было вот от меня еще нет о из ему когда даже ли если уже или ни быть был до вас там
-    себя ей может они тут где есть надо ней для мы тебя их чем была сам без кто этот того
-    этого какой какая какие какое ним здесь этом чтобы сейчас были куда можно при об после над
-    через эти нас про всего них много сколько который которая которые во сколько
-"""
-_RU_STOP_WORDS = frozenset(_RU_STOP_WORDS_TEXT.split())
-_TERM = re.compile(r"[^\W\d_]{3,}")
-
-
-def _terms(text: str) -> set[str]:
-    return {
-        stem(word)
-        for word in _TERM.findall(text.casefold())
-        if word not in STOP_WORDS and word not in _RU_STOP_WORDS
-    }
-
-
 def by_question_terms(question: str, passages: Sequence[Passage]) -> list[int]:
     """Indexes of ``passages``, those holding more of the question's terms (stems, English
     or Russian) first, in retrieval order otherwise. Only a few passages reach a small model,
     and it answers from the first one it sees: that one should hold the words asked about."""
-    wanted = _terms(question)
+    wanted = terms(question)
     if not wanted:
         return list(range(len(passages)))
-    coverage = [len(wanted & _terms(p.text)) for p in passages]
+    coverage = [len(wanted & terms(p.text)) for p in passages]
     return sorted(range(len(passages)), key=lambda i: -coverage[i])
 
 

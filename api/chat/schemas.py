@@ -78,6 +78,9 @@ class Citation(BaseModel):
     page: int | None
     # Whether the answer's text actually cites it (a model may not cite every passage).
     cited: bool
+    # How that was decided: the answer's ``[n]`` markers, or (an answer without any) its
+    # sentences' overlap with the passage's words and figures; None when not cited.
+    cited_by: Literal["marker", "overlap"] | None = None
 
 
 class UsageRead(BaseModel):

@@ -16,6 +16,7 @@ from haven.auth.principal import Principal
 from haven.db.engine import transaction
 from haven.db.repositories import ChatRepository, MessageRepository, UsageRepository
 from haven.db.tables import Message
+from haven.read_only import request_read_only
 
 TITLE_LENGTH = 80
 
@@ -49,7 +50,9 @@ def load_history(
 
 def store_question(
     factory: sessionmaker[Session], principal: Principal, chat_id: uuid.UUID, content: str
-) -> uuid.UUID:
+) -> uuid.UUID | None:
+    if request_read_only.get():  # answered, not added to the chat (haven.read_only)
+        return None
     with transaction(factory) as session:
         chats = ChatRepository(session, principal)
         chat = chats.require(chat_id)
@@ -82,6 +85,8 @@ class AnswerRecorder:
     parts: list[str] = field(default_factory=list)
     done: AnswerDone | None = None
     stored: bool = False
+    # Read-only mode was on when the question came: the answer is not added to the chat.
+    read_only: bool = field(default_factory=request_read_only.get)
 
     def save(self, finished_at: float) -> None:
         if self.stored or (self.done is None and not self.parts):
@@ -109,6 +114,12 @@ class AnswerRecorder:
         with transaction(self.factory) as session:
             if ChatRepository(session, self.principal).get(self.chat_id) is None:
                 return  # the chat was deleted while it answered
+            if self.read_only:  # read-only mode: the usage only (haven.read_only)
+                if done is not None:
+                    _record_usage(
+                        session, self.principal, done, finished_at - self.started, self.request_id
+                    )
+                return
             MessageRepository(session, self.principal).add(
                 Message(
                     id=self.message_id,

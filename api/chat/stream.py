@@ -22,6 +22,8 @@ import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from haven.ops_metrics import counted_stream
+
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 HEARTBEAT = ": keep-alive\n\n"
 # How long cleaning up after a stream (storing the answer) may take once the client is gone.
@@ -68,6 +70,7 @@ class AnswerStream(StreamingResponse):
         super().__init__(content, media_type="text/event-stream", headers=SSE_HEADERS)
         self.on_close = on_close
 
+    @counted_stream  # haven_sse_streams_active{route} while the answer is sent
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)

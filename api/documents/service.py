@@ -63,6 +63,7 @@ from haven.filetypes import (
     detect_mime,
 )
 from haven.index import ChunkIndex
+from haven.queue_caps import check_queue_cap
 from haven.queueing import INGEST_TASK
 from haven.storage import Presigner, remove_on_rollback, tenant_key
 
@@ -201,6 +202,9 @@ def accept_document(docs: Documents, incoming: IncomingFile, meta: UploadMeta) -
         job_rows = jobs.for_subject(version.id)
         return Accepted(existing, version, job_rows[-1] if job_rows else None, duplicate=True)
 
+    # A new version means a new ingest job: refused here, before any row or object is
+    # written, while the ingest queue is at its cap.
+    _check_ingest_cap(docs)
     tags = sorted(set(meta.tags))
     document = documents.by_source_id(meta.source_id) if meta.source_id else None
     if document is None:
@@ -262,6 +266,18 @@ def accept_document(docs: Documents, incoming: IncomingFile, meta: UploadMeta) -
     return Accepted(document, version, job, duplicate=False)
 
 
+def _check_ingest_cap(docs: Documents) -> None:
+    settings = docs.settings
+    check_queue_cap(
+        docs.session,
+        docs.principal.tenant_id,
+        JobKind.INGEST,
+        per_tenant=settings.queue_cap_per_tenant,
+        total=settings.queue_cap_total,
+        retry_after=settings.queue_cap_retry_after_seconds,
+    )
+
+
 def receive(docs: Documents, stream: Readable, meta: UploadMeta, max_bytes: int) -> Accepted:
     """Both upload paths: spool the bytes, then accept them."""
     with spooled(stream, max_bytes) as incoming:
@@ -300,6 +316,8 @@ def create_presigned_upload(docs: Documents, meta: UploadMeta) -> PresignedPost:
     """A short-lived POST policy for one object under the tenant's prefix, at most
     ``max_upload_bytes`` big. A tenant has at most ``max_open_uploads`` open at once."""
     settings = docs.settings
+    # Refused now rather than after the client sent the whole file.
+    _check_ingest_cap(docs)
     uploads = UploadRepository(docs.session, docs.principal)
     now = datetime.now(UTC)
     count, soonest = uploads.open_uploads(now)

@@ -16,6 +16,7 @@ from haven.emb_client import EmbeddingRejected, EmbeddingUnavailable
 from haven.errors import Invalid, Unavailable
 from haven.index import SparseVector
 from haven.search import QueryVectors, SearchFilters, SearchOutcome, SearchParams, search
+from haven.tracing import span
 
 log = structlog.get_logger("haven.search")
 
@@ -63,4 +64,5 @@ async def retrieve(
             updated_to=f.updated_to,
         ),
     )
-    return await asyncio.to_thread(search, runtime.index, tenant_id, vectors, params)
+    with span("qdrant.search", mode=str(params.mode), top_k=params.top_k):
+        return await asyncio.to_thread(search, runtime.index, tenant_id, vectors, params)

@@ -20,6 +20,7 @@ would), with greedy sampling. Reported per model, as shares of the questions:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from api.chat.grounding import NOT_IN_SOURCES
 from bench.answers.dataset import DOCUMENTS, QUESTIONS, Question, contains_fact
 from bench.common import machine
 from haven.db.engine import make_engine, make_session_factory
@@ -52,9 +54,12 @@ class Answer:
     content: str
     finish_reason: str
     cited_documents: frozenset[str]
+    # How the citations were decided: "marker" ([n] in the answer) or "overlap".
+    cited_by: frozenset[str]
     grounded: bool | None
     unsupported: list[dict[str, Any]]
     seconds: float
+    sources: list[dict[str, Any]]
 
     @property
     def non_empty(self) -> bool:
@@ -68,6 +73,28 @@ class Answer:
     def wrong_figure(self) -> bool:
         """States a figure or code, but not the expected one."""
         return self.non_empty and not self.has_fact and bool(_FIGURE.search(self.content))
+
+    @property
+    def in_context(self) -> bool:
+        """Marked for a figure the sources hold only about something else."""
+        return any(
+            span.get("reason", NOT_IN_SOURCES) != NOT_IN_SOURCES for span in self.unsupported
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "question": self.question.text,
+            "document": self.question.document,
+            "expected": list(self.question.expected),
+            "content": self.content,
+            "finish_reason": self.finish_reason,
+            "has_fact": self.has_fact,
+            "cited_documents": sorted(self.cited_documents),
+            "cited_by": sorted(self.cited_by),
+            "grounded": self.grounded,
+            "unsupported": self.unsupported,
+            "sources": self.sources,
+        }
 
 
 def publish_all(registry: ModelRegistry) -> None:
@@ -110,9 +137,21 @@ def ask_all(
                 cited_documents=frozenset(
                     names.get(c["document_id"], "?") for c in body["citations"] if c["cited"]
                 ),
+                cited_by=frozenset(
+                    c.get("cited_by") or "" for c in body["citations"] if c["cited"]
+                ),
                 grounded=body.get("grounded"),
                 unsupported=body.get("unsupported", []),
                 seconds=seconds,
+                sources=[
+                    {
+                        "document": names.get(s["document_id"], "?"),
+                        "title": s["title"],
+                        "heading": s["heading"],
+                        "text": s["text"],
+                    }
+                    for s in body["sources"]
+                ],
             )
         )
         mark = "✓" if answers[-1].has_fact else "✗"
@@ -128,15 +167,23 @@ def share(answers: list[Answer], predicate: Any) -> str:
 def summary(name: str, answers: list[Answer]) -> str:
     wrong = [a for a in answers if a.wrong_figure]
     flagged = sum(1 for a in wrong if a.grounded is False)
+    by_context = sum(1 for a in wrong if a.in_context)
+    right = [a for a in answers if a.has_fact]
     times = sorted(a.seconds for a in answers)
     return (
         f"- `{name}`: non-empty **{share(answers, lambda a: a.non_empty)}**, "
         f"fact **{share(answers, lambda a: a.has_fact)}**, "
         f"cites the right document **"
-        f"{share(answers, lambda a: a.question.document in a.cited_documents)}**, "
+        f"{share(answers, lambda a: a.question.document in a.cited_documents)}** "
+        f"(by `[n]` {share(answers, lambda a: 'marker' in a.cited_by)}, by overlap "
+        f"{share(answers, lambda a: 'overlap' in a.cited_by)}; cites a wrong document "
+        f"{share(answers, lambda a: bool(a.cited_documents - {a.question.document}))}), "
         f"marked ungrounded {share(answers, lambda a: a.grounded is False)}; "
         f"answers with a wrong figure or code: {len(wrong)}, of which marked ungrounded "
-        f"**{flagged}/{len(wrong)}**; seconds per answer: median {times[len(times) // 2]:.1f}"
+        f"**{flagged}/{len(wrong)}** ({by_context} for a figure out of its context); "
+        f"answers with the fact marked ungrounded: "
+        f"{sum(1 for a in right if a.grounded is False)}/{len(right)}; "
+        f"seconds per answer: median {times[len(times) // 2]:.1f}"
     )
 
 
@@ -147,9 +194,16 @@ def main() -> None:
     parser.add_argument("--ctx", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-record", action="store_true")
+    parser.add_argument(
+        "--dump",
+        type=Path,
+        help="write every answer with its sources here (JSON), for"
+        " `python -m bench.answers.context`",
+    )
     args = parser.parse_args()
     wanted = args.models.split(",")
 
+    load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="haven-bench-answers-"))
     moto = start_moto(work)
     s3 = next(moto)
@@ -191,7 +245,9 @@ def main() -> None:
     report = "\n".join(
         [
             f"## answers — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-            f"machine: {machine()}",
+            f"machine: {machine()}; load average (1, 5, 15 min) at the start"
+            f" {' / '.join(f'{x:.1f}' for x in load_before)}, at the end"
+            f" {' / '.join(f'{x:.1f}' for x in os.getloadavg())}",
             f"command: `.venv/bin/python -m bench.answers.run --max-tokens {args.max_tokens}"
             f" --ctx {args.ctx} --threads {args.threads}`",
             f"- {len(QUESTIONS)} questions ({english} English, {len(QUESTIONS) - english}"
@@ -202,6 +258,16 @@ def main() -> None:
         ]
     )
     print(report)
+    if args.dump is not None:
+        args.dump.parent.mkdir(parents=True, exist_ok=True)
+        args.dump.write_text(
+            json.dumps(
+                {name: [a.as_json() for a in answers] for name, answers in results.items()},
+                ensure_ascii=False,
+                indent=1,
+            ),
+            encoding="utf-8",
+        )
     if not args.no_record:
         with RESULTS.open("a", encoding="utf-8") as out:
             out.write("\n" + report)

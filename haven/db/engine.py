@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+import sqlalchemy
+from sqlalchemy import Engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -16,7 +17,8 @@ from haven.settings import StoreSettings
 
 
 def make_engine(settings: StoreSettings) -> Engine:
-    engine = create_engine(
+    # Looked up on the module at each call: tracing (``haven.tracing``) wraps it there.
+    engine = sqlalchemy.create_engine(
         settings.database_url.get_secret_value(),
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,

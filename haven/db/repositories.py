@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from haven.auth.principal import Principal
 from haven.db.tables import (
+    Analysis,
     ApiKey,
     AuditEntry,
     Base,
@@ -867,3 +868,81 @@ class UsageRepository(TenantRepository[UsageEntry]):
                 request_id=request_id,
             )
         )
+
+
+# --- analyses (api/analyses, workers/analyze) -------------------------------------------------
+
+
+class AnalysisRepository(TenantRepository[Analysis]):
+    model = Analysis
+    label = "analysis"
+
+    def reusable(self, request_key: str) -> Analysis | None:
+        """The newest analysis of the same request over the same source versions that has
+        not failed or been canceled: asked again, it is returned instead of a new one."""
+        stmt = (
+            self._select()
+            .join(Job, Job.id == Analysis.job_id)
+            .where(
+                Analysis.request_key == request_key,
+                Job.tenant_id == self.tenant_id,
+                Job.state.in_([JobState.QUEUED, JobState.RUNNING, JobState.READY]),
+            )
+            .order_by(Analysis.created_at.desc())
+            .limit(1)
+        )
+        return self.session.execute(stmt).scalar_one_or_none()
+
+    def page(self, *, offset: int, limit: int) -> tuple[Sequence[Analysis], int]:
+        stmt = self._select()
+        total = self.session.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+        rows = (
+            self.session.execute(
+                stmt.order_by(Analysis.created_at.desc(), Analysis.id).offset(offset).limit(limit)
+            )
+            .scalars()
+            .all()
+        )
+        return rows, int(total)
+
+    def jobs(self, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Job]:
+        if not job_ids:
+            return {}
+        stmt = select(Job).where(Job.tenant_id == self.tenant_id, Job.id.in_(list(job_ids)))
+        return {job.id: job for job in self.session.execute(stmt).scalars().all()}
+
+    def current_versions(self, document_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int | None]:
+        """The version each still existing document serves (a deleted one is absent)."""
+        if not document_ids:
+            return {}
+        stmt = select(Document.id, Document.current_version).where(
+            Document.tenant_id == self.tenant_id, Document.id.in_(list(document_ids))
+        )
+        return {row.id: row.current_version for row in self.session.execute(stmt)}
+
+    def documents_by_source_ids(self, source_ids: Sequence[str]) -> dict[str, Document]:
+        if not source_ids:
+            return {}
+        stmt = select(Document).where(
+            Document.tenant_id == self.tenant_id, Document.source_id.in_(list(source_ids))
+        )
+        found = self.session.execute(stmt).scalars().all()
+        return {d.source_id: d for d in found if d.source_id is not None}
+
+    def version(self, document_id: uuid.UUID, number: int) -> DocumentVersion | None:
+        stmt = select(DocumentVersion).where(
+            DocumentVersion.tenant_id == self.tenant_id,
+            DocumentVersion.document_id == document_id,
+            DocumentVersion.version == number,
+        )
+        return self.session.execute(stmt).scalar_one_or_none()
+
+    def chunk_tokens(self, version_ids: Sequence[uuid.UUID]) -> int:
+        """The versions' tokens as ingest counted them (its chunks, overlaps included): an
+        estimate, made before any model is asked."""
+        if not version_ids:
+            return 0
+        stmt = select(func.coalesce(func.sum(Chunk.token_count), 0)).where(
+            Chunk.tenant_id == self.tenant_id, Chunk.version_id.in_(list(version_ids))
+        )
+        return int(self.session.execute(stmt).scalar_one())

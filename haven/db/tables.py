@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    Uuid,
     func,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -491,3 +492,95 @@ class ErrorPatternHit(Base):
     )
     hits: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     last_hit_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# --- operator controls ---------------------------------------------------------------------
+
+
+class PlatformFlag(Base):
+    """A platform-wide switch an operator sets (``read_only``), read by every API replica and
+    worker (each keeps it a couple of seconds, ``HAVEN_READ_ONLY_CACHE_SECONDS``)."""
+
+    __tablename__ = "platform_flags"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
+    )
+
+
+# The queue caps count a tenant's queued jobs of one kind on every new job: this keeps that a
+# small index range scan however many jobs have ended.
+Index(
+    "ix_jobs_queued_kind_tenant",
+    Job.kind,
+    Job.tenant_id,
+    postgresql_where=Job.state == JobState.QUEUED,
+)
+
+
+# --- analyses (map-reduce over whole documents) ----------------------------------------------
+
+
+class AnalysisKind(enum.StrEnum):
+    SUMMARY = "summary"
+    EXTRACT = "extract"
+    CUSTOM = "custom"
+
+
+class Analysis(Timestamped, Base):
+    """A map-reduce analysis of whole documents (``workers.analyze``). Its job carries the
+    state; this row carries the request, the source versions it read, where it is (``phase``)
+    and, once ready, the result and the artifact's object keys. ``request_key`` identifies the
+    request and the exact source versions: the same request again returns this row."""
+
+    __tablename__ = "analyses"
+    __table_args__ = (Index("ix_analyses_tenant_request", "tenant_id", "request_key"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = _tenant_fk()
+    job_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), index=True
+    )
+    created_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+    kind: Mapped[AnalysisKind] = mapped_column(_enum(AnalysisKind))
+    instructions: Mapped[str | None] = mapped_column(Text)
+    output_schema: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # [{document_id, version, version_id, content_sha256, title, mime, object_key}]
+    sources: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list, server_default="[]")
+    document_ids: Mapped[list[uuid.UUID]] = mapped_column(
+        ARRAY(Uuid), default=list, server_default="{}"
+    )
+    request_key: Mapped[str] = mapped_column(String(64))
+    force: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    # extract | map | reduce | done: with the job's progress, "map 37/120".
+    phase: Mapped[str | None] = mapped_column(String(16))
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    model: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    artifact_key: Mapped[str | None] = mapped_column(String(1000))
+    artifact_json_key: Mapped[str | None] = mapped_column(String(1000))
+    llm_calls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class AnalysisStep(Base):
+    """One stored map or reduce result, keyed on what determines it: the document version
+    and its content hash, the step, the parameters' hash and the model's identity (``key``,
+    a sha256 of them). A killed job redoes only the steps without a row; a repeated request
+    makes no llm call. A map step's row goes with its document."""
+
+    __tablename__ = "analysis_steps"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = _tenant_fk()
+    document_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("documents.id", ondelete="CASCADE"), index=True
+    )
+    step: Mapped[str] = mapped_column(String(16))
+    output: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    llm_calls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
 from api.chat.answer import visible
+from api.chat.prompt import RAG_INSTRUCTIONS
 from bench.answers.dataset import DOCUMENTS, QUESTIONS
 from haven.db.engine import make_engine, make_session_factory
 from models.defaults import DEFAULT_LLM, publish_default_llm
@@ -46,9 +48,10 @@ def library(
         s3_endpoint,
         tmp,
         publish_default_llm,
-        # As `haven up` serves the bundled model.
+        # As `haven up` serves the bundled model, but on one thread: two llama.cpp threads on
+        # a shared, busy machine wait on each other (an answer took 76-140 s instead of ~8).
         HAVEN_LLM_CTX="4096",
-        HAVEN_LLM_THREADS="2",
+        HAVEN_LLM_THREADS="1",
         HAVEN_LLM_QUEUE="4",
     ) as stack:
         engine = make_engine(stack.settings)
@@ -143,3 +146,55 @@ def test_an_invented_figure_is_marked_ungrounded_and_a_quoted_one_is_not(
     )
     assert "250 CHF" in text, text
     assert extra["grounded"] is True, (text, extra["unsupported"])
+
+
+def test_a_streamed_answer_keeps_its_sources_under_a_clients_long_conversation(
+    library: Library,
+) -> None:
+    """A chat client sends its own system prompt and its whole conversation with every
+    question: the history took its full share of the context after the instructions and left
+    no room for a passage, so the answer (max_tokens 10) ended with "citations": [].
+
+    llm serves the model with a 1k context here (as the `haven up` test does), so that a
+    prompt filling it is quick to read on a CPU."""
+    llm = library.stack.llm
+    served = llm.env
+    llm.env = {**served, "HAVEN_LLM_CTX": "1024"}
+    llm.stop()
+    llm.start(timeout=300)
+    try:
+        url = library.stack.env["HAVEN_LLM_URL"]
+
+        def tokens(text: str) -> tuple[int, int]:
+            body = httpx.post(f"{url}/tokenize", json={"texts": [text]}, timeout=60).json()
+            return int(body["counts"][0]), int(body["context_length"])
+
+        sentence = "Answer politely, briefly and in the language of the question. "
+        per_ten, context = tokens(sentence * 10)
+        question = "hotel cap Zurich?"
+        # Instructions filling the context but for the history's share (a quarter), the
+        # answer and a few dozen tokens; short turns filling the history's share.
+        wanted = context - context // 4 - 130 - tokens(RAG_INSTRUCTIONS + question)[0]
+        system = sentence * (wanted * 10 // per_ten)
+        turn = "We talked about travel and leave rules before. " * 2
+        history: list[Any] = [
+            {"role": role, "content": turn} for _ in range(20) for role in ("user", "assistant")
+        ]
+        messages = [
+            {"role": "system", "content": system},
+            *history,
+            {"role": "user", "content": question},
+        ]
+        for _ in range(2):  # generated, then from the cache
+            chunks = list(
+                library.client.chat.completions.create(
+                    model="haven-rag", messages=messages, max_tokens=10, stream=True
+                )
+            )
+            citations = (chunks[-1].model_extra or {})["citations"]
+            assert citations, "the streamed answer came without its sources"
+            assert library.document_ids[TRAVEL] in {c["document_id"] for c in citations}
+    finally:
+        llm.env = served
+        llm.stop()
+        llm.start(timeout=300)

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from haven.db.engine import transaction
 from haven.db.tables import DeadLetter, Role, Upload
 from haven.telemetry import http_routes
+from tests.fixtures.analyses import upload_ready
 from tests.fixtures.api import Account, create_user
 
 
@@ -130,6 +131,19 @@ def _tenant_untouched(world: World, owner: Account, tenant_id: str) -> bool:
     return world.client.get("/api/v1/me", headers=owner.headers).status_code == 200
 
 
+def _make_analysis(world: World, owner: Account) -> str:
+    ready = upload_ready(
+        world.client, world.session_factory, owner, f"analysed {uuid.uuid4()}".encode()
+    )
+    response = world.client.post(
+        "/api/v1/analyses",
+        json={"document_ids": [ready["document"]["id"]], "kind": "summary"},
+        headers=owner.headers,
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
 FACTORIES: dict[str, Factory] = {
     "tenant_id": Factory(_make_tenant, _tenant_untouched),
     "user_id": Factory(_make_user, lambda w, o, i: _ok(w, o, f"/api/v1/admin/users/{i}")),
@@ -139,6 +153,7 @@ FACTORIES: dict[str, Factory] = {
     "upload_id": Factory(_make_upload, _upload_untouched),
     "dead_letter_id": Factory(_make_dead_letter, _dead_letter_untouched),
     "chat_id": Factory(_make_chat, lambda w, o, i: _ok(w, o, f"/api/v1/chats/{i}")),
+    "analysis_id": Factory(_make_analysis, lambda w, o, i: _ok(w, o, f"/api/v1/analyses/{i}")),
 }
 
 # Bodies valid for the route's schema, so that validation (422) cannot hide the 404.

@@ -5,6 +5,7 @@ small models fewer, shorter passages with the question last."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 from api.chat.answer import PreparedAnswer, answer_budget, finish, visible
 from api.chat.prompt import Passage, by_question_terms, passage_limits, shorten, user_content
@@ -43,6 +44,7 @@ def prepared(*sources: Source, rag: bool = True) -> PreparedAnswer:
 
 HOTELS = source(1, "Hotel rooms in Zurich are capped at 250 CHF per night.", "Travel policy")
 LEAVE = source(2, "Annual leave is 30 working days.", "Leave policy")
+RUSSIAN = source(3, "На парковке у офиса 40 мест для сотрудников.", "Правила офиса")
 
 
 def test_a_request_never_gets_more_answer_tokens_than_the_operator_allows() -> None:
@@ -72,7 +74,10 @@ def test_an_answer_with_no_visible_text_ends_empty_with_a_notice_naming_the_sour
 def test_citations_list_every_source_offered_and_the_answer_is_checked_against_them() -> None:
     quoted = finish("Zurich hotels: 250 CHF [1].", "stop", USAGE, prepared(HOTELS, LEAVE), False)
     assert quoted.finish_reason == "stop" and quoted.notice is None
-    assert [(c.n, c.cited) for c in quoted.citations] == [(1, True), (2, False)]
+    assert [(c.n, c.cited, c.cited_by) for c in quoted.citations] == [
+        (1, True, "marker"),
+        (2, False, None),
+    ]
     assert quoted.grounded is True and quoted.unsupported == []
 
     invented = finish("Zurich hotels: 320 CHF [1].", "length", USAGE, prepared(HOTELS), False)
@@ -119,3 +124,53 @@ def test_a_small_model_sees_first_the_passage_holding_the_questions_terms() -> N
     assert by_question_terms("Сколько мест на парковке?", russian) == [1, 0]
     # Nothing to go by: retrieval's order stands.
     assert by_question_terms("и что?", russian) == [0, 1]
+
+
+def test_an_answer_without_markers_cites_the_passages_it_draws_on_and_says_so() -> None:
+    sources = prepared(HOTELS, LEAVE, RUSSIAN)
+
+    def cited(answer: str) -> list[tuple[int, bool, str | None]]:
+        done = finish(answer, "stop", USAGE, sources, cached=False)
+        return [(c.n, c.cited, c.cited_by) for c in done.citations]
+
+    assert cited("The hotel cap in Zurich is 250 CHF per night.") == [
+        (1, True, "overlap"),
+        (2, False, None),
+        (3, False, None),
+    ]
+    # One sentence from each: both are cited; a bare figure names its passage.
+    assert cited("Rooms in Zurich: 250 CHF. Annual leave is 30 working days.") == [
+        (1, True, "overlap"),
+        (2, True, "overlap"),
+        (3, False, None),
+    ]
+    assert cited("The answer is: 30.") == [(1, False, None), (2, True, "overlap"), (3, False, None)]
+    assert cited("На парковке 40 мест.") == [
+        (1, False, None),
+        (2, False, None),
+        (3, True, "overlap"),
+    ]
+    # Nothing of any passage in it, or as much of one as of another: nothing is cited.
+    assert cited("I do not know.") == [(1, False, None), (2, False, None), (3, False, None)]
+    assert cited("See the policy.") == [(1, False, None), (2, False, None), (3, False, None)]
+    # Markers, when the model writes them, are what counts.
+    assert cited("Annual leave is 30 working days [1].") == [
+        (1, True, "marker"),
+        (2, False, None),
+        (3, False, None),
+    ]
+
+
+def test_the_question_tells_a_figure_copied_from_the_wrong_sentence() -> None:
+    leave = source(
+        1,
+        "Annual leave is 30 working days. A sick note is needed after 3 days of illness.",
+        "Leave policy",
+    )
+    asked = replace(prepared(leave), question="How many days of annual leave do I get?")
+    wrong = finish("The answer is: 3 days.", "stop", USAGE, asked, cached=False)
+    assert wrong.grounded is False
+    assert [(s["text"], s["kind"]) for s in wrong.unsupported] == [("3", "number")]
+    assert "sick note" in wrong.unsupported[0]["reason"]
+    right = finish("The answer is: 30 days.", "stop", USAGE, asked, cached=False)
+    assert right.grounded is True

@@ -75,6 +75,8 @@ SECRET_SAMPLES = {
 # Alert metrics that later issues add (haven_queue_length from the workers, haven_jobs_stuck
 # from the reaper); everything else an alert uses must exist today.
 FUTURE_METRICS = {"haven_queue_length", "haven_jobs_stuck"}
+# Computed at scrape time from PostgreSQL (haven.ops_metrics.JobStateCollector).
+FUTURE_METRICS |= {"haven_read_only", "haven_read_only_since_seconds", "haven_jobs_queued"}
 
 
 # --- loading the files through the real tools -----------------------------------------------

@@ -3,6 +3,8 @@ not, in English and in Russian."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from api.chat.grounding import check
@@ -125,3 +127,91 @@ def test_a_figure_the_sources_give_in_another_unit_is_reported_with_its_unit() -
     assert unsupported("The cap is 250 CHF.", TRAVEL) == []
     # A figure the sources give without a unit cannot be checked for one.
     assert unsupported("It takes 3 days.", "Step 3 of the form.") == []
+
+
+# A policy the way documents are written: several figures, each about its own thing.
+LEAVE = (
+    "# Leave policy\n\nEvery employee has 30 working days of paid annual leave per calendar"
+    " year. Up to 5 unused days may be carried over.\n\nA sick note from a doctor is needed"
+    " when an illness lasts longer than 3 days. Leave is requested on form HR-204."
+)
+OFFICE_RU = (
+    "# Правила офиса\n\nНа парковке у здания 40 мест для сотрудников. Пропуск нового"
+    " сотрудника выдаётся в течение 3 рабочих дней. Гостей регистрируют на ресепшене не"
+    " позднее чем за 24 часа до визита по форме ОФ-2."
+)
+
+
+def in_context(answer: str, source: str, question: str = "") -> list[tuple[str, str]]:
+    return [
+        (s.text, s.kind)
+        for s in check(answer, [source], question).unsupported
+        if s.reason != "in no offered source"
+    ]
+
+
+def test_a_real_figure_copied_from_the_wrong_sentence_is_reported_with_that_sentence() -> None:
+    # The question says what the figure is about when the answer does not.
+    question = "How many days of paid annual leave does an employee get?"
+    result = check("The answer is: 3 days.", [LEAVE], question)
+    assert [(s.text, s.kind) for s in result.unsupported] == [("3", "number")]
+    reason = result.unsupported[0].reason
+    assert "longer than 3 days" in reason and "30 working days" in reason
+    assert in_context("Employees get 5 days of paid annual leave.", LEAVE) == [("5", "number")]
+    assert in_context("A sick note is needed after 30 days of illness.", LEAVE) == [
+        ("30", "number")
+    ]
+    # The right figures in the same words are not.
+    assert in_context("The answer is: 30 days.", LEAVE, question) == []
+    assert in_context("A sick note is needed after 3 days of illness.", LEAVE) == []
+    assert in_context("Up to 5 days can be carried over.", LEAVE, "What about unused days?") == []
+
+
+def test_a_russian_figure_out_of_its_context_is_reported_in_any_inflection() -> None:
+    question = "Сколько мест на парковке для сотрудников?"
+    assert in_context("Ответ: 24 места.", OFFICE_RU, question) == [("24", "number")]
+    assert in_context("На парковке 3 места.", OFFICE_RU) == [("3", "number")]
+    assert in_context("Пропуск выдают за 24 часа.", OFFICE_RU) == [("24", "number")]
+    # Inflected and reordered, the right figures stand.
+    assert in_context("Ответ: 40 мест.", OFFICE_RU, question) == []
+    assert in_context("Для сотрудников на парковке есть 40 мест.", OFFICE_RU) == []
+    assert in_context("Пропуск новому сотруднику выдают за 3 рабочих дня.", OFFICE_RU) == []
+    assert in_context("Гостя регистрируют за 24 часа по форме ОФ-2.", OFFICE_RU) == []
+
+
+def test_codes_and_dates_are_read_in_their_context_too() -> None:
+    sources = [LEAVE, "Travel expenses are filed on form TR-310 by 31 March."]
+    assert in_context("Leave is requested on form TR-310.", sources[0] + "\n\n" + sources[1]) == [
+        ("TR-310", "code")
+    ]
+    assert unsupported("Travel expenses are filed on form TR-310 by 31 March.", *sources) == []
+    assert unsupported("Leave is requested on form HR-204.", *sources) == []
+
+
+def test_answers_that_quote_their_source_are_never_out_of_context() -> None:
+    for source in (LEAVE, OFFICE_RU, TRAVEL, LEAVE_RU):
+        body = source.split("\n\n")[-1]
+        for sentence in re.split(r"(?<=[.!?])\s+", body):
+            for answer in (sentence, f"According to the policy: {sentence}"):
+                assert in_context(answer, source) == [], answer
+
+
+def test_an_answer_in_words_of_its_own_is_not_judged_by_context() -> None:
+    # No word around the figure is in any source: nothing says it is about something else.
+    assert in_context("Thirty, I believe: 30.", LEAVE) == []
+    assert in_context("Three.", LEAVE) == []
+
+
+def test_a_word_the_sources_use_everywhere_does_not_vouch_for_a_figure() -> None:
+    # "leave" is in every sentence of a leave policy; "parental" says which figure is meant.
+    source = LEAVE + " Parental leave is 16 weeks at full pay."
+    question = "How long is parental leave?"
+    assert in_context("The answer is: 30 days.", source, question) == [("30", "number")]
+    assert in_context("The answer is: 16 weeks.", source, question) == []
+    russian = (
+        "Ежегодный отпуск составляет 30 дней. Отпуск по уходу за ребёнком длится 16 недель."
+        " Неиспользованный отпуск до 5 дней переносится на следующий год."
+    )
+    asked = "Сколько длится отпуск по уходу за ребёнком?"
+    assert in_context("Ответ: 30 дней.", russian, asked) == [("30", "number")]
+    assert in_context("Отпуск по уходу длится 16 недель.", russian, asked) == []

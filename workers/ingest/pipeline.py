@@ -29,6 +29,7 @@ from haven.db.tables import Document, DocumentState, DocumentVersion, Job, Role
 from haven.index import IndexedChunk, SparseVector, chunk_id, passage_text
 from haven.jobs import claim_statement, job_params
 from haven.storage import download
+from haven.tracing import span
 from workers.ingest.chunking import ChunkDraft, chunk_blocks
 from workers.ingest.normalize import normalize_blocks
 from workers.ingest.pool import extract_isolated
@@ -66,22 +67,28 @@ class IngestRun:
 
     def run(self) -> int:
         s = self.subject
+        # Each step is a span of the job's trace when tracing is on (haven.tracing).
         with tempfile.TemporaryDirectory(prefix="haven-ingest-") as tmp:
             path = Path(tmp) / "raw"
-            download(self.rt.s3, self.settings.s3_bucket, s.object_key, path)
+            with span("ingest.download"):
+                download(self.rt.s3, self.settings.s3_bucket, s.object_key, path)
             self.beat(done=1)
-            blocks = normalize_blocks(extract_isolated(path, s.mime, self.settings))
+            with span("ingest.extract", mime=s.mime):
+                blocks = normalize_blocks(extract_isolated(path, s.mime, self.settings))
         self.beat(done=2)
-        drafts = chunk_blocks(
-            blocks,
-            self.rt.tokenizer,
-            max_tokens=self.settings.chunk_max_tokens,
-            overlap_tokens=self.settings.chunk_overlap_tokens,
-        )
+        with span("ingest.chunk"):
+            drafts = chunk_blocks(
+                blocks,
+                self.rt.tokenizer,
+                max_tokens=self.settings.chunk_max_tokens,
+                overlap_tokens=self.settings.chunk_overlap_tokens,
+            )
         self.beat(done=3)
-        self._embed_and_index(drafts)
+        with span("ingest.embed_index", chunks=len(drafts)):
+            self._embed_and_index(drafts)
         self.beat(done=4)
-        self._activate(drafts)
+        with span("ingest.activate"):
+            self._activate(drafts)
         return len(drafts)
 
     def _payload(

@@ -18,6 +18,8 @@ PIPELINES = (
     "workers.jobs.probe",
     # code runs in the sandbox
     "workers.runs.handler",
+    # analyses (#18)
+    "workers.analyze.handler",
 )
 
 _handlers: dict[JobKind, JobHandler] = {}

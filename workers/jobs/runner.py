@@ -28,6 +28,7 @@ from haven.db.engine import transaction
 from haven.db.repositories import JobStore
 from haven.db.tables import JobState
 from haven.jobs import INTERNAL, STEP_TIMEOUT, SUBJECT_GONE, TERMINAL, WORKER_LOST, Reason
+from haven.ops_metrics import WORKER_METRICS
 from haven.queueing import clear_guard, send_job_once, task_for
 from workers.jobs.handler import Claim, JobHandler
 from workers.jobs.heartbeat import Heartbeat, JobCanceled, JobLost
@@ -53,6 +54,11 @@ def lock_key(job_id: uuid.UUID) -> str:
 def run_job(task: Task, rt: WorkerRuntime, handler: JobHandler, job_id: uuid.UUID) -> str:
     """Run one delivery of the job; returns how it ended (for the log)."""
     settings = rt.settings
+    if rt.read_only.current().on:
+        # Read-only mode: running jobs finish, no new one starts. The job stays queued and
+        # its message comes back after the Retry-After of refused writes.
+        log.info("job.deferred_read_only")
+        raise task.retry(countdown=settings.read_only_retry_after_seconds, max_retries=None)
     # Not thread-local: the keeper thread renews the lock this thread took.
     lock = rt.redis.lock(
         lock_key(job_id), timeout=settings.job_lease_seconds, blocking=False, thread_local=False
@@ -70,6 +76,11 @@ def run_job(task: Task, rt: WorkerRuntime, handler: JobHandler, job_id: uuid.UUI
         claim = handler.begin(rt, job_id)
         if claim is None:
             return _unclaimed(rt, handler, job_id)
+        # Every later line of the run names its tenant and, for a document's job, the document.
+        document_id = claim.params.get("document_id") or getattr(claim.subject, "document_id", None)
+        structlog.contextvars.bind_contextvars(
+            tenant_id=str(claim.tenant_id), doc_id=str(document_id) if document_id else None
+        )
         if claim.gone:
             with transaction(rt.session_factory) as session:
                 JobStore(session).fail(
@@ -138,6 +149,7 @@ def _failed(
     task: Task, rt: WorkerRuntime, handler: JobHandler, claim: Claim, exc: Exception
 ) -> str:
     reason = reason_for(handler, exc)
+    WORKER_METRICS.step_failed(handler.kind.value, reason.code)
     # The whole exception for operators (the job and request ids are bound to the log).
     log.error(
         "job.step_failed",
