@@ -22,6 +22,7 @@ from haven.db.engine import transaction
 from haven.db.repositories import PlatformRepository
 from haven.db.tables import Role
 from haven.errors import Forbidden, Unauthenticated
+from haven.ratelimit import RateLimited
 
 
 def get_runtime(request: Request) -> ApiRuntime:
@@ -143,6 +144,14 @@ async def get_principal(
     request.state.tenant_id = str(principal.tenant_id)
     request.state.principal = principal
     structlog.contextvars.bind_contextvars(tenant_id=str(principal.tenant_id))
+    # Every authenticated request counts against the tenant's and the caller's rate.
+    limits = await runtime.quotas.limits(principal.tenant_id, runtime.in_auth_thread)
+    request.state.limits = limits
+    try:
+        request.state.rate_decision = await runtime.quotas.check_rate(principal, limits)
+    except RateLimited as refused:  # the refusal carries the RateLimit-* headers too
+        request.state.rate_decision = refused.decision
+        raise
     return principal
 
 

@@ -17,6 +17,7 @@ from api.errors import install_error_handlers
 from api.jobs.router import router as jobs_router
 from api.openai.router import router as openai_router
 from api.ops import router as ops_router
+from api.quotas import RateLimitHeaders
 from api.read_only import ReadOnlyMiddleware
 from api.read_only_router import router as read_only_router
 from api.reviews.router import router as reviews_router
@@ -24,6 +25,7 @@ from api.runs.router import router as runs_router
 from api.runtime import ApiRuntime
 from api.search.router import router as search_router
 from api.settings import ApiSettings
+from api.usage.router import router as usage_router
 from haven import __version__
 from haven.body_limit import BodyLimitMiddleware
 from haven.queueing import declare_topology
@@ -51,6 +53,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             declare_topology(runtime.celery)
         except Exception as exc:  # the API still starts; /readyz reports the broker
             log.warning("api.start.broker_unavailable", error=str(exc))
+        runtime.quotas.start(runtime.in_auth_thread)
         log.info("api.start", version=__version__, env=settings.env)
         yield
         await runtime.aclose()
@@ -77,6 +80,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["X-Request-ID"],
         )
+    # The RateLimit-* headers of the caller's rate decision, on every response.
+    app.add_middleware(RateLimitHeaders)
     app.add_middleware(RequestContextMiddleware, metrics=runtime.metrics)
     app.include_router(ops_router)
     app.include_router(auth_router)
@@ -94,4 +99,5 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     instrument_app(app)
     # analyses (#18)
     app.include_router(analyses_router)
+    app.include_router(usage_router)
     return app

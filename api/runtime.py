@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+from api.quotas import Quotas
 from api.settings import ApiSettings
 from haven.answer_cache import AnswerCache
 from haven.auth.passwords import hash_password, verify_password
@@ -71,6 +72,8 @@ class ApiRuntime:
     # Read-only mode as this replica last read it, and the operators' metrics.
     read_only: ReadOnlySwitch
     ops: ApiOpsMetrics
+    # Token budgets, rate limits and stream caps (api.quotas).
+    quotas: Quotas
     # Requests that may hold a database session at once. Every session is opened under a
     # slot and a slot never waits in a thread, so a thread never waits for a connection:
     # with more concurrent requests than connections, the rest wait here, on the event loop,
@@ -147,6 +150,7 @@ class ApiRuntime:
             password_checks=asyncio.Semaphore(settings.password_check_concurrency),
             read_only=read_only,
             ops=ops,
+            quotas=Quotas.build(settings, session_factory, async_redis, registry),
         )
 
     async def in_db_thread(self, fn: Callable[..., T], *args: Any) -> T:
@@ -177,6 +181,7 @@ class ApiRuntime:
         return make_index(self.settings, self.qdrant)
 
     async def aclose(self) -> None:
+        await self.quotas.stop()
         await self.emb.aclose()
         await self.llm.aclose()
         await self.answers.client.aclose()

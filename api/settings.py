@@ -59,3 +59,18 @@ class ApiSettings(StoreSettings, AuthSettings):
     analyze_max_documents: int = Field(default=20, ge=1)
     analyze_max_input_tokens: int = Field(default=2_000_000, ge=1)
     analyze_max_schema_bytes: int = Field(default=64 * 1024, ge=256)
+    # -- rate limits and stream caps (haven.ratelimit, haven.streams); a tenant's own values
+    # (PUT /api/v1/admin/tenants/{id}/limits) replace these defaults.
+    rate_tenant_per_second: float = Field(default=200.0, gt=0)
+    rate_tenant_burst: int = Field(default=2000, ge=1)
+    # Per user or API key.
+    rate_caller_per_second: float = Field(default=50.0, gt=0)
+    rate_caller_burst: int = Field(default=500, ge=1)
+    # Answer streams (chat SSE, OpenAI stream=true) open at once.
+    streams_per_tenant: int = Field(default=64, ge=1)
+    streams_per_caller: int = Field(default=8, ge=1)
+    # A stream's lease in Redis, renewed while it streams: how long a crashed API process's
+    # streams still count.
+    stream_lease_seconds: float = Field(default=30.0, gt=0)
+    # How long a tenant's limits are kept in each API process before they are read again.
+    tenant_limits_ttl_seconds: float = Field(default=10.0, ge=0)

@@ -116,6 +116,15 @@ def _raise_for(response: httpx.Response, body: bytes) -> None:
         raise LlmRejected(_error_message(response, body))
 
 
+def placement_headers(tenant: str | None, priority: str = "interactive") -> dict[str, str]:
+    """The headers that place an llm request in the service's fair queue (``llm.slots``):
+    the tenant it is for and ``interactive`` (a person waits) or ``batch`` (a job)."""
+    headers = {"X-Haven-Priority": priority}
+    if tenant is not None:
+        headers["X-Haven-Tenant"] = tenant
+    return headers
+
+
 class AsyncLlmClient:
     def __init__(self, base_url: str, *, timeout: float = 600.0) -> None:
         # Streams may wait in the service's queue and then generate for minutes; the service
@@ -154,18 +163,28 @@ class AsyncLlmClient:
         )
 
     async def stream_chat(
-        self, messages: list[dict[str, str]], sampling: Sampling
+        self,
+        messages: list[dict[str, str]],
+        sampling: Sampling,
+        *,
+        tenant: str | None = None,
+        priority: str = "interactive",
     ) -> AsyncIterator[StreamEvent]:
         """Text deltas, then one ``Completed``. Raises before the first delta when the
-        service refuses the request, and ``LlmUnavailable`` when the stream breaks."""
+        service refuses the request, and ``LlmUnavailable`` when the stream breaks.
+        ``tenant`` and ``priority`` (``interactive`` or ``batch``) place the request in the
+        service's fair queue."""
         body: dict[str, Any] = {
             "messages": messages,
             "stream": True,
             "stream_options": {"include_usage": True},
             **sampling.body(),
         }
+        headers = placement_headers(tenant, priority)
         try:
-            async with self._client.stream("POST", "/v1/chat/completions", json=body) as response:
+            async with self._client.stream(
+                "POST", "/v1/chat/completions", json=body, headers=headers
+            ) as response:
                 if response.status_code >= 400:
                     _raise_for(response, await response.aread())
                 finish_reason: str | None = None

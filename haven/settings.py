@@ -111,6 +111,13 @@ class StoreSettings(HavenSettings):
     # before it looks again at a job it did not take.
     read_only_retry_after_seconds: int = Field(default=60, ge=1)
     # --- end read-only mode ---
+    # -- token budgets (haven.budget): read by the API and by workers that call llm --------
+    # The length of a budget period (tenants.token_budget is per period); periods start at
+    # multiples of it since the Unix epoch, so a day starts at 00:00 UTC.
+    budget_period_seconds: int = Field(default=24 * 3600, ge=60)
+    # A reservation's lease: its process renews it every third of this; a dead process's
+    # reservations are released this long after it stopped renewing.
+    budget_lease_seconds: float = Field(default=60.0, gt=0)
 
     @model_validator(mode="after")
     def _refuse_development_store_secrets(self) -> StoreSettings:

@@ -24,7 +24,7 @@ from haven.contracts.openai import (
 )
 from llm.model import LoadedModel
 from llm.service import Generation, LlmService, NotReady, Prompt
-from llm.slots import Overloaded
+from llm.slots import ANONYMOUS, Overloaded, Priority
 from llm.streaming import (
     ChatShape,
     GenerationStream,
@@ -36,6 +36,10 @@ from llm.streaming import (
     timeout_message,
     usage_of,
 )
+
+# The fair queue's placement of a request (see ``llm.slots``), sent by the API and workers.
+TENANT_HEADER = "X-Haven-Tenant"
+PRIORITY_HEADER = "X-Haven-Priority"
 
 # Status for a request whose client has gone (nginx's convention); nobody reads it.
 CLIENT_CLOSED = 499
@@ -98,6 +102,8 @@ async def info(runtime: RuntimeDep) -> dict[str, Any]:
             "chat_template": model.template.origin,
             "active_slots": pool.active,
             "waiting": pool.waiting,
+            # The fair queue's view: slots held and requests waiting, per tenant.
+            "tenants": pool.by_tenant(),
         }
     return body
 
@@ -189,7 +195,7 @@ async def _generate(
     service = runtime.service
     watch = ClientWatch(request)
     try:
-        generation = await _admit(service, prompt, watch, arrived, deadline)
+        generation = await _admit(service, prompt, watch, arrived, deadline, _place(request))
         if generation is None:
             return Response(status_code=CLIENT_CLOSED)
         if body.stream:
@@ -223,11 +229,29 @@ async def _generate(
     return JSONResponse(answer.model_dump(mode="json"))
 
 
+def _place(request: Request) -> tuple[str, Priority]:
+    """Where the request queues (``llm.slots``): the caller's tenant and priority headers."""
+    tenant = request.headers.get(TENANT_HEADER, ANONYMOUS)[:64]
+    priority: Priority = (
+        "batch" if request.headers.get(PRIORITY_HEADER, "").lower() == "batch" else "interactive"
+    )
+    return tenant, priority
+
+
 async def _admit(
-    service: LlmService, prompt: Prompt, watch: ClientWatch, arrived: float, deadline: float
+    service: LlmService,
+    prompt: Prompt,
+    watch: ClientWatch,
+    arrived: float,
+    deadline: float,
+    place: tuple[str, Priority] = (ANONYMOUS, "interactive"),
 ) -> Generation | None:
     """A started generation, or None when the client left while it waited for a slot."""
-    start = asyncio.ensure_future(service.start(prompt, arrived=arrived, deadline=deadline))
+    start = asyncio.ensure_future(
+        service.start(
+            prompt, arrived=arrived, deadline=deadline, tenant=place[0], priority=place[1]
+        )
+    )
     try:
         await asyncio.wait({start, watch.task}, return_when=asyncio.FIRST_COMPLETED)
     except asyncio.CancelledError:

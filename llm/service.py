@@ -24,7 +24,7 @@ from llm.engine import Event, Failed, Finished, SamplingParams, Slot
 from llm.metrics import LlmMetrics
 from llm.model import LoadedModel
 from llm.settings import LlmSettings
-from llm.slots import SlotPool
+from llm.slots import ANONYMOUS, Priority, SlotPool
 
 log = structlog.get_logger("haven.llm")
 
@@ -204,14 +204,23 @@ class LlmService:
 
     # -- generation ------------------------------------------------------------------------
 
-    async def start(self, prompt: Prompt, *, arrived: float, deadline: float) -> Generation:
-        """Wait for a slot (bounded) and start generating on its thread.
+    async def start(
+        self,
+        prompt: Prompt,
+        *,
+        arrived: float,
+        deadline: float,
+        tenant: str = ANONYMOUS,
+        priority: Priority = "interactive",
+    ) -> Generation:
+        """Wait for a slot (bounded, in the fair queue) and start generating on its thread.
 
         ``arrived`` is the request's ``perf_counter`` arrival (for time to first token),
-        ``deadline`` its ``monotonic`` limit. Raises ``Overloaded`` or ``NotReady``.
+        ``deadline`` its ``monotonic`` limit; ``tenant`` and ``priority`` place it in the
+        queue (``llm.slots``). Raises ``Overloaded`` or ``NotReady``.
         """
         _, pool = self.ready()
-        slot = await pool.acquire(deadline - time.monotonic())
+        slot = await pool.acquire(deadline - time.monotonic(), tenant, priority)
         loop = asyncio.get_running_loop()
         generation = Generation(loop, deadline)
         with self._running_lock:

@@ -30,7 +30,10 @@ from api.deps import (
     TenantAdminPrincipal,
 )
 from api.pagination import Page, pagination
+from api.quotas import TenantLimits
 from api.runtime import ApiRuntime
+from api.usage import service as usage_service
+from api.usage.schemas import BudgetRead, BudgetUpdate
 from haven.auth.principal import Principal
 from haven.db.engine import transaction
 from haven.db.repositories import (
@@ -53,6 +56,8 @@ ACTIONS = {
     "delete_user": "user.delete",
     "create_api_key": "api_key.create",
     "revoke_api_key": "api_key.revoke",
+    "set_tenant_budget": "tenant.budget",
+    "set_tenant_limits": "tenant.limits",
 }
 _TARGET_PARAMS = ("user_id", "key_id", "tenant_id")
 
@@ -222,3 +227,53 @@ def list_audit(
 ) -> list[AuditRead]:
     entries = AuditRepository(session, actor).list(offset=page.offset, limit=page.limit)
     return [AuditRead.model_validate(e) for e in entries]
+
+
+# -- token budgets and limits (api.usage.service) ------------------------------------------
+
+
+@router.get("/tenants/{tenant_id}/budget", response_model=BudgetRead)
+def get_tenant_budget(
+    tenant_id: uuid.UUID, session: SessionDep, runtime: RuntimeDep, _: PlatformAdminPrincipal
+) -> BudgetRead:
+    return usage_service.budget_read(runtime.quotas.budget.state_in(session, tenant_id))
+
+
+@router.put("/tenants/{tenant_id}/budget", response_model=BudgetRead)
+def set_tenant_budget(
+    tenant_id: uuid.UUID,
+    body: BudgetUpdate,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    actor: PlatformAdminPrincipal,
+    rid: RequestIdDep,
+) -> BudgetRead:
+    """Set the tenant's tokens per period (null: unlimited); applies to the next
+    reservation, answers in progress keep theirs."""
+    audit = AuditLog(session, actor, rid)
+    return usage_service.set_budget(
+        session, runtime.quotas.budget, audit, tenant_id, body.token_budget
+    )
+
+
+@router.get("/tenants/{tenant_id}/limits", response_model=TenantLimits)
+def get_tenant_limits(
+    tenant_id: uuid.UUID, session: SessionDep, _: PlatformAdminPrincipal
+) -> TenantLimits:
+    return usage_service.read_limits(session, tenant_id)
+
+
+@router.put("/tenants/{tenant_id}/limits", response_model=TenantLimits)
+def set_tenant_limits(
+    tenant_id: uuid.UUID,
+    body: TenantLimits,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    actor: PlatformAdminPrincipal,
+    rid: RequestIdDep,
+) -> TenantLimits:
+    """The tenant's rate limits and stream caps; a field left out takes the platform
+    default. Other API processes apply them within HAVEN_TENANT_LIMITS_TTL_SECONDS."""
+    limits = usage_service.set_limits(session, AuditLog(session, actor, rid), tenant_id, body)
+    runtime.quotas.forget_limits(tenant_id)
+    return limits

@@ -440,7 +440,9 @@ async def generate(
 
     parts: list[str] = []
     try:
-        async for event in runtime.llm.stream_chat(prepared.messages, prepared.sampling):
+        async for event in runtime.llm.stream_chat(
+            prepared.messages, prepared.sampling, tenant=str(tenant_id)
+        ):
             if isinstance(event, Delta):
                 parts.append(event.text)
                 yield AnswerToken(event.text)

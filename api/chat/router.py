@@ -20,6 +20,7 @@ from api.chat.answer import (
     generate,
     prepare,
 )
+from api.chat.metering import Meter
 from api.chat.schemas import (
     AnswerRead,
     ChatCreate,
@@ -112,47 +113,56 @@ async def post_message(
     ``token``..., ``done`` or ``error``) unless the request asks for ``application/json``."""
     started = time.perf_counter()
     factory = runtime.session_factory
-    history = await runtime.in_db_thread(
-        service.load_history, factory, principal, chat_id, runtime.settings.chat_history_messages
-    )
-    prepared = await prepare(
-        runtime,
-        principal.tenant_id,
-        AnswerRequest(
-            question=body.content,
-            history=history,
-            rag=body.rag,
-            search=body.search,
-            max_tokens=body.max_tokens,
-            temperature=body.temperature,
-            seed=body.seed,
-        ),
-    )
-    await runtime.in_db_thread(service.store_question, factory, principal, chat_id, body.content)
-    recorder = service.AnswerRecorder(
-        factory, principal, chat_id, uuid.uuid4(), request_id, started
-    )
-    events = _recorded(generate(runtime, principal.tenant_id, prepared), recorder)
-    if _wants_json(accept):
+    streaming = not _wants_json(accept)
+    # Over the stream cap or the budget: a 429 before anything is stored or streamed.
+    lease = await runtime.quotas.open_stream(principal, request.state.limits) if streaming else None
+    meter = Meter(runtime, principal, "chat", request_id, started)
+    try:
+        history = await runtime.in_db_thread(
+            service.load_history,
+            factory,
+            principal,
+            chat_id,
+            runtime.settings.chat_history_messages,
+        )
+        prepared = await prepare(
+            runtime,
+            principal.tenant_id,
+            AnswerRequest(
+                question=body.content,
+                history=history,
+                rag=body.rag,
+                search=body.search,
+                max_tokens=body.max_tokens,
+                temperature=body.temperature,
+                seed=body.seed,
+            ),
+        )
+        await meter.reserve(prepared)
+        try:
+            await runtime.in_db_thread(
+                service.store_question, factory, principal, chat_id, body.content
+            )
+        except BaseException:
+            await meter.release()
+            raise
+    except BaseException:
+        await runtime.quotas.streams.close(lease)
+        raise
+    recorder = service.AnswerRecorder(factory, principal, chat_id, uuid.uuid4(), meter)
+    events = meter.track(generate(runtime, principal.tenant_id, prepared))
+    if not streaming:
         return await _json_answer(runtime, events, prepared, recorder, chat_id, request_id)
 
     async def store() -> None:
-        await runtime.in_db_thread(recorder.save, time.perf_counter())
+        try:
+            await meter.measure()
+            await runtime.in_db_thread(recorder.save, time.perf_counter())
+        finally:
+            await runtime.quotas.streams.close(lease)
 
     content = _sse(events, prepared, recorder, chat_id, request_id)
     return AnswerStream(with_heartbeat(content, runtime.settings.chat_heartbeat_seconds), store)
-
-
-async def _recorded(
-    events: AsyncIterator[AnswerToken | AnswerDone | AnswerFailed],
-    recorder: service.AnswerRecorder,
-) -> AsyncIterator[AnswerToken | AnswerDone | AnswerFailed]:
-    async for event in events:
-        if isinstance(event, AnswerToken):
-            recorder.parts.append(event.text)
-        elif isinstance(event, AnswerDone):
-            recorder.done = event
-        yield event
 
 
 async def _sse(
@@ -231,5 +241,6 @@ async def _json_answer(
                 )
                 return JSONResponse(answer.model_dump(mode="json"))
     finally:
+        await recorder.meter.measure()
         await runtime.in_db_thread(recorder.save, time.perf_counter())
     raise AssertionError("an answer always ends with done or error")

@@ -10,11 +10,12 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.chat.answer import AnswerDone
+from api.chat.metering import Meter
 from api.chat.prompt import Turn
 from api.chat.schemas import MessageRead
 from haven.auth.principal import Principal
 from haven.db.engine import transaction
-from haven.db.repositories import ChatRepository, MessageRepository, UsageRepository
+from haven.db.repositories import ChatRepository, MessageRepository
 from haven.db.tables import Message
 from haven.read_only import request_read_only
 
@@ -73,25 +74,42 @@ def store_question(
 
 @dataclass
 class AnswerRecorder:
-    """What an answer has produced so far, stored once the answer ends however it ends: a
-    finished answer with its citations and usage, an interrupted one with what was said."""
+    """What an answer has produced so far (its ``meter``), stored once the answer ends however
+    it ends: a finished answer with its citations and usage, an interrupted one with what was
+    said; the tokens are settled against the budget in the same transaction."""
 
     factory: sessionmaker[Session]
     principal: Principal
     chat_id: uuid.UUID
     message_id: uuid.UUID
-    request_id: str | None
-    started: float
-    parts: list[str] = field(default_factory=list)
-    done: AnswerDone | None = None
+    meter: Meter
     stored: bool = False
     # Read-only mode was on when the question came: the answer is not added to the chat.
     read_only: bool = field(default_factory=request_read_only.get)
 
+    @property
+    def parts(self) -> list[str]:
+        return self.meter.parts
+
+    @property
+    def done(self) -> AnswerDone | None:
+        return self.meter.done
+
     def save(self, finished_at: float) -> None:
-        if self.stored or (self.done is None and not self.parts):
+        if self.stored:
             return
         self.stored = True
+        with transaction(self.factory) as session:
+            self.meter.settle_in(session, finished_at)
+            if self.done is None and not self.parts:
+                return
+            if self.read_only:  # read-only mode: the usage only (haven.read_only)
+                return
+            if ChatRepository(session, self.principal).get(self.chat_id) is None:
+                return  # the chat was deleted while it answered
+            MessageRepository(session, self.principal).add(self._message())
+
+    def _message(self) -> Message:
         done = self.done
         usage: dict[str, Any]
         # The citations column holds the answer's checkable apparatus: every source offered
@@ -111,56 +129,18 @@ class AnswerRecorder:
         else:
             text, citations = "".join(self.parts), {"items": []}
             usage = {"finish_reason": "interrupted"}
-        with transaction(self.factory) as session:
-            if ChatRepository(session, self.principal).get(self.chat_id) is None:
-                return  # the chat was deleted while it answered
-            if self.read_only:  # read-only mode: the usage only (haven.read_only)
-                if done is not None:
-                    _record_usage(
-                        session, self.principal, done, finished_at - self.started, self.request_id
-                    )
-                return
-            MessageRepository(session, self.principal).add(
-                Message(
-                    id=self.message_id,
-                    chat_id=self.chat_id,
-                    role="assistant",
-                    content=text,
-                    citations=citations,
-                    usage=usage,
-                    created_at=datetime.now(UTC),
-                )
-            )
-            if done is not None:
-                _record_usage(
-                    session, self.principal, done, finished_at - self.started, self.request_id
-                )
+        return Message(
+            id=self.message_id,
+            chat_id=self.chat_id,
+            role="assistant",
+            content=text,
+            citations=citations,
+            usage=usage,
+            created_at=datetime.now(UTC),
+        )
 
 
-def _record_usage(
-    session: Session,
-    principal: Principal,
-    done: AnswerDone,
-    seconds: float,
-    request_id: str | None,
-) -> None:
-    # A cached answer costs the model nothing.
-    UsageRepository(session, principal).record(
-        "chat.cached" if done.cached else "chat",
-        prompt_tokens=0 if done.cached else done.usage.prompt_tokens,
-        completion_tokens=0 if done.cached else done.usage.completion_tokens,
-        latency_ms=int(seconds * 1000),
-        request_id=request_id,
-    )
-
-
-def record_usage(
-    factory: sessionmaker[Session],
-    principal: Principal,
-    done: AnswerDone,
-    seconds: float,
-    request_id: str | None,
-) -> None:
+def settle(factory: sessionmaker[Session], meter: Meter, finished_at: float) -> None:
     """The usage of an answer that belongs to no chat (the OpenAI-compatible endpoint)."""
     with transaction(factory) as session:
-        _record_usage(session, principal, done, seconds, request_id)
+        meter.settle_in(session, finished_at)

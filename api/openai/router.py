@@ -21,14 +21,15 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 
 from api.chat.answer import AnswerDone, AnswerFailed, AnswerRequest, AnswerToken, generate, prepare
+from api.chat.metering import Meter
 from api.chat.prompt import Turn
 from api.chat.schemas import ChatSearch
-from api.chat.service import record_usage
+from api.chat.service import settle
 from api.chat.stream import AnswerStream, with_heartbeat
 from api.deps import CurrentPrincipal, RequestIdDep, RuntimeDep
 from api.errors import retry_after_header, status_for
@@ -106,6 +107,11 @@ def _domain_error(exc: errors.DomainError) -> JSONResponse:
     if isinstance(exc, errors.Unavailable | errors.LimitExceeded):
         headers = retry_after_header(exc.retry_after)
     code = "overloaded" if status_code == 503 else exc.code
+    if isinstance(exc, errors.LimitExceeded) and exc.details:
+        # A quota's refusal says which (reason) and, for the budget, its figures.
+        kind = "rate_limit_error"
+        body = error_body(exc.message, type_=kind, code=code, **exc.details)
+        return JSONResponse(body, status_code=status_code, headers=headers)
     return _error(status_code, exc.message, code, headers)
 
 
@@ -141,6 +147,7 @@ def _answer_request(body: RagCompletionRequest) -> AnswerRequest:
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
     body: RagCompletionRequest,
+    request: Request,
     principal: CurrentPrincipal,
     runtime: RuntimeDep,
     request_id: RequestIdDep,
@@ -152,37 +159,42 @@ async def chat_completions(
             "model_not_found",
         )
     started = time.perf_counter()
+    lease = None
+    meter = Meter(runtime, principal, "chat", request_id, started)
     try:
+        # Over the stream cap or the budget: a 429 before anything is streamed.
+        if body.stream:
+            lease = await runtime.quotas.open_stream(principal, request.state.limits)
         prepared = await prepare(runtime, principal.tenant_id, _answer_request(body))
+        await meter.reserve(prepared)
     except errors.DomainError as exc:
+        await runtime.quotas.streams.close(lease)
         return _domain_error(exc)
-    events = generate(runtime, principal.tenant_id, prepared)
+    except BaseException:
+        await runtime.quotas.streams.close(lease)
+        raise
+    events = meter.track(generate(runtime, principal.tenant_id, prepared))
     completion_id, created = new_id("chatcmpl"), now()
     done: AnswerDone | None = None
 
     async def account() -> None:
-        if done is not None:
-            await runtime.in_db_thread(
-                record_usage,
-                runtime.session_factory,
-                principal,
-                done,
-                time.perf_counter() - started,
-                request_id,
-            )
+        try:
+            await meter.measure()
+            await runtime.in_db_thread(settle, runtime.session_factory, meter, time.perf_counter())
+        finally:
+            await runtime.quotas.streams.close(lease)
 
     if not body.stream:
-        parts: list[str] = []
-        async for event in events:
-            if isinstance(event, AnswerFailed):
-                return _domain_error(event.error)
-            if isinstance(event, AnswerToken):
-                parts.append(event.text)
-            else:
-                done = event
+        try:
+            async for event in events:
+                if isinstance(event, AnswerFailed):
+                    return _domain_error(event.error)
+                if isinstance(event, AnswerDone):
+                    done = event
+        finally:
+            await account()
         if done is None:
             raise AssertionError("an answer always ends with done or an error")
-        await account()
         answer = RagCompletion(
             id=completion_id,
             created=created,

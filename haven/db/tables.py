@@ -14,9 +14,11 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Enum,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -119,6 +121,9 @@ class Tenant(Timestamped, Base):
     is_active: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
     # Tokens a tenant may spend per day; None means unlimited.
     token_budget: Mapped[int | None] = mapped_column(BigInteger)
+    # Rate limits and stream caps of this tenant (``haven.limits_policy.TenantLimits``);
+    # a missing field takes the platform default.
+    limits: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
 
 
 class User(Timestamped, Base):
@@ -349,6 +354,13 @@ class UsageEntry(Base):
     latency_ms: Mapped[int | None] = mapped_column(Integer)
     request_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # The application's key when an API key called (``user_id`` is then None).
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column()
+    # Why the request failed once it had started (``llm.unavailable``), None when it did not.
+    error: Mapped[str | None] = mapped_column(String(64))
+
+
+Index("ix_usage_ledger_created", UsageEntry.created_at)
 
 
 class AuditEntry(Base):
@@ -410,6 +422,53 @@ class DeadLetter(Base):
     body: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     replayed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# -- token budgets (``haven.budget``) -------------------------------------------------------
+
+
+class TokenBudgetPeriod(Base):
+    """A tenant's tokens in one budget period: settled (``used``) and held by reservations
+    of answers still being generated (``reserved``). The limit is ``tenants.token_budget``."""
+
+    __tablename__ = "token_budget_periods"
+    __table_args__ = (
+        CheckConstraint("used >= 0", name="used"),
+        CheckConstraint("reserved >= 0", name="reserved"),
+    )
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    used: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    reserved: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class BudgetReservation(Base):
+    """Tokens held for one llm call until it is settled; ``holder`` renews ``expires_at``
+    while it lives, and the sweep releases what a dead holder left."""
+
+    __tablename__ = "budget_reservations"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "period_start"],
+            ["token_budget_periods.tenant_id", "token_budget_periods.period_start"],
+            ondelete="CASCADE",
+        ),
+        Index("ix_budget_reservations_expires_at", "expires_at"),
+        Index("ix_budget_reservations_holder", "holder"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column()
+    period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    holder: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 # --- Code runs: submissions run in the sandbox, who may run code, the common-error registry --
