@@ -1,7 +1,7 @@
 """reviews: who submitted what (idempotency), the archives' objects, and the results' outbox
 
 Revision ID: 0004_review
-Revises: 0004_analyze
+Revises: 0004_budget
 Create Date: 2026-11-30 21:20:00
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0004_review"
-down_revision: str | None = "0004_analyze"
+down_revision: str | None = "0004_budget"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

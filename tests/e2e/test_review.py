@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from haven.db.tables import ReviewDelivery
+from haven.db.tables import ReviewDelivery, UsageEntry
 from tests.e2e.conftest import Stack
 from tests.e2e.helpers import wait_for
 from tests.fixtures import review_archives as z
-from tests.fixtures.api import Account
+from tests.fixtures.api import Account, create_tenant_with_admin
 from tests.fixtures.services import free_port
 
 
@@ -150,6 +150,19 @@ def test_a_submission_is_reviewed_scored_and_published_once(stack: Stack, tenant
     assert tests["ran"], tests
     assert (tests["passed"], tests["failed"]) == (1, 1)
     assert result["usage"]["completion_tokens"] > 0
+    # Every llm call was reserved and settled against the tenant's budget, one ledger row each.
+    with stack.session_factory() as session:
+        rows = (
+            session.execute(
+                select(UsageEntry).where(
+                    UsageEntry.tenant_id == tenant.tenant_id, UsageEntry.kind == "review"
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert len(rows) == result["model"]["calls"]
+    assert sum(r.completion_tokens for r in rows) == result["usage"]["completion_tokens"]
 
     # Published exactly once, to the primary receiver.
     wait_for(lambda: len(PRIMARY.received) >= 1, 30, "the primary receiver to get the review")
@@ -205,10 +218,26 @@ def test_with_the_primary_down_the_fallback_gets_it(stack: Stack, tenant: Accoun
     assert delivery.log[0]["outcome"] == "HTTP 503"
 
 
-def test_another_tenants_review_is_404(stack: Stack, tenant: Account, admin: Account) -> None:
-    from tests.fixtures.api import create_tenant_with_admin
-
+def test_another_tenants_review_is_404_and_a_spent_budget_stops_a_review(
+    stack: Stack, tenant: Account, admin: Account
+) -> None:
     other = create_tenant_with_admin(stack.client, admin)
+    budget = stack.client.put(
+        f"/api/v1/admin/tenants/{other.tenant_id}/budget",
+        json={"token_budget": 10},
+        headers=admin.headers,
+    )
+    assert budget.status_code == 200, budget.text
     task_id = submit(stack, tenant, "0ddba11", new_zip=z.project_old())
     response = stack.client.get(f"/api/v1/reviews/{task_id}", headers=other.headers)
     assert response.status_code == 404
+
+    # A tenant whose budget cannot hold one call: the review stops with the reason, and
+    # nothing was generated or charged.
+    spent = submit(stack, other, "5pent01", new_zip=z.project_old())
+    review = wait_review(stack, other, spent)
+    assert (review["status"], review["error"]) == ("failed", "budget")
+    used = stack.client.get(
+        f"/api/v1/admin/tenants/{other.tenant_id}/budget", headers=admin.headers
+    ).json()
+    assert used["used"] == 0

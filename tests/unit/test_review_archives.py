@@ -105,7 +105,7 @@ def test_a_normal_project_is_extracted_whole_and_only_there(tmp_path: Path, job:
     archive = _write(tmp_path, z.project_new())
     inventory = inspect(archive, "new_zip", LIMITS)
     extract(archive, inventory, job, LIMITS)
-    assert _tree(job) == {"grades.py", "util.py", "README.md"}
+    assert _tree(job) == {"grades.py", "util.py", "test_grades.py", "README.md"}
     assert {s.path: s.reason for s in inventory.skipped} == {
         "photo.png": "not an allowed file type"
     }

@@ -97,6 +97,7 @@ def test_everything_that_fits_goes_in_one_call(tmp_path: Path) -> None:
         "README.md": "reviewed",
         "grades.py": "reviewed",
         "util.py": "reviewed",
+        "test_grades.py": "reviewed",
         "photo.png": "skipped",
     }
 

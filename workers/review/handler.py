@@ -18,8 +18,9 @@ import structlog
 from sqlalchemy import select
 
 from haven.archives import ArchiveRejected, Inventory, extract, inspect
+from haven.budget import BudgetExceeded
 from haven.db.engine import transaction
-from haven.db.tables import JobKind, Review, UsageEntry
+from haven.db.tables import JobKind, Review
 from haven.jobs import Reason
 from haven.review_settings import ReviewSettings
 from workers.jobs.handler import Claim, JobHandler, finish
@@ -117,6 +118,9 @@ class ReviewRun:
             retry_seconds=settings.llm_retry_seconds,
             max_wait_seconds=settings.llm_max_wait_seconds,
             checkpoint=lambda: self.beat(),
+            budget=self.rt.budget,
+            tenant_id=review.tenant_id,
+            request_id=str(self.claim.job_id),
         )
         try:
             work = self.fetch(review, folder)
@@ -148,16 +152,6 @@ class ReviewRun:
                 stored.result = result
                 stored.score = result["overall_score"]
                 stored.finished_at = datetime.now(UTC)
-                for call in llm.calls:
-                    session.add(
-                        UsageEntry(
-                            tenant_id=review.tenant_id,
-                            kind="review",
-                            prompt_tokens=call.prompt_tokens,
-                            completion_tokens=call.completion_tokens,
-                            latency_ms=int(call.seconds * 1000),
-                        )
-                    )
                 delivery = None
                 if settings.publish_url is not None or settings.publish_fallback_url is not None:
                     delivery = publish.enqueue(
@@ -237,8 +231,8 @@ def llm_passes(
     known = {c.path for c in changes.files}
 
     def fits(prompt_head: str) -> int:
-        head = llm.count([prompt_head])[0]
-        return llm.context_length - head - answer - 64
+        # The rendered prompt (system message and chat template included), exactly.
+        return llm.context_length - llm.prompt_tokens(prompt_head) - answer - 8
 
     # Pass 1: architecture, from the shape of the change.
     tree = (
@@ -328,11 +322,16 @@ def _clip(llm: LlmSession, text: str, budget: int) -> str:
     """``text`` cut to ``budget`` tokens (by the model's count), marked when cut."""
     if budget <= 0:
         return "(left out: no room in the model's context)"
+    marker = "\n[… cut to fit the model's context]"
     tokens = llm.count([text])[0]
-    if tokens <= budget:
-        return text
-    keep = max(0, int(len(text) * budget / tokens * 0.9))
-    return text[:keep] + "\n[… cut to fit the model's context]"
+    for _ in range(4):
+        if tokens <= budget:
+            return text
+        text = text[: max(0, int(len(text) * (budget - 16) / tokens * 0.95))]
+        tokens = llm.count([text + marker])[0]
+        if tokens <= budget:
+            return text + marker
+    return "(left out: no room in the model's context)"
 
 
 def payload(review: Review, result: dict[str, Any]) -> dict[str, Any]:
@@ -360,6 +359,12 @@ class ReviewHandler(JobHandler):
             return Reason(exc.code, exc.message[:300], permanent=True)
         if isinstance(exc, LlmBusy):
             return Reason("llm.busy", "the generation service stayed busy; the review is retried")
+        if isinstance(exc, BudgetExceeded):
+            return Reason(
+                "budget",
+                "the tenant's token budget is spent; retry after it resets",
+                permanent=True,
+            )
         if isinstance(exc, LlmFailed):
             return Reason("llm.failed", str(exc)[:300])
         return None

@@ -18,12 +18,14 @@ import contextlib
 import json
 import re
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from haven.budget import Reservation, TokenBudget
 from workers.review.diffing import ChangeSet, FileChange
 
 SYSTEM = (
@@ -64,6 +66,11 @@ class LlmSession:
     retry_seconds: float
     max_wait_seconds: float
     checkpoint: Callable[[], None]
+    # The tenant's token budget: each call reserves its prompt and answer tokens first and
+    # settles to what llm reports (the usage ledger row is written by the settle).
+    budget: TokenBudget | None = None
+    tenant_id: uuid.UUID | None = None
+    request_id: str | None = None
     calls: list[Call] = field(default_factory=list)
     context_length: int = 0
     model: str = ""
@@ -106,22 +113,45 @@ class LlmSession:
         self.model = f"{data.get('name') or data.get('model')}/{data.get('version')}"
         return [int(n) for n in data["counts"]]
 
+    def prompt_tokens(self, prompt: str) -> int:
+        """The rendered prompt's tokens (system message and chat template included)."""
+        data = self._post("/tokenize", {"texts": [], "messages": _messages(prompt)})
+        return int(data["prompt_tokens"])
+
     def complete(self, purpose: str, prompt: str, max_tokens: int) -> str:
+        held: Reservation | None = None
+        if self.budget is not None and self.tenant_id is not None:
+            held = self.budget.reserve(
+                self.tenant_id,
+                self.prompt_tokens(prompt) + max_tokens,
+                kind="review",
+                request_id=self.request_id,
+            )
         started = time.monotonic()
-        data = self._post(
-            "/v1/chat/completions",
-            {
-                "messages": [
-                    {"role": "system", "content": SYSTEM},
-                    {"role": "user", "content": prompt},
-                ],
-                "max_tokens": max_tokens,
-                "temperature": 0.0,
-                "seed": 7,
-                "stream": False,
-            },
-        )
+        try:
+            data = self._post(
+                "/v1/chat/completions",
+                {
+                    "messages": _messages(prompt),
+                    "max_tokens": max_tokens,
+                    "temperature": 0.0,
+                    "seed": 7,
+                    "stream": False,
+                },
+            )
+        except BaseException:
+            if held is not None and self.budget is not None:
+                self.budget.release(held)  # nothing was generated: nothing is charged
+            raise
         usage = data.get("usage") or {}
+        if held is not None and self.budget is not None:
+            self.budget.settle(
+                held,
+                prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                completion_tokens=int(usage.get("completion_tokens", 0)),
+                latency_ms=int((time.monotonic() - started) * 1000),
+                kind="review",
+            )
         self.calls.append(
             Call(
                 purpose,
@@ -132,6 +162,10 @@ class LlmSession:
         )
         choices = data.get("choices") or [{}]
         return str((choices[0].get("message") or {}).get("content") or "").strip()
+
+
+def _messages(prompt: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
 
 
 # --- budget ---------------------------------------------------------------------------------
