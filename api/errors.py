@@ -17,6 +17,7 @@ from haven import errors
 log = structlog.get_logger("haven.api")
 
 STATUS: dict[type[errors.DomainError], int] = {
+    errors.BadRequest: 400,
     errors.NotFound: 404,
     errors.Invalid: 422,
     errors.UnsupportedMediaType: 415,

@@ -20,6 +20,7 @@ from api.ops import router as ops_router
 from api.quotas import RateLimitHeaders
 from api.read_only import ReadOnlyMiddleware
 from api.read_only_router import router as read_only_router
+from api.reviews.router import router as reviews_router
 from api.runs.router import router as runs_router
 from api.runtime import ApiRuntime
 from api.search.router import router as search_router
@@ -88,6 +89,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     # Multipart bodies above the limit are refused with 413 before they are parsed.
     app.include_router(documents_router, max_body_size=settings.max_upload_bytes + 64 * 1024)
     app.include_router(jobs_router)
+    app.include_router(reviews_router)
     app.include_router(search_router)
     app.include_router(chat_router)
     app.include_router(openai_router)

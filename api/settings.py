@@ -8,12 +8,15 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from haven.language import DEFAULT_LANGUAGES, parse_languages
+from haven.review_settings import ReviewSettings
 from haven.sandbox import SandboxSettings
 from haven.settings import AuthSettings, StoreSettings
 
 
 class ApiSettings(StoreSettings, AuthSettings):
     readiness_timeout_seconds: float = 3.0
+    # What a code-review submission may be (HAVEN_REVIEW_*).
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
     cors_origins: list[str] = []
     max_upload_bytes: int = 100 * 1024 * 1024
     presign_ttl_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)

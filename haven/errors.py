@@ -41,6 +41,13 @@ class Invalid(DomainError):
     code = "invalid"
 
 
+class BadRequest(DomainError):
+    """The request itself is malformed: a required field missing or blank, a file that is not
+    what its field says (a ``new_zip`` that is no zip archive)."""
+
+    code = "bad_request"
+
+
 class UnsupportedMediaType(Invalid):
     """The content is of a type Haven does not take (an upload that is no supported document)."""
 

@@ -6,6 +6,7 @@ build such a key, so a key without a tenant prefix cannot be made by accident.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,8 @@ from minio import Minio
 from minio.datatypes import PostPolicy
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
+from sqlalchemy import event
+from sqlalchemy.orm import Session
 
 from haven.settings import StoreSettings
 
@@ -44,6 +47,26 @@ def ensure_bucket(client: Minio, bucket: str) -> None:
     except S3Error as exc:  # another process created it between the two calls
         if exc.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
             raise
+
+
+def remove_on_rollback(session: Session, client: Minio, bucket: str, key: str) -> None:
+    """The object was written for rows of ``session``'s transaction: if it rolls back instead
+    of committing, the object goes too (the rows that would have referenced it never existed).
+    If the store is down as well, maintenance's orphan sweep gets it."""
+    committed = False
+
+    def on_commit(_: Session) -> None:
+        nonlocal committed
+        committed = True
+
+    def on_rollback(_: Session) -> None:
+        if committed:
+            return
+        with contextlib.suppress(S3Error):
+            client.remove_object(bucket, key)
+
+    event.listen(session, "after_commit", on_commit, once=True)
+    event.listen(session, "after_rollback", on_rollback, once=True)
 
 
 def tenant_prefix(tenant_id: uuid.UUID) -> str:

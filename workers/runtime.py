@@ -16,6 +16,7 @@ from celery import Celery
 from minio import Minio
 from sqlalchemy.orm import Session, sessionmaker
 
+from haven.budget import BudgetKeeper, TokenBudget
 from haven.db.engine import make_engine, make_session_factory
 from haven.emb_client import EmbClient
 from haven.index import ChunkIndex
@@ -100,6 +101,18 @@ class WorkerRuntime:
         cache = ModelCache(registry_from_settings(self.settings), self.settings.model_cache_dir)
         local = cache.fetch(self.settings.emb_aliases[0])
         return AutoTokenizer.from_pretrained(str(local.path))
+
+    @cached_property
+    def budget(self) -> TokenBudget:
+        """Tenants' token budgets, for the pipelines that call llm (reviews): each call
+        reserves first; this process's leases are renewed, dead ones swept, by a keeper."""
+        budget = TokenBudget(
+            self.session_factory,
+            period_seconds=self.settings.budget_period_seconds,
+            lease_seconds=self.settings.budget_lease_seconds,
+        )
+        BudgetKeeper(budget).start()
+        return budget
 
     @cached_property
     def sandbox(self) -> Sandbox:

@@ -10,6 +10,7 @@ from pydantic_settings import NoDecode
 
 from haven.language import DEFAULT_LANGUAGES, parse_languages
 from haven.queueing import QUEUES
+from haven.review_settings import ReviewSettings
 from haven.sandbox import SandboxSettings
 from models.defaults import DEFAULT_EMBED_ALIAS
 from models.settings import ModelStoreSettings
@@ -17,6 +18,8 @@ from models.settings import ModelStoreSettings
 
 class WorkerSettings(ModelStoreSettings):
     emb_url: str = "http://127.0.0.1:8082"
+    # The code-review pipeline (HAVEN_REVIEW_*).
+    review: ReviewSettings = Field(default_factory=ReviewSettings)
     # Dense vectors are written for each of these aliases; the first one's tokenizer chunks.
     emb_aliases: Annotated[list[str], NoDecode] = [DEFAULT_EMBED_ALIAS]
     emb_request_batch: int = 64
@@ -71,7 +74,8 @@ class WorkerSettings(ModelStoreSettings):
     # The sandbox: its limits, uid and languages (HAVEN_SANDBOX_*, validated and reported
     # in every run's result).
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
-    # A failure no registry entry explains is explained by the generation service.
+    # The generation service, for the pipelines that call a model (a code run's failure no
+    # registry entry explains, the review passes).
     llm_url: str = "http://127.0.0.1:8083"
     runs_explain_max_tokens: int = Field(default=256, ge=16, le=4096)
     runs_explain_timeout_seconds: float = Field(default=120.0, gt=0)

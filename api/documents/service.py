@@ -12,7 +12,6 @@ rolled-back upload) never takes another document's file with it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
 import tempfile
@@ -27,7 +26,6 @@ from urllib.parse import quote
 
 from minio import Minio
 from minio.error import S3Error
-from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from api.outbox import JobOutbox
@@ -67,7 +65,7 @@ from haven.filetypes import (
 from haven.index import ChunkIndex
 from haven.queue_caps import check_queue_cap
 from haven.queueing import INGEST_TASK
-from haven.storage import Presigner, tenant_key
+from haven.storage import Presigner, remove_on_rollback, tenant_key
 
 READ_SIZE = 1024 * 1024
 TITLE_MAX = 500  # documents.title
@@ -179,23 +177,7 @@ def raw_key(tenant_id: uuid.UUID, sha256: str, version_id: uuid.UUID) -> str:
 
 
 def _remove_on_rollback(docs: Documents, key: str) -> None:
-    """The object was written for rows of this transaction: if it rolls back instead of
-    committing, the object goes too (the rows that would have referenced it never existed)."""
-    committed = False
-
-    def on_commit(_: Session) -> None:
-        nonlocal committed
-        committed = True
-
-    def on_rollback(_: Session) -> None:
-        if committed:
-            return
-        # If the object store is down as well, maintenance's orphan sweep gets it.
-        with contextlib.suppress(S3Error):
-            docs.s3.remove_object(docs.bucket, key)
-
-    event.listen(docs.session, "after_commit", on_commit, once=True)
-    event.listen(docs.session, "after_rollback", on_rollback, once=True)
+    remove_on_rollback(docs.session, docs.s3, docs.bucket, key)
 
 
 def accept_document(docs: Documents, incoming: IncomingFile, meta: UploadMeta) -> Accepted:

@@ -283,6 +283,16 @@ class Message(Base):
 
 class Review(Timestamped, Base):
     __tablename__ = "reviews"
+    __table_args__ = (
+        Index("ux_reviews_tenant_idempotency", "tenant_id", "idempotency_key", unique=True),
+        Index(
+            "ix_reviews_tenant_student_assignment",
+            "tenant_id",
+            "student_id",
+            "assignment_id",
+            "created_at",
+        ),
+    )
 
     id: Mapped[uuid.UUID] = _uuid_pk()
     tenant_id: Mapped[uuid.UUID] = _tenant_fk()
@@ -295,6 +305,43 @@ class Review(Timestamped, Base):
     old_commit: Mapped[str | None] = mapped_column(String(200))
     result: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     score: Mapped[float | None] = mapped_column()
+    # Who submitted it (a user or an API key), and what: the same student, assignment,
+    # commit and archive hashes submitted again is the same review (``idempotency_key``).
+    created_by: Mapped[uuid.UUID | None] = mapped_column()
+    idempotency_key: Mapped[str | None] = mapped_column(String(64))
+    new_sha256: Mapped[str | None] = mapped_column(String(64))
+    old_sha256: Mapped[str | None] = mapped_column(String(64))
+    logs_sha256: Mapped[str | None] = mapped_column(String(64))
+    # The archives in the object store, by part (``new``, ``old``, ``logs``).
+    objects: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ReviewDelivery(Timestamped, Base):
+    """The transactional outbox of review results: written in the transaction that stores the
+    result, delivered by the workers to the publish endpoint (or its fallback) with retries.
+    ``log`` records every attempt; ``idempotency_key`` travels in the payload so a receiver
+    can tell a redelivery after a crash from a new result."""
+
+    __tablename__ = "review_deliveries"
+    __table_args__ = (Index("ix_review_deliveries_due", "state", "next_attempt_at"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = _tenant_fk()
+    review_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("reviews.id", ondelete="CASCADE"), index=True
+    )
+    idempotency_key: Mapped[str] = mapped_column(String(100), unique=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    state: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    delivered_to: Mapped[str | None] = mapped_column(String(1000))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    log: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list, server_default="[]")
 
 
 class UsageEntry(Base):

@@ -303,6 +303,8 @@ class Sandbox:
         ]
         for path in s.ro_binds:
             argv += ["--ro-bind", path, path]
+        for path, target in s.ro_bind_to.items():
+            argv += ["--ro-bind", path, target]
         if "/usr" in s.ro_binds:
             # Debian's merged /usr: the usual top-level links, so /bin/sh and ld.so resolve.
             for link in ("bin", "lib", "lib64", "sbin"):

@@ -111,6 +111,9 @@ class SandboxSettings(BaseSettings):
     gid: int = Field(default=61000, ge=1000, le=2**31 - 2)
     # Read-only views of the host inside the box (the runtimes live under /usr).
     ro_binds: list[AbsolutePath] = ["/usr"]
+    # More read-only views, each at a path of its own in the box (host path -> box path),
+    # e.g. the folder holding pytest for a review's tests at /opt/pytest.
+    ro_bind_to: dict[AbsolutePath, AbsolutePath] = {}
     # Limits of a run that does not ask for others, and the most any run may ask for.
     limits: RunLimits = RunLimits()
     max_limits: RunLimits = RunLimits(
@@ -142,6 +145,16 @@ class SandboxSettings(BaseSettings):
             normal = str(PurePosixPath(_absolute(path)))
             if normal in _FORBIDDEN_BINDS or ".." in PurePosixPath(path).parts:
                 raise ValueError(f"{path} may not be shown to submitted code")
+        return value
+
+    @field_validator("ro_bind_to")
+    @classmethod
+    def _safe_bind_targets(cls, value: dict[str, str]) -> dict[str, str]:
+        cls._safe_binds(list(value))
+        for target in value.values():
+            parts = PurePosixPath(target).parts
+            if ".." in parts or len(parts) < 2 or parts[1] in {"work", "tmp", "proc", "dev"}:
+                raise ValueError(f"{target} cannot hold a view of the host in the box")
         return value
 
     @field_validator("languages")

@@ -7,6 +7,7 @@ import uuid
 
 from sqlalchemy import select
 
+from haven.budget import BudgetExceeded
 from haven.db.engine import transaction
 from haven.db.repositories import JobStore
 from haven.db.tables import Analysis, JobKind
@@ -51,6 +52,13 @@ class AnalyzeHandler(JobHandler):
         if isinstance(exc, ExtractionError):
             code = getattr(exc, "code", None) or "extract.failed"
             return Reason(str(code), str(exc)[:300], permanent=True)
+        if isinstance(exc, BudgetExceeded):
+            return Reason(
+                "budget",
+                "the tenant's token budget is spent; a retry after it resets goes on from the "
+                "steps already done",
+                permanent=True,
+            )
         if isinstance(exc, LlmRejected):
             return Reason("llm.rejected", "the generation service refused the analysis's request")
         if isinstance(exc, LlmUnavailable):

@@ -25,8 +25,6 @@ from typing import TypeVar
 import structlog
 
 from haven.auth.principal import Principal
-from haven.db.engine import transaction
-from haven.db.repositories import UsageRepository
 from haven.db.tables import Role
 from haven.llm_client import (
     AsyncLlmClient,
@@ -165,15 +163,37 @@ class AnalyzeLlm:
         return self._loop.run_until_complete(self._client.count_tokens(texts, messages))
 
     def complete(self, messages: list[dict[str, str]], sampling: Sampling) -> Generation:
-        """THE generation call of the pipeline: one answer to ``messages``. Waits out a
-        busy service, stops on a cancel within this call, records the usage."""
+        """THE generation call of the pipeline: one answer to ``messages``. Reserves the
+        prompt and answer tokens against the tenant's budget first (``BudgetExceeded`` stops
+        the job as ``budget``; the stored steps make a retry resume), waits out a busy
+        service, stops on a cancel within this call, and settles the real usage (which
+        writes the usage ledger row)."""
         self._stop_if_asked()
-        # (A per-tenant token budget reserves prompt + sampling.max_tokens here.)
-        started = time.monotonic()
-        generation = self._patiently(
-            lambda: self._loop.run_until_complete(self._stream(messages, sampling)), "generate"
+        prompt_tokens = self.tokens([], messages).prompt_tokens or 0
+        budget = self.rt.budget
+        held = budget.reserve(
+            self.principal.tenant_id,
+            prompt_tokens + sampling.max_tokens,
+            kind=USAGE_KIND,
+            request_id=self.request_id,
         )
-        self._record(generation, started)
+        started = time.monotonic()
+        try:
+            generation = self._patiently(
+                lambda: self._loop.run_until_complete(self._stream(messages, sampling)),
+                "generate",
+            )
+        except BaseException:
+            budget.release(held)  # nothing came back: nothing is charged
+            raise
+        budget.settle(
+            held,
+            prompt_tokens=generation.prompt_tokens,
+            completion_tokens=generation.completion_tokens,
+            latency_ms=int((time.monotonic() - started) * 1000),
+            user_id=self.principal.subject_id if self.principal.kind == "user" else None,
+            kind=USAGE_KIND,
+        )
         return generation
 
     async def _stream(self, messages: list[dict[str, str]], sampling: Sampling) -> Generation:
@@ -194,16 +214,6 @@ class AnalyzeLlm:
                         event.completion_tokens,
                     )
         raise LlmUnavailable("the generation stream ended without finishing")
-
-    def _record(self, generation: Generation, started: float) -> None:
-        with transaction(self.rt.session_factory) as session:
-            UsageRepository(session, self.principal).record(
-                USAGE_KIND,
-                prompt_tokens=generation.prompt_tokens,
-                completion_tokens=generation.completion_tokens,
-                latency_ms=int((time.monotonic() - started) * 1000),
-                request_id=self.request_id,
-            )
 
 
 def run_principal(tenant_id: uuid.UUID, user_id: uuid.UUID | None, job_id: uuid.UUID) -> Principal:

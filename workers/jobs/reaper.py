@@ -17,6 +17,7 @@ import structlog
 from haven.db.engine import transaction
 from haven.jobs import WORKER_LOST, JobStore
 from haven.queueing import guard_key, send_job_once, task_for
+from workers.review.publish import deliver_due
 from workers.runtime import WorkerRuntime
 
 log = structlog.get_logger("haven.reaper")
@@ -50,4 +51,6 @@ def reap_jobs(rt: WorkerRuntime) -> dict[str, int]:
         )
     if to_send:
         log.info("reaper.run", sent=len(to_send))
-    return {"sent": len(to_send)}
+    # Review results whose delivery is due (the outbox of workers.review.publish).
+    published = deliver_due(rt.session_factory, settings.review)
+    return {"sent": len(to_send), **published}

@@ -14,6 +14,7 @@ from workers.jobs.handler import JobHandler
 # maintenance) adds its module here: ``workers/<pipeline>/handler.py`` calling ``register``.
 PIPELINES = (
     "workers.ingest.handler",
+    "workers.review.handler",
     "workers.jobs.probe",
     # code runs in the sandbox
     "workers.runs.handler",
