@@ -31,9 +31,9 @@ from haven.jobs import claim_statement, job_params
 from haven.storage import download
 from workers.ingest.chunking import ChunkDraft, chunk_blocks
 from workers.ingest.normalize import normalize_blocks
-from workers.ingest.pool import extract_isolated
+from workers.ingest.pool import ExtractorBusy, extract_isolated, extraction_backlogged
 from workers.jobs.handler import Claim, finish
-from workers.jobs.heartbeat import Heartbeat, JobCanceled
+from workers.jobs.heartbeat import Heartbeat, JobCanceled, JobDeferred
 from workers.runtime import WorkerRuntime
 
 log = structlog.get_logger("haven.ingest")
@@ -66,11 +66,20 @@ class IngestRun:
 
     def run(self) -> int:
         s = self.subject
+        tenant = str(s.principal.tenant_id)
+        # This tenant's files already hold its share of the extractors, and for a while: the
+        # job would only wait, holding a job thread another tenant's job could use.
+        if extraction_backlogged(self.settings, tenant):
+            raise JobDeferred("extract.busy")
         with tempfile.TemporaryDirectory(prefix="haven-ingest-") as tmp:
             path = Path(tmp) / "raw"
             download(self.rt.s3, self.settings.s3_bucket, s.object_key, path)
             self.beat(done=1)
-            blocks = normalize_blocks(extract_isolated(path, s.mime, self.settings))
+            try:
+                extracted = extract_isolated(path, s.mime, self.settings, tenant=tenant)
+            except ExtractorBusy as exc:
+                raise JobDeferred("extract.busy") from exc
+            blocks = normalize_blocks(extracted)
         self.beat(done=2)
         drafts = chunk_blocks(
             blocks,
