@@ -26,7 +26,9 @@ from tests.fixtures.hostile_files import (
     redos_markdown,
 )
 
-TIMEOUT_SECONDS = 20
+# Long enough that the other tenant's document, queued behind the attacker's files, is ready
+# while the busy PDF is still being parsed, even on a loaded machine.
+TIMEOUT_SECONDS = 60
 ENDED = {"ready", "failed", "canceled"}
 # The default extractor pool (HAVEN_EXTRACT_POOL_SIZE 2, one process kept for tenants with
 # nothing in flight). Two job threads only, so the attacker's waiting jobs would take every
@@ -93,22 +95,14 @@ def test_hostile_files_fail_with_their_reason_while_others_are_served(
 ) -> None:
     attacker = create_tenant_with_admin(stack.client, admin)
     neighbour = create_tenant_with_admin(stack.client, admin)
-    # A thousand pages that each cost the parser seconds of CPU and no text (two different
-    # files: the same bytes twice would be one document).
-    busy = busy_pdf(pages=1000, blocks_per_page=100_000)
-    first_busy = upload(stack, attacker, "busy.pdf", busy)["job_id"]
+    # A thousand pages that each cost the parser seconds of CPU and no text: it holds one of
+    # the two extractors until the deadline.
+    busy = upload(stack, attacker, "busy.pdf", busy_pdf(pages=1000, blocks_per_page=100_000))
     wait_for(
-        lambda: job(stack, attacker, first_busy)["progress_done"] >= 1,
+        lambda: job(stack, attacker, busy["job_id"])["progress_done"] >= 1,
         120,
-        "the first busy PDF to be downloaded and handed to an extractor",
+        "the busy PDF to be downloaded and handed to an extractor",
     )
-    second_busy = upload(stack, attacker, "busy-2.pdf", busy + b"\n% another copy\n")["job_id"]
-    normal = upload(
-        stack,
-        neighbour,
-        "minutes.md",
-        b"# Board minutes\n\nThe board approved the ostravian bridge budget.\n",
-    )["job_id"]
     hostile = {
         # Thousands of pages from a 2 KB file: refused from the page tree, before parsing.
         "pages.pdf": (many_pages_pdf(1_000_000), "extract.too_large"),
@@ -128,19 +122,25 @@ def test_hostile_files_fail_with_their_reason_while_others_are_served(
         name: upload(stack, attacker, name, content)["job_id"]
         for name, (content, _) in hostile.items()
     }
-    jobs["busy.pdf"], jobs["busy-2.pdf"] = first_busy, second_busy
-    hostile["busy.pdf"] = hostile["busy-2.pdf"] = (busy, "extract.timeout")
+    jobs["busy.pdf"] = busy["job_id"]
+    hostile["busy.pdf"] = (b"", "extract.timeout")
     # One line of brackets that made the old Markdown regexes quadratic (a 1 MB line: hours).
     brackets = upload(stack, attacker, "brackets.md", redos_markdown(30_000))
+    # Queued behind all of the attacker's files, which wait for the one extractor the
+    # attacker may use; the worker has two job threads.
+    normal = upload(
+        stack,
+        neighbour,
+        "minutes.md",
+        b"# Board minutes\n\nThe board approved the ostravian bridge budget.\n",
+    )["job_id"]
 
-    # The neighbour's document is ready while the attacker's first busy PDF is still being
-    # parsed: it waited neither for the attacker's extractors nor for its job threads.
+    # The neighbour's document is ready while the attacker's busy PDF is still being parsed:
+    # it waited neither for the attacker's extractors nor for the job threads.
     normal_job = wait_job(stack, neighbour, normal, ENDED, timeout=180)
-    still = {name: job(stack, attacker, jobs[name]) for name in ("busy.pdf", "busy-2.pdf")}
-    assert normal_job["state"] == "ready", normal_job["last_error"]
-    assert still["busy.pdf"]["state"] == "running", still["busy.pdf"]
-    assert still["busy.pdf"]["progress_done"] == 1, still["busy.pdf"]  # extracting
-    assert still["busy-2.pdf"]["state"] not in ENDED, still["busy-2.pdf"]
+    still = job(stack, attacker, busy["job_id"])
+    assert normal_job["state"] == "ready", normal_job
+    assert (still["state"], still["progress_done"]) == ("running", 1), (still, normal_job)
 
     ended = {
         name: wait_job(stack, attacker, job_id, ENDED, timeout=240)
@@ -163,7 +163,7 @@ def test_hostile_files_fail_with_their_reason_while_others_are_served(
     assert (bracket_job["state"], bracket_job["attempts"]) == ("ready", 1), bracket_job
     hits = search(stack, attacker, "Brackets", mode="lexical")
     assert hits and hits[0]["document_id"] == brackets["document"]["id"]
-    assert "[a[a[a" in hits[0]["text"]
+    assert "[a[a[a" in hits[0]["text"].replace(" ", "")  # the chunker spaces its tokens
     # Nothing of the attacker's shows up for the neighbour.
     assert search(stack, neighbour, "Brackets", mode="lexical") == []
 

@@ -185,9 +185,10 @@ def test_a_deferred_job_goes_back_to_the_queue_without_spending_an_attempt(
 ) -> None:
     workers.start("w1", beat=True)
     workers.start("w2")
-    # One attempt allowed: a deferral that spent it would leave the job failed.
+    # One attempt allowed: a deferral that spent it would leave the job failed. More
+    # deferrals than Celery's own default retry cap (3).
     job_id = send_probe(
-        session_factory, workers, redis_client, tenant_a, seconds=0, max_attempts=1, defer=3
+        session_factory, workers, redis_client, tenant_a, seconds=0, max_attempts=1, defer=5
     )
     wait_for(
         lambda: job_row(session_factory, job_id).state in ("ready", "failed"),
@@ -198,9 +199,7 @@ def test_a_deferred_job_goes_back_to_the_queue_without_spending_an_attempt(
     job = job_row(session_factory, job_id)
     assert (job.state, job.attempts, job.last_error) == ("ready", 1, None)
     assert runs(redis_client, job_id) == [
-        "deferred:1",
-        "deferred:1",
-        "deferred:1",
+        *["deferred:1"] * 5,
         "run:1",
         "woke:1",
         "result:1",
