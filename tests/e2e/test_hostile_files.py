@@ -143,8 +143,7 @@ def test_hostile_files_fail_with_their_reason_while_others_are_served(
     assert (still["state"], still["progress_done"]) == ("running", 1), (still, normal_job)
 
     ended = {
-        name: wait_job(stack, attacker, job_id, ENDED, timeout=240)
-        for name, job_id in jobs.items()
+        name: wait_job(stack, attacker, job_id, ENDED, timeout=240) for name, job_id in jobs.items()
     }
     for name, (_, code) in hostile.items():
         body = ended[name]

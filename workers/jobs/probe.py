@@ -35,9 +35,7 @@ class ProbeHandler(JobHandler):
         beat(done=0, deadline=float(deadline) if deadline is not None else None)
         key = probe_key(claim.job_id)
         deferrals = int(claim.params.get("defer", 0))
-        if deferrals and sum(
-            entry.startswith(b"deferred:") for entry in rt.redis.lrange(key, 0, -1)
-        ) < deferrals:
+        if deferrals and _deferrals(rt, key) < deferrals:
             rt.redis.rpush(key, f"deferred:{claim.attempt}")
             rt.redis.expire(key, KEPT_SECONDS)
             raise JobDeferred("probe.defer")
@@ -48,6 +46,14 @@ class ProbeHandler(JobHandler):
         with transaction(rt.session_factory) as session:
             finish(session, claim)
         rt.redis.rpush(key, f"result:{claim.attempt}")
+
+
+def _deferrals(rt: WorkerRuntime, key: str) -> int:
+    entries: list[bytes | str] = list(rt.redis.lrange(key, 0, -1))
+    return sum(
+        (entry.decode() if isinstance(entry, bytes) else entry).startswith("deferred:")
+        for entry in entries
+    )
 
 
 register(ProbeHandler())
