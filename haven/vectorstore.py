@@ -655,6 +655,15 @@ class EdgeStore:
         for collection in list(self._shards):
             self._shard(collection).info()
 
+    def segments(self, collection: str) -> dict[str, int]:
+        """How the collection is stored now: segments, points, and how many vectors are in
+        an HNSW index (the rest are searched by an exact scan)."""
+        info = self._shard(collection).info()
+        return {
+            key: int(getattr(info, key))
+            for key in ("segments_count", "points_count", "indexed_vectors_count")
+        }
+
     # -- upkeep --
 
     def flush(self) -> None:

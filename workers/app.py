@@ -62,8 +62,16 @@ class JobTask(Task):  # type: ignore[misc]
 
 
 def _register_job_task(app: Celery, handler: JobHandler) -> None:
+    # No Celery retry cap (``max_retries=None`` on the task: ``retry(max_retries=None)`` alone
+    # means Celery's default of 3): the runner counts attempts itself, and a deferred job or
+    # one waiting for another worker's lock is sent again as often as it takes.
     @app.task(
-        bind=True, base=JobTask, name=task_for(handler.kind.value), acks_late=True, shared=False
+        bind=True,
+        base=JobTask,
+        name=task_for(handler.kind.value),
+        acks_late=True,
+        shared=False,
+        max_retries=None,
     )
     def run(self: Task, job_id: str) -> str:
         started = time.monotonic()

@@ -39,6 +39,15 @@ class WorkerSettings(ModelStoreSettings):
     # Extractor processes per worker process, and files each handles before it is replaced.
     extract_pool_size: int = 2
     extract_recycle_after: int = 1000
+    # Fair shares of the extractor processes between tenants (workers/ingest/pool.py): this
+    # many are kept for tenants with nothing being extracted (0: one tenant may take all),
+    # and a file that waits this long for one its tenant may take is deferred: its job goes
+    # back to the queue without spending an attempt, freeing the job thread.
+    extract_reserved_slots: int = 1
+    extract_wait_seconds: float = 5.0
+    # A deferred job is sent again after this long, doubling per deferral up to the maximum.
+    job_defer_seconds: float = 5.0
+    job_defer_max_seconds: float = 30.0
     retry_backoff_seconds: float = 2.0
     retry_backoff_max_seconds: float = 300.0
     # A queued job whose message guard expired this long ago is sent again.

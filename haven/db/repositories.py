@@ -669,6 +669,19 @@ class JobStore:
             last_error_message=message[:MESSAGE_LIMIT],
         )
 
+    def unclaim(self, job_id: uuid.UUID, *, attempt: int) -> bool:
+        """running → queued, giving back the attempt the claim counted: the run deferred its
+        job before doing anything lasting (``workers.jobs.heartbeat.JobDeferred``). Only
+        while that attempt holds the job."""
+        return self._move(
+            job_id,
+            [JobState.RUNNING],
+            attempt,
+            state=JobState.QUEUED,
+            attempts=Job.attempts - 1,
+            progress_done=0,
+        )
+
     def _stale(
         self, state: JobState, since: Any, older_than: timedelta, limit: int
     ) -> Sequence[Job]:

@@ -86,6 +86,8 @@ def workers(
         "HAVEN_REAPER_INTERVAL_SECONDS": "1",
         "HAVEN_RETRY_BACKOFF_SECONDS": "0.2",
         "HAVEN_RETRY_BACKOFF_MAX_SECONDS": "0.5",
+        "HAVEN_JOB_DEFER_SECONDS": "0.2",
+        "HAVEN_JOB_DEFER_MAX_SECONDS": "0.5",
         "HAVEN_BEAT_SCHEDULE_PATH": str(tmp_path / "beat-schedule"),
     }
     pool = Workers(env, tmp_path, store_settings)
@@ -107,8 +109,11 @@ def send_probe(
     seconds: float,
     max_attempts: int,
     step_deadline: float | None = None,
+    defer: int = 0,
 ) -> uuid.UUID:
     params: dict[str, Any] = {"seconds": seconds}
+    if defer:
+        params["defer"] = defer
     if step_deadline is not None:
         params["step_deadline"] = step_deadline
     principal = Principal(
@@ -170,6 +175,35 @@ def test_a_step_three_leases_long_keeps_its_job_on_one_worker(
     job = job_row(session_factory, job_id)
     assert (job.state, job.attempts, job.last_error) == ("ready", 1, None)
     assert runs(redis_client, job_id) == ["run:1", "woke:1", "result:1"]  # one run, one result
+
+
+def test_a_deferred_job_goes_back_to_the_queue_without_spending_an_attempt(
+    workers: Workers,
+    session_factory: sessionmaker[Session],
+    redis_client: redis.Redis,
+    tenant_a: Account,
+) -> None:
+    workers.start("w1", beat=True)
+    workers.start("w2")
+    # One attempt allowed: a deferral that spent it would leave the job failed. More
+    # deferrals than Celery's own default retry cap (3).
+    job_id = send_probe(
+        session_factory, workers, redis_client, tenant_a, seconds=0, max_attempts=1, defer=5
+    )
+    wait_for(
+        lambda: job_row(session_factory, job_id).state in ("ready", "failed"),
+        90,
+        "the probe to end",
+        workers,
+    )
+    job = job_row(session_factory, job_id)
+    assert (job.state, job.attempts, job.last_error) == ("ready", 1, None)
+    assert runs(redis_client, job_id) == [
+        *["deferred:1"] * 5,
+        "run:1",
+        "woke:1",
+        "result:1",
+    ]
 
 
 def test_a_step_past_its_deadline_is_retried_then_failed_and_its_late_end_discarded(

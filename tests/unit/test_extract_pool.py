@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from workers.ingest.extract import (
     UnsupportedType,
     extract,
 )
-from workers.ingest.pool import ExtractorPool, ExtractorUnavailable, PoolConfig
+from workers.ingest.pool import ExtractorBusy, ExtractorPool, ExtractorUnavailable, PoolConfig
 
 MiB = 1024 * 1024
 LIMITS = ExtractLimits(max_pages=2000)
@@ -180,3 +181,39 @@ def test_a_memory_limit_too_small_for_the_parsers_is_a_worker_problem(tmp_path: 
             pool.extract(make_pdf(tmp_path, ["Never read."]), PDF, LIMITS)
     finally:
         pool.close()
+
+
+def test_one_tenants_slow_file_leaves_a_child_for_another_tenant(tmp_path: Path) -> None:
+    """The default pool of two: tenant a's file that keeps a parser busy until the deadline
+    holds one child; a's next file gives up waiting (its job is deferred), while tenant b's
+    file is extracted at once in the child kept for tenants with nothing in flight."""
+    pool = ExtractorPool(
+        PoolConfig(size=2, timeout_seconds=8, memory_bytes=700 * MiB, wait_seconds=0.5)
+    )
+    busy = write(tmp_path / "busy.pdf", busy_pdf(pages=1000, blocks_per_page=100_000))
+    outcome: list[BaseException] = []
+
+    def slow() -> None:
+        try:
+            pool.extract(busy, PDF, LIMITS, tenant="a")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=slow)
+    try:
+        thread.start()
+        deadline = time.monotonic() + 30
+        while pool.holding() != {"a": 1}:
+            assert time.monotonic() < deadline, "a's slow file never started"
+            time.sleep(0.02)
+        with pytest.raises(ExtractorBusy):
+            pool.extract(make_pdf(tmp_path, ["More of a."], name="a2.pdf"), PDF, LIMITS, tenant="a")
+        [block] = pool.extract(make_pdf(tmp_path, ["Minutes of b."]), PDF, LIMITS, tenant="b")
+        assert block.text.strip() == "Minutes of b."
+        assert pool.holding() == {"a": 1}  # a's file is still being parsed
+        assert pool.backlogged("a") and not pool.backlogged("b")
+        thread.join(30)
+        assert [type(exc) for exc in outcome] == [ExtractTimeout]
+    finally:
+        pool.close()
+        thread.join(30)

@@ -34,9 +34,9 @@ from haven.storage import download
 from haven.tracing import span
 from workers.ingest.chunking import ChunkDraft, chunk_blocks
 from workers.ingest.normalize import normalize_blocks
-from workers.ingest.pool import extract_isolated
+from workers.ingest.pool import ExtractorBusy, extract_isolated, extraction_backlogged
 from workers.jobs.handler import Claim, finish
-from workers.jobs.heartbeat import Heartbeat, JobCanceled
+from workers.jobs.heartbeat import Heartbeat, JobCanceled, JobDeferred
 from workers.runtime import WorkerRuntime
 
 log = structlog.get_logger("haven.ingest")
@@ -70,6 +70,11 @@ class IngestRun:
 
     def run(self) -> int:
         s = self.subject
+        tenant = str(s.principal.tenant_id)
+        # This tenant's files already hold its share of the extractors, and for a while: the
+        # job would only wait, holding a job thread another tenant's job could use.
+        if extraction_backlogged(self.settings, tenant):
+            raise JobDeferred("extract.busy")
         # Each step is a span of the job's trace when tracing is on (haven.tracing).
         with tempfile.TemporaryDirectory(prefix="haven-ingest-") as tmp:
             path = Path(tmp) / "raw"
@@ -77,7 +82,11 @@ class IngestRun:
                 download(self.rt.s3, self.settings.s3_bucket, s.object_key, path)
             self.beat(done=1)
             with span("ingest.extract", mime=s.mime):
-                blocks = normalize_blocks(extract_isolated(path, s.mime, self.settings))
+                try:
+                    extracted = extract_isolated(path, s.mime, self.settings, tenant=tenant)
+                except ExtractorBusy as exc:
+                    raise JobDeferred("extract.busy") from exc
+                blocks = normalize_blocks(extracted)
         self.beat(done=2)
         with span("ingest.chunk"):
             drafts = chunk_blocks(

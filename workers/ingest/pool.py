@@ -13,6 +13,13 @@ after ``recycle_after`` files (so a slow leak in a parser cannot grow without en
 a limit ended it. The children are started with ``subprocess`` and ``exec`` — never ``fork`` of
 a process that has threads — and lazily, on the first file a worker process extracts.
 
+The children are shared fairly between tenants (``TenantSlots``): while a file of one tenant
+runs into its limits, another tenant's file must not wait for it. A tenant may hold at most
+``size - reserved_slots`` children at once; the reserved ones go only to a tenant with nothing
+being extracted, and a freed child goes to the waiting tenant holding the fewest. A job thread
+that cannot get a child for its tenant within ``wait_seconds`` gives up (``ExtractorBusy``) so
+the job runner defers its job instead of holding one of the worker's job threads for minutes.
+
 The child's program and its protocol are in ``workers/ingest/extractor.py``.
 """
 
@@ -23,7 +30,6 @@ import contextlib
 import math
 import os
 import pickle
-import queue
 import select
 import signal
 import subprocess
@@ -68,6 +74,11 @@ class ExtractorUnavailable(RuntimeError):
     so the job is retried like any other transient failure."""
 
 
+class ExtractorBusy(RuntimeError):
+    """This tenant's share of the extractor processes stayed busy past the wait: the file was
+    not looked at. Not the file's fault and not a failed attempt: the job is deferred."""
+
+
 @dataclass(frozen=True)
 class PoolConfig:
     size: int = 2
@@ -77,6 +88,11 @@ class PoolConfig:
     file_size_bytes: int = 500 * MiB
     # A fresh child imports the parsers before its first file; not counted in a file's time.
     start_timeout_seconds: float = 60.0
+    # Children no single tenant may take while it already holds one (kept for the others).
+    reserved_slots: int = 1
+    # How long a file waits for a child its tenant may take before ``ExtractorBusy``; None:
+    # as long as it takes.
+    wait_seconds: float | None = None
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> PoolConfig:
@@ -86,6 +102,8 @@ class PoolConfig:
             timeout_seconds=settings.extract_timeout_seconds,
             memory_bytes=settings.extract_memory_mb * MiB,
             file_size_bytes=settings.extract_max_uncompressed_mb * MiB,
+            reserved_slots=settings.extract_reserved_slots,
+            wait_seconds=settings.extract_wait_seconds,
         )
 
 
@@ -234,24 +252,131 @@ def _python_path() -> str:
     return os.pathsep.join([str(_PROJECT_ROOT), *([existing] if existing else [])])
 
 
+class _Waiter:
+    __slots__ = ("granted", "item", "seq", "tenant")
+
+    def __init__(self, tenant: str, seq: int) -> None:
+        self.tenant = tenant
+        self.seq = seq
+        self.granted = False
+        self.item: Any = None
+
+
+class TenantSlots:
+    """``size`` interchangeable slots (here: idle extractor processes) shared fairly between
+    tenants by the threads of one process.
+
+    - A tenant holding nothing may take any free slot. A tenant already holding some may
+      take one only while it holds fewer than ``size - reserved`` (at least one): the last
+      ``reserved`` slots stay for tenants with nothing in flight, so one tenant's slow files
+      never hold every slot.
+    - A freed slot goes to the waiter whose tenant holds the fewest slots, the earliest
+      first among equals.
+    - ``acquire`` gives up after ``wait_seconds`` (``ExtractorBusy``).
+    """
+
+    def __init__(self, size: int, reserved: int) -> None:
+        self.size = size
+        self.cap = max(1, size - max(reserved, 0))
+        self._cond = threading.Condition()
+        self._free: list[Any] = []
+        self._held: dict[str, list[float]] = {}  # tenant -> when each of its slots was taken
+        self._waiting: list[_Waiter] = []
+        self._seq = 0
+
+    def put(self, item: Any) -> None:
+        """Add a free slot (at start, and when a holder gives its slot back)."""
+        with self._cond:
+            self._free.append(item)
+            self._dispatch()
+
+    def acquire(self, tenant: str, wait_seconds: float | None = None) -> Any:
+        with self._cond:
+            self._seq += 1
+            waiter = _Waiter(tenant, self._seq)
+            self._waiting.append(waiter)
+            self._dispatch()
+            deadline = None if wait_seconds is None else time.monotonic() + wait_seconds
+            while not waiter.granted:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    self._waiting.remove(waiter)
+                    raise ExtractorBusy(
+                        f"every extractor process this tenant may use stayed busy for "
+                        f"{wait_seconds:g} s"
+                    )
+                self._cond.wait(remaining)
+            return waiter.item
+
+    def release(self, tenant: str, item: Any) -> None:
+        """``tenant`` gives its slot back, as ``item`` (its child, or None to start one)."""
+        with self._cond:
+            held = self._held.get(tenant, [])
+            if held:
+                held.pop(0)
+            if not held:
+                self._held.pop(tenant, None)
+            self._free.append(item)
+            self._dispatch()
+
+    def backlogged(self, tenant: str, wait_seconds: float) -> bool:
+        """Whether a file of ``tenant`` would wait now behind its own tenant's files, all of
+        which have held their slots for ``wait_seconds`` or longer (slow files: a new one
+        would give up waiting anyway)."""
+        with self._cond:
+            held = self._held.get(tenant)
+            if not held or (self._may_take(tenant) and self._free):
+                return False
+            return time.monotonic() - max(held) >= wait_seconds
+
+    def holding(self) -> dict[str, int]:
+        """Slots held per tenant now (for tests and operators)."""
+        with self._cond:
+            return {tenant: len(held) for tenant, held in self._held.items()}
+
+    def waiting(self) -> int:
+        """Callers waiting for a slot now."""
+        with self._cond:
+            return len(self._waiting)
+
+    def _may_take(self, tenant: str) -> bool:
+        return len(self._held.get(tenant, ())) < self.cap
+
+    def _dispatch(self) -> None:
+        """Hand free slots to the waiters entitled to them (the condition is held)."""
+        while self._free and self._waiting:
+            eligible = [w for w in self._waiting if self._may_take(w.tenant)]
+            if not eligible:
+                return
+            waiter = min(eligible, key=lambda w: (len(self._held.get(w.tenant, ())), w.seq))
+            self._waiting.remove(waiter)
+            waiter.item = self._free.pop(0)
+            waiter.granted = True
+            self._held.setdefault(waiter.tenant, []).append(time.monotonic())
+            self._cond.notify_all()
+
+
 class ExtractorPool:
     """``size`` extractor processes shared by the job threads of one worker process."""
 
     def __init__(self, config: PoolConfig) -> None:
         self.config = config
         # An idle slot holds a running child, or None when its child is yet to be started.
-        self._idle: queue.Queue[_Child | None] = queue.Queue()
+        self._idle = TenantSlots(config.size, config.reserved_slots)
         self._children: set[_Child] = set()
         self._lock = threading.Lock()
         self._started = False
         self._closed = False
 
-    def extract(self, path: Path, mime: str, limits: ExtractLimits) -> list[TextBlock]:
-        """Extract ``path`` in one of the children, waiting for one to be idle."""
+    def extract(
+        self, path: Path, mime: str, limits: ExtractLimits, *, tenant: str = ""
+    ) -> list[TextBlock]:
+        """Extract ``path`` for ``tenant`` in one of the children, waiting for one it may
+        take (``ExtractorBusy`` past the pool's ``wait_seconds``)."""
         if mime not in SUPPORTED_TYPES:
             raise UnsupportedType(repr(mime))
         self._start()
-        child = self._idle.get()
+        child: _Child | None = self._idle.acquire(tenant, self.config.wait_seconds)
         # Whether the exchange with the child completed: if not (an interrupt halfway through
         # a reply), the child cannot be trusted with another file. A child that a limit ended
         # is not alive, and is replaced either way.
@@ -270,7 +395,17 @@ class ExtractorPool:
             completed = True
             raise
         finally:
-            self._give_back(child, keep=completed)
+            self._give_back(tenant, child, keep=completed)
+
+    def backlogged(self, tenant: str) -> bool:
+        """Whether a file of ``tenant`` would only wait now (see ``TenantSlots.backlogged``);
+        False when the pool has no ``wait_seconds``."""
+        wait = self.config.wait_seconds
+        return wait is not None and self._idle.backlogged(tenant, wait)
+
+    def holding(self) -> dict[str, int]:
+        """Children busy per tenant now."""
+        return self._idle.holding()
 
     def _start(self) -> None:
         """Start every child on first use, so they import the parsers in parallel."""
@@ -300,7 +435,7 @@ class ExtractorPool:
             log.warning("extract.pool.spawn_failed", error=str(exc))
             return None  # started by the next caller that needs it
 
-    def _give_back(self, child: _Child | None, *, keep: bool) -> None:
+    def _give_back(self, tenant: str, child: _Child | None, *, keep: bool) -> None:
         if (
             child is not None
             and keep
@@ -308,7 +443,7 @@ class ExtractorPool:
             and child.files < self.config.recycle_after
             and not child.retiring
         ):
-            self._idle.put(child)
+            self._idle.release(tenant, child)
             return
         if child is not None:
             child.kill()  # idle or stopped: it holds nothing worth a graceful exit
@@ -316,7 +451,7 @@ class ExtractorPool:
             with self._lock:
                 self._children.discard(child)
         # The replacement starts now, so it has imported the parsers by the time it is needed.
-        self._idle.put(None if self._closed else self._spawn_or_none())
+        self._idle.release(tenant, None if self._closed else self._spawn_or_none())
 
     def pids(self) -> list[int]:
         """The process ids of the children running now (for tests and operators)."""
@@ -345,11 +480,19 @@ def pool_for(config: PoolConfig) -> ExtractorPool:
         return pool
 
 
-def extract_isolated(path: Path, mime: str, settings: WorkerSettings) -> list[TextBlock]:
-    """``extract`` under the worker's limits, in this process's extractor pool."""
+def extract_isolated(
+    path: Path, mime: str, settings: WorkerSettings, *, tenant: str = ""
+) -> list[TextBlock]:
+    """``extract`` under the worker's limits, in this process's extractor pool, within
+    ``tenant``'s share of it."""
     return pool_for(PoolConfig.from_settings(settings)).extract(
-        path, mime, limits_from_settings(settings)
+        path, mime, limits_from_settings(settings), tenant=tenant
     )
+
+
+def extraction_backlogged(settings: WorkerSettings, tenant: str) -> bool:
+    """Whether ``tenant``'s files would only wait for this process's extractors now."""
+    return pool_for(PoolConfig.from_settings(settings)).backlogged(tenant)
 
 
 @atexit.register

@@ -43,6 +43,17 @@ class JobLost(Exception):
     requeued it); what the run still does is not recorded."""
 
 
+class JobDeferred(Exception):
+    """The run gives its job back before doing anything lasting, because what it needs is
+    busy with other jobs of the same tenant (e.g. the extractors, held by that tenant's slow
+    files). The job goes back to the queue without spending the attempt, and the job thread
+    is free for another tenant's job."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
 class Heartbeat:
     def __init__(
         self,

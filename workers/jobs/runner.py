@@ -31,7 +31,7 @@ from haven.jobs import INTERNAL, STEP_TIMEOUT, SUBJECT_GONE, TERMINAL, WORKER_LO
 from haven.ops_metrics import WORKER_METRICS
 from haven.queueing import clear_guard, send_job_once, task_for
 from workers.jobs.handler import Claim, JobHandler
-from workers.jobs.heartbeat import Heartbeat, JobCanceled, JobLost
+from workers.jobs.heartbeat import Heartbeat, JobCanceled, JobDeferred, JobLost
 from workers.runtime import WorkerRuntime
 from workers.settings import WorkerSettings
 
@@ -107,6 +107,9 @@ def run_job(task: Task, rt: WorkerRuntime, handler: JobHandler, job_id: uuid.UUI
             # Another attempt holds the job (or it ended): what this run did is not its.
             log.warning("job.lost", attempt=claim.attempt)
             return "lost"
+        except JobDeferred as deferred:
+            rt.keeper.forget(beat)  # no lease renewal for an attempt about to be given back
+            return _deferred(task, rt, claim, deferred)
         except JobCanceled:
             _quietly(handler.discard, rt, claim)
             with transaction(rt.session_factory) as session:
@@ -185,6 +188,23 @@ def _failed(
     log.error("job.dead_lettered", attempts=claim.attempt, code=reason.code)
     # Rejected without requeue: RabbitMQ moves the message to the dead-letter queue.
     raise Reject(reason.code, requeue=False) from exc
+
+
+def _deferred(task: Task, rt: WorkerRuntime, claim: Claim, deferred: JobDeferred) -> str:
+    """The run gave its job back unstarted: queued again with the attempt given back, and
+    sent again later (backoff on the message's deliveries, any worker may take it)."""
+    with transaction(rt.session_factory) as session:
+        moved = JobStore(session).unclaim(claim.job_id, attempt=claim.attempt)
+    if not moved:
+        return "lost"
+    settings = rt.settings
+    deliveries = int(getattr(task.request, "retries", 0) or 0)
+    ceiling = min(
+        settings.job_defer_max_seconds, settings.job_defer_seconds * 2 ** min(deliveries, 16)
+    )
+    delay = random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not security
+    log.info("job.deferred", why=deferred.why, delay_s=round(delay, 1))
+    raise task.retry(countdown=delay, max_retries=None)
 
 
 def _unclaimed(rt: WorkerRuntime, handler: JobHandler, job_id: uuid.UUID) -> str:
