@@ -157,7 +157,7 @@ def optimize(
     ] = True,
     ops: Annotated[
         str, typer.Option(help="what is quantised: ffn, or ffn+attention (projections)")
-    ] = "ffn",
+    ] = "ffn+attention",
     keep_last_layers: Annotated[
         int, typer.Option(help="last transformer layers left in fp32", min=0)
     ] = 1,

@@ -112,7 +112,9 @@ def main() -> None:
     parser.add_argument("--encode-batch-size", type=int, default=None)
     parser.add_argument("--max-batch-size", type=int, default=None)
     parser.add_argument("--raw-batch-size", type=int, default=32)
-    parser.add_argument("--ops", default="ffn", help="quantised part: ffn or ffn+attention")
+    parser.add_argument(
+        "--ops", default="ffn+attention", help="quantised part: ffn or ffn+attention"
+    )
     parser.add_argument("--keep-last-layers", type=int, default=1)
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--no-record", action="store_true")

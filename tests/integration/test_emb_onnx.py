@@ -39,7 +39,7 @@ TEXTS = [
     "Where is the nearest pharmacy that is open on Sundays?",
     "Reset the router, wait thirty seconds, then reconnect the cable.",
     "Long-term use of proton pump inhibitors is linked to an increased risk of kidney disease. "
-    * 12,
+    * 20,
     "x",
 ]
 
