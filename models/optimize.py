@@ -39,6 +39,7 @@ import structlog
 
 from models import offline as _offline  # noqa: F401 - before any model library is imported
 from models.formats import ONNX_CONFIG
+from models.manifest import MANIFEST_FILE
 
 log = structlog.get_logger("haven.models")
 
@@ -155,12 +156,15 @@ def compare(reference: Any, folder: Path, texts: Sequence[str]) -> tuple[float, 
 
 
 def _copy_configuration(source: Path, dest: Path) -> None:
-    """Everything of the source folder but its PyTorch weights and other exports."""
+    """Everything of the source folder but its PyTorch weights, other exports and the
+    cache's manifest."""
     for path in sorted(source.rglob("*")):
         relative = path.relative_to(source)
         if not path.is_file() or any(p.startswith(".") for p in relative.parts):
             continue
         if relative.parts[0] in _SKIPPED_FOLDERS or _WEIGHT_FILES.match(path.name):
+            continue
+        if relative.as_posix() == MANIFEST_FILE:  # the cache's record of the source version
             continue
         target = dest / relative
         target.parent.mkdir(parents=True, exist_ok=True)
