@@ -218,7 +218,8 @@ def _quantize(fp32: Path, out: Path, options: QuantizeOptions) -> dict[str, Any]
     weights = {init.name for init in graph.initializer}
     layers = _layer_count(n.name for n in graph.node)
     keep = {str(i) for i in range(max(0, layers - options.keep_last_layers), layers)}
-    chosen, excluded = [], []
+    chosen: list[str] = []
+    excluded: list[str] = []
     for node in graph.node:
         if node.op_type != "MatMul":
             continue

@@ -246,7 +246,7 @@ def render(
             quality = f"mean {cos.mean():.4f}, min {cos.min():.4f}"
         rows.append(f"| {backend} | {' | '.join(cells)} | {quality} |")
     spread = "; ".join(
-        f"{b}/{k}: " + ", ".join(f"{r:.0f}" for r in rates[(b, k)]) for b in backends for k in sets
+        f"{b}/{k}: " + ", ".join(f"{r:.1f}" for r in rates[(b, k)]) for b in backends for k in sets
     )
     command = "`.venv/bin/python -m bench.emb.backends " + " ".join(
         f"--{k.replace('_', '-')} {v}"
