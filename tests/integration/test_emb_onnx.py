@@ -24,6 +24,9 @@ from models.registry import ModelRegistry
 from models.store import registry_from_settings
 from tests.integration.test_emb_service import cosines, emb_settings, flip_byte, wait_until_settled
 
+# Two exports of MiniLM and two emb services: slow on a loaded machine.
+pytestmark = pytest.mark.slow
+
 MODEL_DIR = get_model_path()
 # A fixed set the optimize command does not check against: SciFact-like claims and passages.
 TEXTS = [
