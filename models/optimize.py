@@ -6,8 +6,10 @@ model's tokenizer and sentence-transformers configuration (pooling, normalisatio
 beside ``model.onnx`` and ``onnx_config.json``, every file checksummed like any model.
 
 The export is the transformer encoder only (``torch.onnx.export`` of the Hugging Face model
-behind the sentence-transformers module, token vectors out); pooling and normalisation run
-in the emb service from the model's own configuration (``emb.encoder.OnnxEncoder``).
+behind the sentence-transformers module, with eager attention, token vectors out), fused by
+ONNX Runtime's BERT optimiser for BERT-family models (one Attention op per layer, embedding
+layer norm, bias+GELU, skip layer norm); pooling and normalisation run in the emb service
+from the model's own configuration (``emb.encoder.OnnxEncoder``).
 
 Quantisation is dynamic int8 of weight MatMuls (activations quantised per batch at run time)
 with these choices, measured on this CPU family (AVX2 without VNNI, see bench/RESULTS.md):
@@ -16,7 +18,8 @@ with these choices, measured on this CPU family (AVX2 without VNNI, see bench/RE
   u8xs8 dot product sums pairs in saturating int16, and full-range weights overflow it —
   the main cause of a naive quantisation's drift;
 - only the weight MatMuls of the chosen parts (``ops``): the feed-forward block (two thirds
-  of the weight FLOPs) and by default the attention projections; never the
+  of the weight FLOPs) and by default the attention projections (the fused Attention op,
+  QAttention); never the
   activation-by-activation MatMuls of attention (QK^T and the weighted sum), the embeddings
   or the pooler;
 - the last ``keep_last_layers`` layers left in fp32: their errors go straight to the vector.
@@ -120,10 +123,18 @@ def export(
 
     dest.mkdir(parents=True)
     _copy_configuration(source, dest)
-    model = SentenceTransformer(str(source), device="cpu", local_files_only=True)
+    # Eager attention exports the attention as plain MatMul/Softmax, which ONNX Runtime's BERT
+    # optimiser fuses into one Attention op (SDPA's exported graph is not recognised).
+    model = SentenceTransformer(
+        str(source),
+        device="cpu",
+        local_files_only=True,
+        model_kwargs={"attn_implementation": "eager"},
+    )
     with tempfile.TemporaryDirectory(prefix="haven-onnx-") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
         _export_encoder(model, fp32)
+        _fuse(model, fp32)
         if quantize is None:
             shutil.copyfile(fp32, dest / ONNX_FILE)
             quantization = None
@@ -210,6 +221,30 @@ def _export_encoder(model: Any, path: Path) -> None:
         )
 
 
+def _fuse(model: Any, path: Path) -> None:
+    """ONNX Runtime's offline BERT fusions (Attention, EmbedLayerNormalization, BiasGelu,
+    SkipLayerNormalization) for BERT-family encoders; other models stay as exported."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    config = model[0].auto_model.config
+    if config.model_type != "bert":
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fused = optimize_model(
+            str(path),
+            model_type="bert",
+            num_heads=int(config.num_attention_heads),
+            hidden_size=int(config.hidden_size),
+            opt_level=0,
+        )
+    fused.save_model_to_file(str(path))
+    log.info(
+        "models.optimize.fused",
+        **{k: v for k, v in fused.get_fused_operator_statistics().items() if v},
+    )
+
+
 def _quantize(fp32: Path, out: Path, options: QuantizeOptions) -> dict[str, Any]:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -220,6 +255,12 @@ def _quantize(fp32: Path, out: Path, options: QuantizeOptions) -> dict[str, Any]
     keep = {str(i) for i in range(max(0, layers - options.keep_last_layers), layers)}
     chosen: list[str] = []
     excluded: list[str] = []
+    # A fused Attention op (one per layer, in layer order) carries no layer in its name.
+    attention = [n.name for n in graph.node if n.op_type == "Attention"]
+    if options.ops == "ffn+attention":
+        cut = max(0, len(attention) - options.keep_last_layers)
+        chosen += attention[:cut]
+        excluded += attention[cut:]
     for node in graph.node:
         if node.op_type != "MatMul":
             continue
@@ -235,11 +276,13 @@ def _quantize(fp32: Path, out: Path, options: QuantizeOptions) -> dict[str, Any]
         quantize_dynamic(
             str(fp32),
             str(out),
-            op_types_to_quantize=["MatMul"],
+            op_types_to_quantize=["MatMul", "Attention"],
             nodes_to_quantize=chosen,
             per_channel=options.per_channel,
             reduce_range=options.reduce_range,
             weight_type=QuantType.QInt8,
+            # Shape inference does not type the outputs of fused (contrib) ops.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     name = f"int8-{options.ops}" + (f"-fp32last{options.keep_last_layers}" if keep else "")
     log.info("models.optimize.quantized", quantized=len(chosen), kept_fp32=len(excluded))
