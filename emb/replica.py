@@ -15,7 +15,7 @@ import signal
 from multiprocessing.connection import Connection
 from typing import Any
 
-from emb.encoder import DenseEncoder, Encoded, set_torch_threads
+from emb.encoder import Encoded, load_encoder
 from models.loader import LocalModel
 
 # spawn, not fork: the service has an event loop and threads running when replicas start.
@@ -107,8 +107,14 @@ def _serve(
     # Ctrl-C reaches the whole process group; the service shuts its replicas down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        set_torch_threads(torch_threads, replicas)
-        encoder = DenseEncoder(local, device=device, encode_batch_size=encode_batch_size)
+        # The backend is the one the model's manifest declares (PyTorch or ONNX Runtime).
+        encoder = load_encoder(
+            local,
+            device=device,
+            encode_batch_size=encode_batch_size,
+            threads=torch_threads,
+            replicas=replicas,
+        )
     except Exception as exc:  # sent as text: not every exception survives pickling
         conn.send(ReplicaError(f"{type(exc).__name__}: {exc}"))
         return

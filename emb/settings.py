@@ -22,8 +22,8 @@ class EmbSettings(ModelStoreSettings):
     # thread served ~10% more texts/s than 1 of two threads, for one more copy in memory.
     # On a GPU, 1.
     emb_replicas: int = Field(default=2, ge=1)
-    # torch's intra-op threads per replica; None shares torch's default (one per core) out
-    # among the replicas.
+    # Intra-op threads per replica (torch's, or ONNX Runtime's for an `onnx` model); None
+    # shares the cores out among the replicas.
     emb_torch_threads: int | None = Field(default=None, ge=1)
     # Requests waiting together are merged into one model call of at most this many texts;
     # the first text waits at most emb_max_wait_ms for others to join.

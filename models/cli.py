@@ -50,7 +50,7 @@ def publish(
     version: Annotated[str, typer.Option(help="model version (immutable once published)")],
     type_: Annotated[str, typer.Option("--type", help="embed, llm or sparse")],
     format_: Annotated[
-        str | None, typer.Option("--format", help="sentence-transformers or gguf")
+        str | None, typer.Option("--format", help="sentence-transformers, onnx or gguf")
     ] = None,
     alias: Annotated[str | None, typer.Option(help="point this alias at the version")] = None,
     param: Annotated[
@@ -145,3 +145,98 @@ def verify(
     except RegistryError as exc:
         _fail(str(exc))
     typer.echo(f"ok {_describe(local.manifest)} at {local.path}")
+
+
+@app.command("optimize")
+def optimize(
+    source: Annotated[str, typer.Argument(help="alias, or NAME/VERSION, of an embedding model")],
+    version: Annotated[str, typer.Option(help="version to publish the ONNX variant as")],
+    name: Annotated[str | None, typer.Option(help="model name (default: the source's)")] = None,
+    quantize: Annotated[
+        bool, typer.Option("--quantize/--fp32", help="dynamic int8 quantisation, or fp32 only")
+    ] = True,
+    ops: Annotated[
+        str, typer.Option(help="what is quantised: ffn, or ffn+attention (projections)")
+    ] = "ffn+attention",
+    keep_last_layers: Annotated[
+        int, typer.Option(help="last transformer layers left in fp32", min=0)
+    ] = 1,
+    per_channel: Annotated[bool, typer.Option(help="one weight scale per channel")] = True,
+    reduce_range: Annotated[
+        bool, typer.Option(help="7-bit weights (avoids saturation on CPUs without VNNI)")
+    ] = True,
+    min_cosine: Annotated[
+        float | None,
+        typer.Option(
+            help="refuse to publish below this mean cosine to PyTorch (default 0.99"
+            " quantised, 0.999 fp32)"
+        ),
+    ] = None,
+    alias: Annotated[str | None, typer.Option(help="point this alias at the new version")] = None,
+) -> None:
+    """Export a published sentence-transformers model to ONNX (optionally int8), check its
+    vectors against PyTorch's and publish it as a new version — offline, from the cache."""
+    import tempfile
+
+    from models import optimize as optimizer
+
+    if ops not in ("ffn", "ffn+attention"):
+        _fail(f"--ops {ops!r}: expected ffn or ffn+attention", 2)
+    settings = ModelStoreSettings()
+    registry = _registry()
+    cache = ModelCache(registry, settings.model_cache_dir)
+    try:
+        if "/" in source:
+            source_name, _, source_version = source.partition("/")
+            manifest = registry.manifest(source_name, source_version)
+        else:
+            manifest = registry.resolve(source)
+        if manifest.format != "sentence-transformers" or manifest.type != "embed":
+            _fail(
+                f"{manifest.ref} is {manifest.type}/{manifest.format}, not a"
+                " sentence-transformers embedding model"
+            )
+        local = cache.fetch_version(manifest)
+    except ModelIntegrityError as exc:
+        _fail(f"integrity check failed for file {exc.path}: {exc}")
+    except RegistryError as exc:
+        _fail(str(exc))
+    options = (
+        optimizer.QuantizeOptions(
+            ops=ops,  # type: ignore[arg-type]
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            keep_last_layers=keep_last_layers,
+        )
+        if quantize
+        else None
+    )
+    floor = min_cosine if min_cosine is not None else (0.99 if quantize else 0.999)
+    with tempfile.TemporaryDirectory(prefix="haven-optimize-") as tmp:
+        exported = optimizer.export(
+            local.path, Path(tmp) / "model", quantize=options, check_texts=optimizer.CHECK_TEXTS
+        )
+        variant = exported.quantization["name"] if exported.quantization else "fp32"
+        typer.echo(
+            f"{manifest.ref} -> onnx {variant}:"
+            f" cosine to PyTorch mean {exported.cosine_mean:.4f} min {exported.cosine_min:.4f}"
+            f" over {len(optimizer.CHECK_TEXTS)} texts"
+        )
+        if exported.cosine_mean < floor:
+            _fail(f"mean cosine {exported.cosine_mean:.4f} is below {floor}; not published")
+        try:
+            published = registry.publish(
+                exported.folder,
+                name=name or manifest.name,
+                version=version,
+                type="embed",
+                format="onnx",
+                alias=alias,
+                parameters={
+                    "source": manifest.ref,
+                    "cosine_to_source": round(exported.cosine_mean, 5),
+                },
+            )
+        except (RegistryError, ValueError) as exc:
+            _fail(str(exc))
+    typer.echo(f"published {_describe(published)}" + (f" alias={alias}" if alias else ""))

@@ -4,30 +4,40 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from models.manifest import ModelFormat
+
+# How a sentence-transformers model pools its token vectors into one (its *_Pooling config).
+PoolingConfig = Literal["mean", "cls", "max"]
+# The ONNX Runtime variant of a sentence-transformers folder (``haven models optimize``)
+# holds this file, naming the exported graph and how it was made.
+ONNX_CONFIG = "onnx_config.json"
 
 
 def detect_format(path: Path) -> ModelFormat:
     if path.is_file() and path.suffix == ".gguf":
         return "gguf"
     if path.is_dir() and (path / "modules.json").is_file():
-        return "sentence-transformers"
+        return "onnx" if (path / ONNX_CONFIG).is_file() else "sentence-transformers"
     raise ValueError(
-        f"cannot tell the format of {path}: expected a .gguf file or a sentence-transformers"
-        " folder (with modules.json); pass --format"
+        f"cannot tell the format of {path}: expected a .gguf file, a sentence-transformers"
+        f" folder (with modules.json) or its ONNX export (with {ONNX_CONFIG}); pass --format"
     )
 
 
 def describe(path: Path, model_format: ModelFormat) -> dict[str, Any]:
     """Parameters read from the model's own files; values given by the publisher win."""
     if model_format == "sentence-transformers":
-        return _sentence_transformers_parameters(path)
+        return sentence_transformers_parameters(path)
+    if model_format == "onnx":
+        params = sentence_transformers_parameters(path)
+        onnx = _read_json(path / ONNX_CONFIG)
+        return {**params, "backend": "onnxruntime", **onnx.get("manifest", {})}
     return {}
 
 
-def _sentence_transformers_parameters(folder: Path) -> dict[str, Any]:
+def sentence_transformers_parameters(folder: Path) -> dict[str, Any]:
     params: dict[str, Any] = {}
     st_config = _read_json(folder / "sentence_bert_config.json")
     if "max_seq_length" in st_config:
@@ -47,6 +57,19 @@ def _sentence_transformers_parameters(folder: Path) -> dict[str, Any]:
     if isinstance(modules, list):
         params["normalized"] = any(str(m.get("type", "")).endswith(".Normalize") for m in modules)
     return params
+
+
+def pooling_mode(folder: Path) -> PoolingConfig | None:
+    """The pooling of a sentence-transformers folder: mean, CLS or max (None: another)."""
+    for pooling in sorted(folder.glob("*_Pooling/config.json")):
+        config = _read_json(pooling)
+        modes: dict[str, PoolingConfig] = {"mean": "mean", "cls": "cls", "max": "max"}
+        if (mode := config.get("pooling_mode")) in modes:
+            return modes[mode]
+        for name, value in modes.items():
+            if config.get(f"pooling_mode_{name}_tokens") is True:
+                return value
+    return None
 
 
 def _read_json(path: Path) -> Any:

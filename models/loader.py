@@ -56,7 +56,10 @@ class ModelCache:
         the only way to notice a file changed on disk); a damaged cache is replaced by a
         fresh download, which must itself match the manifest.
         """
-        manifest = self.registry.resolve(alias)
+        return self.fetch_version(self.registry.resolve(alias), alias=alias)
+
+    def fetch_version(self, manifest: Manifest, *, alias: str | None = None) -> LocalModel:
+        """The verified local copy of one published version (see ``fetch``)."""
         target = self._folder(manifest)
         if target.is_dir():
             try:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 ModelType = Literal["embed", "llm", "sparse"]
-ModelFormat = Literal["sentence-transformers", "gguf"]
+ModelFormat = Literal["sentence-transformers", "gguf", "onnx"]
 
 MANIFEST_FILE = "manifest.json"
 # Languages of bundled models whose manifests were published before languages were

@@ -50,7 +50,15 @@ from models.store import registry_from_settings
 from tests.fixtures.services import free_port, start_moto, wait_http
 
 RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "eval" / "scifact" / "corpus.jsonl"
+# The shared evaluation data next to the checkout (/work/shared/eval), or HAVEN_BENCH_DATA.
+CORPUS = (
+    Path(
+        os.environ.get(
+            "HAVEN_BENCH_DATA", Path(__file__).resolve().parents[3] / "shared" / "eval" / "scifact"
+        )
+    )
+    / "corpus.jsonl"
+)
 ALIAS = "bench-minilm"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
 

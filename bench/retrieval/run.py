@@ -204,6 +204,36 @@ def cached_embeddings(texts: list[str], name: str, model: Any) -> np.ndarray:
     return np.asarray(vectors)
 
 
+class _OnnxModel:
+    """emb's ONNX Runtime encoder behind sentence-transformers' ``encode`` signature."""
+
+    def __init__(self, folder: Path) -> None:
+        from emb.encoder import OnnxEncoder
+
+        self.encoder = OnnxEncoder(
+            folder, ref=folder.name, encode_batch_size=32, threads=os.cpu_count() or 1
+        )
+        self.digest = hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()[:8]
+
+    def encode(self, texts: list[str], **_: Any) -> np.ndarray:
+        return self.encoder.encode(texts).vectors
+
+
+def onnx_embedder(variant: str, model_path: str) -> _OnnxModel:
+    """``haven models optimize``'s export of the model (fp32, or int8 with the command's
+    default options), made once into ``bench/out/``."""
+    from models import optimize
+
+    if variant not in ("onnx-fp32", "onnx-int8"):
+        raise SystemExit(f"unknown --embedder {variant!r}: pytorch, onnx-fp32 or onnx-int8")
+    folder = OUT / f"minilm-{variant}"
+    if not (folder / "onnx_config.json").is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        options = optimize.QuantizeOptions() if variant == "onnx-int8" else None
+        optimize.export(Path(model_path), folder, quantize=options)
+    return _OnnxModel(folder)
+
+
 def scifact(args: argparse.Namespace, stores: list[str]) -> list[str]:
     from sentence_transformers import SentenceTransformer
     from transformers import AutoTokenizer
@@ -212,12 +242,16 @@ def scifact(args: argparse.Namespace, stores: list[str]) -> list[str]:
     worker, emb = WorkerSettings(), EmbSettings()
     model_path = str(get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = SentenceTransformer(model_path, device="cpu")
+    model: Any = SentenceTransformer(model_path, device="cpu")
+    suffix = ""
+    if args.embedder != "pytorch":  # the same model through emb's ONNX Runtime path
+        model = onnx_embedder(args.embedder, model_path)
+        suffix = f"-{args.embedder}-{model.digest}"  # a new export is embedded anew
     tenant = uuid.uuid4()
     passages = scifact_passages(corpus, tokenizer, worker, tenant)
-    dense = cached_embeddings([p[1] for p in passages], "scifact-passages", model)
+    dense = cached_embeddings([p[1] for p in passages], f"scifact-passages{suffix}", model)
     qids = sorted(queries)
-    query_dense = cached_embeddings([queries[q] for q in qids], "scifact-queries", model)
+    query_dense = cached_embeddings([queries[q] for q in qids], f"scifact-queries{suffix}", model)
     if args.queries:  # the first N judged queries (local mode takes seconds per query)
         qids, query_dense = qids[: args.queries], query_dense[: args.queries]
     sparse = [lexical.document_vector(p[1], emb.bm25) for p in passages]
@@ -375,7 +409,7 @@ def scifact(args: argparse.Namespace, stores: list[str]) -> list[str]:
     return [
         f"index: {len(corpus)} documents → {len(passages)} chunks "
         f"({worker.chunk_max_tokens} tokens, overlap {worker.chunk_overlap_tokens}), "
-        f"all-MiniLM-L6-v2 + BM25 sparse (k1 {emb.bm25.k1}, b {emb.bm25.b}, "
+        f"all-MiniLM-L6-v2 ({args.embedder}) + BM25 sparse (k1 {emb.bm25.k1}, b {emb.bm25.b}, "
         f"avg length {emb.bm25.avg_length}) with Qdrant's IDF, analyzer "
         f"{lexical.ANALYZER_ID}; " + "; ".join(builds),
         f"chunk languages detected ({', '.join(worker.languages)}): {languages}; "
@@ -703,6 +737,12 @@ def main() -> None:
         "--bilingual-data",
         default=str(BILINGUAL),
         help="a bilingual set (corpus.jsonl + questions.tsv) to report per language",
+    )
+    parser.add_argument(
+        "--embedder",
+        default="pytorch",
+        help="how the model embeds: pytorch (sentence-transformers), onnx-fp32 or onnx-int8"
+        " (emb's ONNX Runtime path on `haven models optimize`'s export)",
     )
     parser.add_argument("--no-bilingual", action="store_true", help="skip the bilingual set")
     args = parser.parse_args()
