@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from haven.db.engine import transaction
 from haven.db.tables import DeadLetter, Role, Upload
 from haven.telemetry import http_routes
+from tests.fixtures import review_archives
 from tests.fixtures.analyses import upload_ready
 from tests.fixtures.api import Account, create_user
 
@@ -144,6 +145,51 @@ def _make_analysis(world: World, owner: Account) -> str:
     return str(response.json()["id"])
 
 
+def _make_review(world: World, owner: Account) -> str:
+    response = world.client.post(
+        "/api/v1/reviews",
+        data={"student_id": "s-1", "assignment_id": "hw", "new_commit": uuid.uuid4().hex},
+        files={"new_zip": ("new.zip", review_archives.project_old(), "application/zip")},
+        headers=owner.headers,
+    )
+    assert response.status_code == 202, response.text
+    return str(response.json()["task_id"])
+
+
+def _make_run(world: World, owner: Account) -> str:
+    response = world.client.post(
+        "/api/v1/runs", json={"language": "python", "code": "print(1)"}, headers=owner.headers
+    )
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+def _make_pattern(world: World, owner: Account) -> str:
+    response = world.client.post(
+        "/api/v1/admin/error-patterns",
+        json={"error_type": "ValueError", "title": "A value", "explanation": "Check it."},
+        headers=owner.headers,
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def _make_run_access(world: World, owner: Account) -> str:
+    user_id = _make_user(world, owner)
+    response = world.client.put(
+        "/api/v1/admin/run-access",
+        json={"subject_kind": "user", "subject_id": user_id, "daily_quota": 5},
+        headers=owner.headers,
+    )
+    assert response.status_code == 200, response.text
+    return user_id
+
+
+def _run_access_untouched(world: World, owner: Account, user_id: str) -> bool:
+    entries = world.client.get("/api/v1/admin/run-access", headers=owner.headers).json()
+    return any(e["subject_id"] == user_id for e in entries)
+
+
 FACTORIES: dict[str, Factory] = {
     "tenant_id": Factory(_make_tenant, _tenant_untouched),
     "user_id": Factory(_make_user, lambda w, o, i: _ok(w, o, f"/api/v1/admin/users/{i}")),
@@ -154,17 +200,34 @@ FACTORIES: dict[str, Factory] = {
     "dead_letter_id": Factory(_make_dead_letter, _dead_letter_untouched),
     "chat_id": Factory(_make_chat, lambda w, o, i: _ok(w, o, f"/api/v1/chats/{i}")),
     "analysis_id": Factory(_make_analysis, lambda w, o, i: _ok(w, o, f"/api/v1/analyses/{i}")),
+    "task_id": Factory(_make_review, lambda w, o, i: _ok(w, o, f"/api/v1/reviews/{i}")),
+    "run_id": Factory(_make_run, lambda w, o, i: _ok(w, o, f"/api/v1/runs/{i}")),
+    "pattern_id": Factory(
+        _make_pattern, lambda w, o, i: _ok(w, o, f"/api/v1/admin/error-patterns/{i}")
+    ),
+    # DELETE /admin/run-access/{subject_kind}/{subject_id}: the kind is a word, not an id.
+    "subject_kind": Factory(lambda w, o: "user", lambda w, o, i: True),
+    "subject_id": Factory(_make_run_access, _run_access_untouched),
 }
+# What an unknown object's path takes where a parameter is not an id.
+NOT_IDS: dict[str, str] = {"subject_kind": "user"}
 
 # Bodies valid for the route's schema, so that validation (422) cannot hide the 404.
 BODIES: dict[tuple[str, str], dict[str, object]] = {
     ("PATCH", "/api/v1/admin/users/{user_id}"): {"role": "editor"},
     ("POST", "/api/v1/chats/{chat_id}/messages"): {"content": "what is in the plans?"},
     ("PATCH", "/api/v1/admin/tenants/{tenant_id}"): {"is_active": False},
+    ("PUT", "/api/v1/admin/tenants/{tenant_id}/budget"): {"token_budget": 1000},
+    ("PUT", "/api/v1/admin/tenants/{tenant_id}/limits"): {},
+    ("PATCH", "/api/v1/admin/error-patterns/{pattern_id}"): {"title": "changed"},
 }
 # Routes only a platform admin may call: another tenant's admin is refused by role (403)
 # before any id is looked at, which says nothing about the object either.
-PLATFORM_ONLY = {"/api/v1/admin/tenants/{tenant_id}"}
+PLATFORM_ONLY = {
+    "/api/v1/admin/tenants/{tenant_id}",
+    "/api/v1/admin/tenants/{tenant_id}/budget",
+    "/api/v1/admin/tenants/{tenant_id}/limits",
+}
 
 
 def _id_routes(client: TestClient) -> list[tuple[str, str, list[str]]]:
@@ -207,7 +270,7 @@ def test_every_id_route_hides_other_tenants_objects(
             )
 
         # Unknown ids are 404 as well, never 500.
-        unknown = template.format(**{n: uuid.uuid4() for n in params})
+        unknown = template.format(**{n: NOT_IDS.get(n, uuid.uuid4()) for n in params})
         caller = platform_admin if template in PLATFORM_ONLY else tenant_a
         response = api_client.request(method, unknown, headers=caller.headers, json=body)
         assert response.status_code == 404, f"{method} {unknown}: {response.text}"
