@@ -34,8 +34,7 @@ from haven.settings import StoreSettings
 from tests.fixtures.analyses import pdf_pages, upload_ready
 from tests.fixtures.api import Account
 from tests.fixtures.llm_service import Service, tiny_service
-from tests.fixtures.processes import WorkerProcess
-from tests.fixtures.services import TEST_BROKER_URL, TEST_REDIS_URL
+from tests.fixtures.processes import WorkerProcess, worker_env
 from tests.fixtures.tiny_gguf import CORPUS, TinyModel, build_tiny_gguf
 
 pytestmark = pytest.mark.slow
@@ -84,17 +83,7 @@ def workers(
     store_overrides: dict[str, Any], store_settings: StoreSettings, tmp_path: Path, llm: Service
 ) -> Iterator[Workers]:
     env = {
-        "HAVEN_ENV": "test",
-        "HAVEN_LOG_JSON": "true",
-        "HAVEN_DATABASE_URL": str(store_overrides["database_url"]),
-        "HAVEN_REDIS_URL": TEST_REDIS_URL,
-        "HAVEN_BROKER_URL": TEST_BROKER_URL,
-        "HAVEN_S3_ENDPOINT": str(store_overrides["s3_endpoint"]),
-        "HAVEN_S3_BUCKET": str(store_overrides["s3_bucket"]),
-        "HAVEN_MODELS_BUCKET": str(store_overrides["models_bucket"]),
-        "HAVEN_QDRANT_PATH": str(tmp_path / "qdrant"),
-        "HAVEN_MODEL_CACHE_DIR": str(tmp_path / "models"),
-        "HAVEN_MODEL_STORE_ATTEMPTS": "1",
+        **worker_env(store_overrides, tmp_path),
         "HAVEN_LLM_URL": llm.url,
         "HAVEN_ANALYZE_MAP_TOKENS": "48",
         "HAVEN_ANALYZE_REDUCE_TOKENS": "64",
@@ -103,7 +92,6 @@ def workers(
         "HAVEN_REAPER_INTERVAL_SECONDS": "1",
         "HAVEN_RETRY_BACKOFF_SECONDS": "0.2",
         "HAVEN_RETRY_BACKOFF_MAX_SECONDS": "0.5",
-        "HAVEN_BEAT_SCHEDULE_PATH": str(tmp_path / "beat-schedule"),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }

@@ -30,8 +30,7 @@ from haven.db.tables import AuditEntry, Job, JobKind, Role
 from haven.queueing import JOB_TASKS, create_celery, send_job_once
 from haven.settings import StoreSettings
 from tests.fixtures.api import Account
-from tests.fixtures.processes import WorkerProcess
-from tests.fixtures.services import TEST_BROKER_URL, TEST_REDIS_URL
+from tests.fixtures.processes import WorkerProcess, worker_env
 from workers.jobs.probe import probe_key
 
 LEASE = 2  # seconds; the reaper takes a job whose heartbeat is two leases old
@@ -70,17 +69,7 @@ def workers(
     store_overrides: dict[str, Any], store_settings: StoreSettings, tmp_path: Path
 ) -> Iterator[Workers]:
     env = {
-        "HAVEN_ENV": "test",
-        "HAVEN_LOG_JSON": "true",
-        "HAVEN_DATABASE_URL": str(store_overrides["database_url"]),
-        "HAVEN_REDIS_URL": TEST_REDIS_URL,
-        "HAVEN_BROKER_URL": TEST_BROKER_URL,
-        "HAVEN_S3_ENDPOINT": str(store_overrides["s3_endpoint"]),
-        "HAVEN_S3_BUCKET": str(store_overrides["s3_bucket"]),
-        "HAVEN_MODELS_BUCKET": str(store_overrides["models_bucket"]),
-        "HAVEN_QDRANT_PATH": str(tmp_path / "qdrant"),
-        "HAVEN_MODEL_CACHE_DIR": str(tmp_path / "models"),
-        "HAVEN_MODEL_STORE_ATTEMPTS": "1",
+        **worker_env(store_overrides, tmp_path),
         "HAVEN_JOB_LEASE_SECONDS": str(LEASE),
         "HAVEN_JOB_HEARTBEAT_SECONDS": "0.5",
         "HAVEN_REAPER_INTERVAL_SECONDS": "1",
@@ -88,7 +77,6 @@ def workers(
         "HAVEN_RETRY_BACKOFF_MAX_SECONDS": "0.5",
         "HAVEN_JOB_DEFER_SECONDS": "0.2",
         "HAVEN_JOB_DEFER_MAX_SECONDS": "0.5",
-        "HAVEN_BEAT_SCHEDULE_PATH": str(tmp_path / "beat-schedule"),
     }
     pool = Workers(env, tmp_path, store_settings)
     # No probe of an earlier test (the queue may not be declared yet).

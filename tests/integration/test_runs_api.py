@@ -23,8 +23,7 @@ from haven.sandbox import SandboxSettings
 from haven.settings import StoreSettings
 from tests.fixtures.api import Account, create_user
 from tests.fixtures.llm_service import Service, tiny_service
-from tests.fixtures.processes import WorkerProcess
-from tests.fixtures.services import TEST_BROKER_URL, TEST_REDIS_URL
+from tests.fixtures.processes import WorkerProcess, worker_env
 from tests.fixtures.tiny_gguf import build_tiny_gguf
 from workers.jobs.runner import run_job
 from workers.runs.handler import RunFailed, RunHandler
@@ -51,18 +50,7 @@ def runner(
     store_overrides: dict[str, Any], store_settings: StoreSettings, tmp_path: Path, llm: Service
 ) -> Iterator[WorkerProcess]:
     env = {
-        "HAVEN_ENV": "test",
-        "HAVEN_LOG_JSON": "true",
-        "HAVEN_DATABASE_URL": str(store_overrides["database_url"]),
-        "HAVEN_REDIS_URL": TEST_REDIS_URL,
-        "HAVEN_BROKER_URL": TEST_BROKER_URL,
-        "HAVEN_S3_ENDPOINT": str(store_overrides["s3_endpoint"]),
-        "HAVEN_S3_BUCKET": str(store_overrides["s3_bucket"]),
-        "HAVEN_MODELS_BUCKET": str(store_overrides["models_bucket"]),
-        "HAVEN_QDRANT_PATH": str(tmp_path / "qdrant"),
-        "HAVEN_MODEL_CACHE_DIR": str(tmp_path / "models"),
-        "HAVEN_MODEL_STORE_ATTEMPTS": "1",
-        "HAVEN_BEAT_SCHEDULE_PATH": str(tmp_path / "beat-schedule"),
+        **worker_env(store_overrides, tmp_path),
         "HAVEN_LLM_URL": llm.url,
         "HAVEN_RUNS_EXPLAIN_MAX_TOKENS": "24",
     }
