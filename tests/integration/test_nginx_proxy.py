@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -32,35 +31,18 @@ from api.settings import ApiSettings
 from haven.db.engine import make_engine, make_session_factory
 from tests.fixtures.api import bootstrap_platform_admin
 from tests.fixtures.llm_service import Service, tiny_service
+from tests.fixtures.nginx import NGINX, NGINX_TEMPLATE, render_nginx_conf
 from tests.fixtures.services import free_port, wait_http
 from tests.fixtures.sse import events_of
 from tests.fixtures.tiny_gguf import build_tiny_gguf
 
 ROOT = Path(__file__).resolve().parents[2]
-NGINX_TEMPLATE = ROOT / "nginx" / "nginx.conf"
 SMOKE = ROOT / "stack" / "smoke.sh"
 HEALTHCHECK = ROOT / "stack" / "healthcheck.py"
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
 pytestmark = pytest.mark.skipif(
     NGINX is None, reason="Debian's nginx is not installed: run stack/ci-system-deps.sh"
 )
-
-
-def render_nginx_conf(listen: str, upstream: str, s3_upstream: str, temp_dir: Path) -> str:
-    values = {
-        "NGINX_HAVEN_LISTEN": listen,
-        "NGINX_HAVEN_API_UPSTREAM": upstream,
-        "NGINX_HAVEN_OBJECTS_UPSTREAM": s3_upstream,
-    }
-    text = re.sub(
-        r"\$\{(NGINX_HAVEN_[A-Z_]+)\}", lambda m: values[m.group(1)], NGINX_TEMPLATE.read_text()
-    )
-    temp_paths = "".join(
-        f"    {kind}_temp_path {temp_dir / kind};\n"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    return text.replace("http {\n", "http {\n" + temp_paths, 1)
 
 
 @dataclass

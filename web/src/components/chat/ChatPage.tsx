@@ -67,6 +67,7 @@ export function ChatPage() {
   const [mode, setMode] = useState<Mode>("hybrid");
   const [topK, setTopK] = useState(6);
   const [tags, setTags] = useState("");
+  const [maxTokens, setMaxTokens] = useState("");
   const controller = useRef<AbortController | null>(null);
   // A chat just made for a question: its messages are the ones on screen, not reloaded.
   const fresh = useRef<string | null>(null);
@@ -130,9 +131,11 @@ export function ChatPage() {
       .split(",")
       .map((t) => t.trim())
       .filter(Boolean);
+    const longest = Number(maxTokens);
     const body: AskBody = {
       content,
       rag,
+      max_tokens: Number.isInteger(longest) && longest > 0 ? longest : null,
       search: {
         mode,
         top_k: topK,
@@ -401,6 +404,15 @@ export function ChatPage() {
                   />
                 </label>
                 <label>
+                  Longest answer (tokens; empty: the server&apos;s default)
+                  <input
+                    type="number"
+                    min={1}
+                    value={maxTokens}
+                    onChange={(e) => setMaxTokens(e.target.value)}
+                  />
+                </label>
+                <label>
                   Only documents tagged (comma-separated)
                   <input value={tags} disabled={!rag} onChange={(e) => setTags(e.target.value)} />
                 </label>
@@ -416,7 +428,8 @@ export function ChatPage() {
 
 function Answer({ turn, onCite }: { turn: Turn; onCite: (n: number) => void }) {
   const known = new Set(turn.citations.map((c) => c.n));
-  const cited = turn.citations.filter((c) => c.cited);
+  // Every passage the answer was given, the ones it cites first.
+  const listed = [...turn.citations].sort((a, b) => Number(b.cited) - Number(a.cited) || a.n - b.n);
   return (
     <div className="answer" data-testid="answer">
       {turn.content ? (
@@ -437,14 +450,15 @@ function Answer({ turn, onCite }: { turn: Turn; onCite: (n: number) => void }) {
         </p>
       )}
       {turn.notice && turn.state !== "streaming" && <p className="notice">{turn.notice}</p>}
-      {turn.state !== "streaming" && cited.length > 0 && (
-        <ol className="sources" aria-label="Sources">
-          {cited.map((c) => (
+      {turn.state !== "streaming" && listed.length > 0 && (
+        <ol className="sources" aria-label="Sources" data-testid="sources">
+          {listed.map((c) => (
             <li key={c.n}>
               <button type="button" className="link" onClick={() => onCite(c.n)}>
                 [{c.n}] {c.title ?? "Untitled"}
                 {c.page ? `, page ${c.page}` : ""}
               </button>
+              {c.cited ? " · cited" : ""}
             </li>
           ))}
         </ol>
