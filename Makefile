@@ -26,6 +26,9 @@ install:
 	# `llm` CLI, whose top-level package would shadow Haven's own `llm` service.
 	$(PIP) install -q --no-deps -c constraints.txt $(SMOLLM2)
 	bash stack/ci-system-deps.sh
+	# The web app: its locked dependencies, then the static export in web/out (the build first
+	# checks that web/src/api/schema.d.ts is the API's current OpenAPI schema).
+	cd web && npm ci --no-audit --no-fund && npm run build
 
 up: install
 	.venv/bin/haven up
@@ -39,6 +42,7 @@ lint:
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
+	cd web && npm run lint && npm run typecheck
 
 format:
 	.venv/bin/ruff format .
