@@ -13,7 +13,8 @@ interface VersionInfo {
   read_only?: { on: boolean; reason?: string | null; since?: string | null };
 }
 
-function useVersion(): VersionInfo | null {
+/** The build and read-only mode, read on every page the user opens and every 30 s. */
+function useVersion(path: string): VersionInfo | null {
   const [info, setInfo] = useState<VersionInfo | null>(null);
   useEffect(() => {
     let live = true;
@@ -28,7 +29,7 @@ function useVersion(): VersionInfo | null {
       live = false;
       clearInterval(every);
     };
-  }, []);
+  }, [path]);
   return info;
 }
 
@@ -88,7 +89,7 @@ function Gate({ children }: { children: React.ReactNode }) {
 }
 
 export function Shell({ children }: { children: React.ReactNode }) {
-  const info = useVersion();
+  const info = useVersion(usePathname());
   const readOnly = info?.read_only?.on;
   return (
     <AuthProvider>
