@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from datetime import datetime
 from typing import Any, Literal
@@ -12,6 +13,30 @@ from haven.contracts.text import FreeText, Title
 
 class ChatCreate(BaseModel):
     title: Title | None = None
+
+
+# A chat's title as a user names it (the column holds more: a first question's start).
+CHAT_TITLE_LENGTH = 200
+
+
+class ChatUpdate(BaseModel):
+    """A rename: the title is trimmed, then must be 1..200 characters with no control
+    characters (a NUL cannot be stored; a newline or an escape sequence has no place in a
+    one-line name shown in every sidebar)."""
+
+    title: str
+
+    @field_validator("title")
+    @classmethod
+    def _one_line_name(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("the title is empty")
+        if len(value) > CHAT_TITLE_LENGTH:
+            raise ValueError(f"the title is longer than {CHAT_TITLE_LENGTH} characters")
+        if any(unicodedata.category(c) == "Cc" for c in value):
+            raise ValueError("the title must not contain control characters")
+        return value
 
 
 class ChatRead(BaseModel):
