@@ -166,6 +166,17 @@ def test_answer_streams_cites_its_passage_and_is_still_there_after_a_reload(
     expect(again.locator(".markdown")).to_have_text(text)
     again.get_by_test_id("sources").get_by_role("button", name="warehouse").first.click()
     expect(page.get_by_test_id("citation-text")).to_contain_text("aisle twelve")
+    page.get_by_test_id("citation").get_by_role("button", name="Close").click()
+
+    # Renamed in the history, and still so after a reload.
+    page.get_by_role("button", name="Rename Which aisle holds").click()
+    page.get_by_label("New title").fill("Copper questions")
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("heading", name="Copper questions")).to_be_visible()
+    page.reload()
+    expect(
+        page.get_by_test_id("chat-list").get_by_role("link", name="Copper questions")
+    ).to_be_visible()
 
 
 def test_stop_before_the_first_token_and_after_a_few_frees_the_model(
@@ -216,6 +227,13 @@ def test_stop_before_the_first_token_and_after_a_few_frees_the_model(
     assert llm_info(stack)["waiting"] == 0
     # What was said stays on screen.
     assert len(answer.locator(".markdown").inner_text()) > 20
+
+    # Deleted from the history (after the browser's confirmation).
+    title = "Who moves the copper pallets?"
+    expect(page.get_by_test_id("chat-list")).to_contain_text(title)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name=f"Delete {title}").click()
+    expect(page.get_by_test_id("chat-list")).not_to_contain_text(title)
 
 
 def test_an_answer_over_the_budget_is_the_apis_message_not_a_blank(

@@ -64,19 +64,3 @@ export function messageOf(value: unknown): string {
   return String(value);
 }
 
-/** A JSON call to a route the generated schema does not describe (yet); errors as `must`. */
-export async function rawJson<T>(method: string, path: string, body?: unknown): Promise<T | null> {
-  const headers: Record<string, string> = { Accept: "application/json" };
-  const token = currentToken();
-  if (token) headers.Authorization = `Bearer ${token}`;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  const response = await fetch(path, {
-    method,
-    headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
-    credentials: "same-origin",
-  });
-  const parsed: unknown = response.status === 204 ? null : await response.json().catch(() => null);
-  if (!response.ok) throw problemOf(parsed, response);
-  return parsed as T | null;
-}

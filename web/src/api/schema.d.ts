@@ -504,7 +504,11 @@ export interface paths {
         delete: operations["delete_chat_api_v1_chats__chat_id__delete"];
         options?: never;
         head?: never;
-        patch?: never;
+        /**
+         * Rename Chat
+         * @description Rename a chat: only its owner (anyone else's chat is not found).
+         */
+        patch: operations["rename_chat_api_v1_chats__chat_id__patch"];
         trace?: never;
     };
     "/api/v1/chats/{chat_id}/messages": {
@@ -1304,6 +1308,55 @@ export interface components {
              */
             top_k?: number;
         };
+        /**
+         * ChatUpdate
+         * @description A rename: the title is trimmed, then must be 1..200 characters with no control
+         *     characters (a NUL cannot be stored; a newline or an escape sequence has no place in a
+         *     one-line name shown in every sidebar).
+         */
+        ChatUpdate: {
+            /** Title */
+            title: string;
+        };
+        /**
+         * Citation
+         * @description What ``[n]`` in an answer points at, with the passage quoted as the model saw it: it
+         *     is stored with the message, so the citation still shows its passage after a reload and
+         *     after the document is re-ingested or deleted (its chunk ids then no longer exist).
+         */
+        Citation: {
+            /**
+             * Chunk Id
+             * Format: uuid
+             */
+            chunk_id: string;
+            /** Cited */
+            cited: boolean;
+            /** Cited By */
+            cited_by?: ("marker" | "overlap") | null;
+            /**
+             * Document Id
+             * Format: uuid
+             */
+            document_id: string;
+            /** Heading */
+            heading?: string | null;
+            /** N */
+            n: number;
+            /** Page */
+            page: number | null;
+            /** Text */
+            text?: string | null;
+            /**
+             * Text Truncated
+             * @default false
+             */
+            text_truncated?: boolean;
+            /** Title */
+            title: string | null;
+            /** Version */
+            version: number | null;
+        };
         /** DeadLetterRead */
         DeadLetterRead: {
             /**
@@ -1638,9 +1691,7 @@ export interface components {
              */
             chat_id: string;
             /** Citations */
-            citations: {
-                [key: string]: unknown;
-            }[];
+            citations: components["schemas"]["Citation"][];
             /** Content */
             content: string;
             /**
@@ -3825,6 +3876,41 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    rename_chat_api_v1_chats__chat_id__patch: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                chat_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ChatUpdate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ChatRead"];
+                };
             };
             /** @description Validation Error */
             422: {

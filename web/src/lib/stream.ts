@@ -32,6 +32,7 @@ export interface Citation {
   page: number | null;
   cited: boolean;
   text?: string | null;
+  text_truncated?: boolean;
 }
 
 export interface MetaEvent {

@@ -2,7 +2,7 @@
 
 import { useRouter, useSearchParams } from "next/navigation";
 import { useCallback, useEffect, useRef, useState } from "react";
-import { api, messageOf, must, rawJson, type Schemas } from "@/api/client";
+import { api, messageOf, must, type Schemas } from "@/api/client";
 import { Markdown } from "@/components/Markdown";
 import { ask, type AskBody, type Source, type StreamFailure } from "@/lib/stream";
 import { CitationDialog } from "./CitationDialog";
@@ -169,10 +169,11 @@ export function ChatPage() {
           onToken: (text) => patchLast((t) => ({ ...t, content: t.content + text })),
           onDone: (done) => {
             const byN = new Map(sources.map((s) => [s.n, s]));
-            const citations = done.citations.map((c) => ({
-              ...citationOf(c as unknown as Record<string, unknown>),
-              text: byN.get(c.n)?.text ?? null,
-            }));
+            // The citations quote their passage; the meta event's sources are the fallback.
+            const citations = done.citations.map((c) => {
+              const view = citationOf(c as unknown as Record<string, unknown>);
+              return { ...view, text: view.text ?? byN.get(c.n)?.text ?? null };
+            });
             patchLast((t) => ({
               ...t,
               state: "done",
@@ -235,7 +236,12 @@ export function ChatPage() {
   async function rename(event: React.FormEvent, chat: Chat) {
     event.preventDefault();
     try {
-      await rawJson("PATCH", `/api/v1/chats/${chat.id}`, { title: renameTo.trim() });
+      await must(
+        api.PATCH("/api/v1/chats/{chat_id}", {
+          params: { path: { chat_id: chat.id } },
+          body: { title: renameTo.trim() },
+        }),
+      );
       setRenaming(null);
       await loadChats();
     } catch (e) {

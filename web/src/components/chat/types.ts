@@ -39,7 +39,8 @@ export function citationOf(raw: Record<string, unknown>): CitationView {
     version: num(raw.version),
     document_id: str(raw.document_id),
     chunk_id: str(raw.chunk_id),
-    text: str(raw.text) ?? str(raw.quote) ?? str(raw.passage),
+    // The quoted passage, cut at the API's limit (`text_truncated`).
+    text: str(raw.text) === null ? null : `${str(raw.text)}${raw.text_truncated === true ? "…" : ""}`,
     cited: raw.cited !== false,
   };
 }
