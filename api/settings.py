@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator
@@ -104,3 +105,8 @@ class ApiSettings(StoreSettings, AuthSettings):
             return self.env == "production"
         return self.session_cookie_secure
 
+    # --- the web app (api.web) ---
+    # A folder holding the web app's static export (web/out), served at / by the API itself;
+    # ``haven up`` sets it to the checkout's web/out once that is built. A folder that does
+    # not exist serves nothing (the API still starts).
+    web_dir: Path | None = None
