@@ -22,6 +22,7 @@ from haven.db.tables import (
     ApiKey,
     AuditEntry,
     Base,
+    BrowserSession,
     Chat,
     Chunk,
     DeadLetter,
@@ -968,3 +969,26 @@ class AnalysisRepository(TenantRepository[Analysis]):
             Chunk.tenant_id == self.tenant_id, Chunk.version_id.in_(list(version_ids))
         )
         return int(self.session.execute(stmt).scalar_one())
+
+
+class BrowserSessionRepository:
+    """Browser sessions, found by their secret's hash before anyone is authenticated (like
+    ``PlatformRepository``'s credential look-ups); nothing here returns tenant content."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, browser_session: BrowserSession) -> BrowserSession:
+        self.session.add(browser_session)
+        self.session.flush()
+        return browser_session
+
+    def by_secret_hash(self, secret_hash: str) -> BrowserSession | None:
+        """Locked for the rest of the transaction: a refresh and a sign-out of the same
+        session do not interleave."""
+        stmt = (
+            select(BrowserSession)
+            .where(BrowserSession.secret_hash == secret_hash)
+            .with_for_update()
+        )
+        return self.session.execute(stmt).scalar_one_or_none()
