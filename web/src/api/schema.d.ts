@@ -407,6 +407,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/auth/logout": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * End Session
+         * @description Sign out: the cookie's session is revoked and the cookie cleared. Signing out without
+         *     a session, or twice, is fine (204).
+         */
+        post: operations["end_session_api_v1_auth_logout_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/auth/password": {
         parameters: {
             query?: never;
@@ -428,6 +449,51 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/auth/refresh": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Refresh Session
+         * @description A new access token for the browser session of the cookie (a reload stays signed in).
+         *     401 when there is none, it has ended or expired, or its user was disabled, deleted or
+         *     changed their password.
+         */
+        post: operations["refresh_session_api_v1_auth_refresh_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/session": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Start Session
+         * @description Sign in from a browser: the same form, throttling and checks as ``/auth/token``, and
+         *     besides the short access token an httpOnly cookie (``SameSite=Strict``, path
+         *     ``/api/v1/auth``) that ``/auth/refresh`` trades for new tokens until the session ends
+         *     (sign-out, idle or absolute expiry, a password or role change, the account disabled).
+         */
+        post: operations["start_session_api_v1_auth_session_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/auth/token": {
         parameters: {
             query?: never;
@@ -439,9 +505,7 @@ export interface paths {
         put?: never;
         /**
          * Issue Token
-         * @description Throttled per username and per client address (429 with Retry-After). The password
-         *     check (argon2) runs after the account's row is read and its session released, so a flood
-         *     of guesses never holds the database slots everyone else needs.
+         * @description Throttled per username and per client address (429 with Retry-After).
          */
         post: operations["issue_token_api_v1_auth_token_post"];
         delete?: never;
@@ -1122,6 +1186,30 @@ export interface components {
         };
         /** Body_issue_token_api_v1_auth_token_post */
         Body_issue_token_api_v1_auth_token_post: {
+            /** Client Id */
+            client_id?: string | null;
+            /**
+             * Client Secret
+             * Format: password
+             */
+            client_secret?: string | null;
+            /** Grant Type */
+            grant_type?: string | null;
+            /**
+             * Password
+             * Format: password
+             */
+            password: string;
+            /**
+             * Scope
+             * @default
+             */
+            scope?: string;
+            /** Username */
+            username: string;
+        };
+        /** Body_start_session_api_v1_auth_session_post */
+        Body_start_session_api_v1_auth_session_post: {
             /** Client Id */
             client_id?: string | null;
             /**
@@ -3665,6 +3753,37 @@ export interface operations {
             };
         };
     };
+    end_session_api_v1_auth_logout_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                "X-Haven-CSRF"?: string | null;
+            };
+            path?: never;
+            cookie?: {
+                haven_session?: string | null;
+            };
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
     change_password_api_v1_auth_password_post: {
         parameters: {
             query?: never;
@@ -3675,6 +3794,81 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["PasswordChange"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TokenRead"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    refresh_session_api_v1_auth_refresh_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                "X-Haven-CSRF"?: string | null;
+            };
+            path?: never;
+            cookie?: {
+                haven_session?: string | null;
+            };
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TokenRead"];
+                };
+            };
+            /** @description no live session: sign in again */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    start_session_api_v1_auth_session_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                "X-Haven-CSRF"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/x-www-form-urlencoded": components["schemas"]["Body_start_session_api_v1_auth_session_post"];
             };
         };
         responses: {

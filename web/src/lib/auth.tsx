@@ -30,10 +30,22 @@ interface AuthState {
 
 const AuthContext = createContext<AuthState | null>(null);
 
+/** A POST to the session routes: they want the X-Haven-CSRF header, which a cross-site form
+ * cannot send, on top of the SameSite=Strict cookie. */
 async function post(path: string, body?: URLSearchParams): Promise<Response> {
   const token = currentToken();
-  const headers: Record<string, string> = token ? { Authorization: `Bearer ${token}` } : {};
+  const headers: Record<string, string> = { "X-Haven-CSRF": "1" };
+  if (token) headers.Authorization = `Bearer ${token}`;
   return fetch(path, { method: "POST", body, headers, credentials: "same-origin" });
+}
+
+/** Whether a refused session sign-in should fall back to a token alone: an API without
+ * sessions (404/405), or read-only mode, where no session can be stored (503 read_only). */
+async function noSessionHere(response: Response): Promise<boolean> {
+  if (response.status === 404 || response.status === 405) return true;
+  if (response.status !== 503) return false;
+  const body = (await response.clone().json().catch(() => null)) as { code?: string } | null;
+  return body?.code === "read_only";
 }
 
 export function AuthProvider({ children }: { children: React.ReactNode }) {
@@ -100,8 +112,8 @@ export function AuthProvider({ children }: { children: React.ReactNode }) {
       // A session: an httpOnly cookie keeps it across reloads, the short token stays in memory.
       let response = await post("/api/v1/auth/session", form);
       let renewable = true;
-      if (response.status === 404 || response.status === 405) {
-        // An API without cookie sessions: the token alone, in memory (a reload signs out).
+      if (await noSessionHere(response)) {
+        // No session to be had: the token alone, in memory (a reload signs out).
         response = await post("/api/v1/auth/token", form);
         renewable = false;
       }
