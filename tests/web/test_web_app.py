@@ -7,6 +7,7 @@ long as the request asks (the chat's "Longest answer" option)."""
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from typing import Any
@@ -41,6 +42,8 @@ BUDGET = (
 )
 CANTEEN = "# Canteen\n\nThe canteen serves lunch from noon to two. Soup is free on Fridays.\n"
 LONG = 30000
+# web/src/lib/upload.ts: files from this size go straight to the object store.
+PRESIGNED_FROM_BYTES = 8 * 1024 * 1024
 
 # Every stage an upload's row shows, in the order it shows them (MutationObserver).
 RECORD_STAGES = """() => {
@@ -126,6 +129,29 @@ def test_sign_in_upload_two_files_and_watch_them_reach_ready(page: Page, owner: 
         expect(row.locator(".stage")).to_have_text("ready")
     screenshots(page, "documents")
     assert serious_accessibility_violations(page) == []
+
+
+def test_a_large_file_goes_to_the_object_store_and_a_refusal_shows_the_reason(
+    page: Page, site: str, owner: Account
+) -> None:
+    sign_in(page, owner, "/documents")
+    sent: list[tuple[str, str]] = []
+    page.on("request", lambda request: sent.append((request.method, request.url)))
+    noise = os.urandom(PRESIGNED_FROM_BYTES + 4096)
+    page.get_by_test_id("file-input").set_input_files(
+        files=[{"name": "noise.bin", "mimeType": "application/octet-stream", "buffer": noise}]
+    )
+    row = page.get_by_test_id("uploads").locator(":scope > li").first
+    expect(row).to_have_attribute("data-stage", "failed", timeout=60_000)
+    # The API looked at the stored bytes and said why in its own words.
+    expect(row.locator(".error")).to_contain_text("unsupported file type; supported:")
+    # The presigned path: a slot from the API, the bytes to the store through nginx's
+    # /objects/, then .../complete; never the API's multipart upload.
+    posts = [url.removeprefix(site) for method, url in sent if method == "POST"]
+    assert posts[0] == "/api/v1/documents/uploads", posts
+    assert posts[1].startswith("/objects/"), posts
+    assert re.fullmatch(r"/api/v1/documents/uploads/[0-9a-f-]{36}/complete", posts[2]), posts
+    assert "/api/v1/documents" not in posts
 
 
 def test_answer_streams_cites_its_passage_and_is_still_there_after_a_reload(
@@ -320,6 +346,16 @@ def test_a_viewer_sees_no_upload_or_admin_controls_and_sign_out_ends_the_session
     page.goto("/admin")
     expect(page.get_by_text("Administration is for tenant administrators.")).to_be_visible()
     expect(page.get_by_role("tab")).to_have_count(0)
+
+    # Search: each hit with its channel ranks.
+    page.get_by_role("link", name="Search").click()
+    page.get_by_label("Query").fill("copper pallets aisle")
+    page.get_by_role("button", name="Search").click()
+    hits = page.get_by_test_id("hits").locator(":scope > li")
+    expect(hits.first).to_contain_text("aisle twelve")
+    expect(hits.first.locator(".ranks")).to_contain_text(re.compile(r"dense rank \d+"))
+    expect(hits.first.locator(".ranks")).to_contain_text(re.compile(r"lexical rank \d+"))
+    assert serious_accessibility_violations(page) == []
 
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("button", name="Sign in")).to_be_visible()
