@@ -253,6 +253,22 @@ def test_stop_before_the_first_token_and_after_a_few_frees_the_model(
     assert llm_info(stack)["waiting"] == 0
     # What was said stays on screen.
     assert len(answer.locator(".markdown").inner_text()) > 20
+    # ... and after a reload, marked as stopped.
+    chat_id = page.url.split("?c=")[1]
+    said = answer.locator(".markdown").inner_text()
+
+    def stored() -> list[dict[str, Any]]:
+        url = f"/api/v1/chats/{chat_id}/messages"
+        items: list[dict[str, Any]] = stack.client.get(url, headers=owner.headers).json()["items"]
+        return items
+
+    wait_for(lambda: len(stored()) == 4, 20, "both stopped answers stored", 0.1)
+    assert [m["usage"].get("finish_reason") for m in stored()[1::2]] == ["interrupted"] * 2
+    page.reload()
+    answer = last_answer(page)
+    expect(answer).to_have_attribute("data-state", "stopped")
+    expect(answer.get_by_test_id("stopped")).to_be_visible()
+    assert said.startswith(answer.locator(".markdown").inner_text()[:20])
 
     # Deleted from the history (after the browser's confirmation).
     title = "Who moves the copper pallets?"

@@ -11,7 +11,8 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 root="$(cd "$here/.." && pwd)"
 python="${HAVEN_PYTHON:-$root/.venv/bin/python}"
-target="$here/src/api/schema.d.ts"
+# HAVEN_WEB_SCHEMA: another file to write or check (the test of this check uses it).
+target="${HAVEN_WEB_SCHEMA:-$here/src/api/schema.d.ts}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 

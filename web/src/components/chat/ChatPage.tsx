@@ -22,8 +22,9 @@ function turnsOf(items: Schemas["MessageRead"][]): Turn[] {
       key: m.id,
       role: m.role as Turn["role"],
       content: m.content,
-      citations: m.citations.map((c) => citationOf(c as Record<string, unknown>)),
-      state: "done",
+      citations: m.citations.map((c) => citationOf(c as unknown as Record<string, unknown>)),
+      // An answer whose reader left (Stop, a closed tab) was stored as far as it went.
+      state: m.usage?.finish_reason === "interrupted" ? "stopped" : "done",
     }));
 }
 
