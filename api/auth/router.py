@@ -156,7 +156,8 @@ async def change_password(
     rid: RequestIdDep,
 ) -> TokenRead:
     """Change your own password (the current one is required). Every other session of yours
-    ends; the answer is a fresh token for this one."""
+    ends; the answer is a fresh token for this one (and a browser session whose cookie came
+    with the request goes on)."""
     if principal.kind != "user":
         raise Forbidden("an API key has no password", code="password.not_a_user")
     account = await runtime.in_db_thread(service.account_by_id, runtime, principal)
@@ -172,6 +173,16 @@ async def change_password(
     updated = await runtime.in_db_thread(
         service.set_own_password, runtime, principal, account.token_version, new_hash, rid
     )
+    # A browser's cookie comes along (its path covers this route): that session goes on.
+    cookie = request.cookies.get(sessions.COOKIE)
+    if cookie:
+        await runtime.in_db_thread(
+            sessions.keep_after_password_change,
+            runtime,
+            cookie,
+            updated.subject_id,
+            updated.version,
+        )
     return _token(runtime, updated, runtime.settings.access_token_minutes)
 
 

@@ -49,7 +49,11 @@ def start(runtime: ApiRuntime, account: Account, secret: str, request_id: str | 
     """Store a new session for a user who has just proved their password."""
     now = datetime.now(UTC)
     with transaction(runtime.session_factory) as session:
-        browser_session = BrowserSessionRepository(session).add(
+        sessions = BrowserSessionRepository(session)
+        # The user's ended sessions go: the table holds live sessions and recent ones only
+        # (the audit log keeps the history).
+        sessions.delete_ended(account.user_id, now, runtime.settings.session_idle_minutes)
+        browser_session = sessions.add(
             BrowserSession(
                 tenant_id=account.tenant_id,
                 user_id=account.user_id,
@@ -67,6 +71,28 @@ def start(runtime: ApiRuntime, account: Account, secret: str, request_id: str | 
             username=account.username,
             session_id=str(browser_session.id),
         )
+
+
+def keep_after_password_change(
+    runtime: ApiRuntime, secret: str, user_id: uuid.UUID, token_version: int
+) -> bool:
+    """The browser session a password was changed from goes on (every other one has ended
+    with the token version): it moves to the new version if it is that user's and live."""
+    if len(secret) > MAX_SECRET_LENGTH:
+        return False
+    now = datetime.now(UTC)
+    with transaction(runtime.session_factory) as session:
+        browser_session = BrowserSessionRepository(session).by_secret_hash(secret_hash(secret))
+        if (
+            browser_session is None
+            or browser_session.user_id != user_id
+            or browser_session.revoked_at is not None
+            or now >= browser_session.expires_at
+        ):
+            return False
+        browser_session.token_version = token_version
+        browser_session.last_used_at = now
+        return True
 
 
 def refresh(runtime: ApiRuntime, secret: str) -> Principal:

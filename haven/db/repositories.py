@@ -983,6 +983,17 @@ class BrowserSessionRepository:
         self.session.flush()
         return browser_session
 
+    def delete_ended(self, user_id: uuid.UUID, now: datetime, idle_minutes: int) -> int:
+        """Delete a user's sessions that can no longer be used (revoked, past their
+        lifetime, idle too long); returns how many."""
+        stmt = delete(BrowserSession).where(
+            BrowserSession.user_id == user_id,
+            (BrowserSession.revoked_at.is_not(None))
+            | (BrowserSession.expires_at <= now)
+            | (BrowserSession.last_used_at <= now - timedelta(minutes=idle_minutes)),
+        )
+        return int(self.session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+
     def by_secret_hash(self, secret_hash: str) -> BrowserSession | None:
         """Locked for the rest of the transaction: a refresh and a sign-out of the same
         session do not interleave."""

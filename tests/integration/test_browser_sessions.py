@@ -179,11 +179,12 @@ def test_disabled_deleted_or_demoted_users_and_password_changes_end_the_session(
         ).status_code
         == 200
     )
-    changed = api_client.post(
-        "/api/v1/auth/password",
-        json={"current_password": PASSWORD, "new_password": "another-long-password"},
-        headers=users["password"].headers,
-    )
+    with browser(api_client) as elsewhere:  # changed from a client without the session
+        changed = elsewhere.post(
+            "/api/v1/auth/password",
+            json={"current_password": PASSWORD, "new_password": "another-long-password"},
+            headers=users["password"].headers,
+        )
     assert changed.status_code == 200, changed.text
 
     refused(refresh(api_client, cookies["disabled"]), "account.disabled")
@@ -195,6 +196,45 @@ def test_disabled_deleted_or_demoted_users_and_password_changes_end_the_session(
     assert whoami(api_client, demoted.json()["access_token"])["role"] == "viewer"
     renewed = sign_in(api_client, users["password"], "another-long-password")
     assert renewed.status_code == 200, renewed.text
+
+
+def test_a_password_change_keeps_the_browser_it_was_made_from_and_ends_the_others(
+    api_client: TestClient, user: Account
+) -> None:
+    with browser(api_client) as laptop:
+        assert sign_in(laptop, user).status_code == 200
+        other_cookie = cookie_of(laptop)
+    response = sign_in(api_client, user)
+    token = response.json()["access_token"]
+    changed = api_client.post(
+        "/api/v1/auth/password",
+        json={"current_password": PASSWORD, "new_password": "another-long-password"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert changed.status_code == 200, changed.text
+    # This browser reloads and stays signed in; the one elsewhere must sign in again.
+    again = refresh(api_client)
+    assert again.status_code == 200, again.text
+    assert whoami(api_client, again.json()["access_token"])["username"] == user.username
+    refused(refresh(api_client, other_cookie), "session.ended")
+
+
+def test_ended_sessions_are_cleared_at_the_next_sign_in(
+    api_client: TestClient, session_factory: sessionmaker[Session], user: Account
+) -> None:
+    for _ in range(3):
+        assert sign_in(api_client, user).status_code == 200
+        assert api_client.post("/api/v1/auth/logout", headers=CSRF).status_code == 204
+    assert sign_in(api_client, user).status_code == 200
+    with transaction(session_factory) as session:
+        rows = (
+            session.execute(select(BrowserSession).where(BrowserSession.user_id == user.user_id))
+            .scalars()
+            .all()
+        )
+        # The live one only: the three signed-out sessions were deleted.
+        assert [r.revoked_at for r in rows] == [None]
+    assert refresh(api_client).status_code == 200
 
 
 def test_idle_and_old_sessions_expire(
