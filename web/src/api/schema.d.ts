@@ -440,7 +440,8 @@ export interface paths {
         /**
          * Change Password
          * @description Change your own password (the current one is required). Every other session of yours
-         *     ends; the answer is a fresh token for this one.
+         *     ends; the answer is a fresh token for this one (and a browser session whose cookie came
+         *     with the request goes on).
          */
         post: operations["change_password_api_v1_auth_password_post"];
         delete?: never;
