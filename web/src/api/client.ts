@@ -14,7 +14,18 @@ const withToken: Middleware = {
     }
     return request;
   },
+  onResponse({ request, response }) {
+    // The token was refused (expired, the session ended, the account disabled): the app
+    // tries its session once more, and otherwise shows the sign-in form.
+    if (response.status === 401 && !new URL(request.url).pathname.startsWith("/api/v1/auth/")) {
+      window.dispatchEvent(new Event(UNAUTHENTICATED));
+    }
+    return response;
+  },
 };
+
+/** The event the client fires when the API answers 401 to a signed-in call. */
+export const UNAUTHENTICATED = "haven:unauthenticated";
 
 // Same origin as the app: nginx (production) or the API process (`haven up`) serves both.
 export const api = createClient<paths>({ baseUrl: "", credentials: "same-origin" });

@@ -1,7 +1,7 @@
 "use client";
 
 import { createContext, useCallback, useContext, useEffect, useMemo, useRef, useState } from "react";
-import { api, must, problemOf, type Schemas } from "@/api/client";
+import { api, must, problemOf, UNAUTHENTICATED, type Schemas } from "@/api/client";
 import { currentToken, setToken } from "@/lib/token";
 
 export type Me = Schemas["MeRead"];
@@ -90,6 +90,25 @@ export function AuthProvider({ children }: { children: React.ReactNode }) {
   useEffect(() => {
     renew.current = refresh;
   }, [refresh]);
+
+  useEffect(() => {
+    // A call refused with 401: a fresh token from the session, or the sign-in form.
+    let busy = false;
+    const onRefused = () => {
+      if (busy) return;
+      busy = true;
+      void renew
+        .current()
+        .then((ok) => {
+          if (!ok) clear();
+        })
+        .finally(() => {
+          busy = false;
+        });
+    };
+    window.addEventListener(UNAUTHENTICATED, onRefused);
+    return () => window.removeEventListener(UNAUTHENTICATED, onRefused);
+  }, [clear]);
 
   useEffect(() => {
     // On every page load: the session cookie, if any, gives this tab its token.
