@@ -85,14 +85,18 @@ def last_answer(page: Page) -> Any:
     return page.locator("li.turn.assistant").last
 
 
-def ask(page: Page, question: str, longest: int | None = None) -> None:
+def ask(page: Page, question: str, longest: int | None = None, keyboard: bool = False) -> None:
     if longest is not None:
         options = page.locator("details.options")
         if options.get_attribute("open") is None:
             options.locator("summary").click()
         page.get_by_label("Longest answer").fill(str(longest))
-    page.get_by_label("Your question").fill(question)
-    page.get_by_role("button", name="Send").click()
+    box = page.get_by_label("Your question")
+    box.fill(question)
+    if keyboard:
+        box.press("Enter")  # Enter sends, Shift+Enter is a new line
+    else:
+        page.get_by_role("button", name="Send").click()
 
 
 def test_sign_in_upload_two_files_and_watch_them_reach_ready(page: Page, owner: Account) -> None:
@@ -159,7 +163,7 @@ def test_answer_streams_cites_its_passage_and_is_still_there_after_a_reload(
 ) -> None:
     sign_in(page, owner, "/chat")
     page.evaluate(RECORD_STREAM)
-    ask(page, "Which aisle holds the copper wire?", longest=400)
+    ask(page, "Which aisle holds the copper wire?", longest=400, keyboard=True)
     answer = last_answer(page)
     expect(answer).to_have_attribute("data-state", "done", timeout=60_000)
     # Tokens arrived one by one before the answer was complete.

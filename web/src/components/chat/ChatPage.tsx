@@ -100,6 +100,10 @@ export function ChatPage() {
     void loadChats();
   }, [loadChats]);
 
+  // Leaving the chat page ends a running answer (what was said is stored, marked stopped),
+  // rather than letting it hold the model for nobody.
+  useEffect(() => () => controller.current?.abort(), []);
+
   useEffect(() => {
     if (chatId && fresh.current === chatId) return;
     fresh.current = null;
