@@ -173,6 +173,7 @@ def test_answer_streams_cites_its_passage_and_is_still_there_after_a_reload(
     text = answer.locator(".markdown").inner_text()
     assert len(text) >= streamed[-1] > 0
 
+    page.locator("details.options summary").click()  # the options folded away again
     # A source opens its passage: document, version and the quoted text.
     answer.get_by_test_id("sources").get_by_role("button", name="warehouse").first.click()
     citation = page.get_by_test_id("citation")
