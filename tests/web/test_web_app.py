@@ -436,32 +436,36 @@ def test_administration_users_keys_audit_and_usage(page: Page, owner: Account) -
 def test_the_read_only_banner_and_the_build_version(
     page: Page, stack: Stack, admin: Account, owner: Account
 ) -> None:
-    sign_in(page, owner, "/chat")
+    sign_in(page, admin, "/admin")
     version = stack.client.get("/api/version").json()["version"]
     expect(page.get_by_test_id("build-version")).to_contain_text(f"Haven {version}")
     expect(page.get_by_test_id("read-only-banner")).to_have_count(0)
-    switch = {"on": True, "reason": "moving the database"}
-    turned = stack.client.put("/api/v1/admin/read-only", json=switch, headers=admin.headers)
-    assert turned.status_code == 200, turned.text
+    # A platform admin switches read-only mode on from the Maintenance tab.
+    page.get_by_role("tab", name="Maintenance").click()
+    expect(page.get_by_test_id("read-only-state")).to_contain_text("Read-only mode is off")
     try:
-        wait_for(
-            lambda: stack.client.get("/api/version").json()["read_only"]["on"] is True,
-            10,
-            "the API in read-only mode",
-            0.1,
-        )
-        # The next page the user opens says so.
-        page.get_by_role("link", name="Documents").click()
+        page.get_by_label("Reason shown to everyone").fill("moving the database")
+        page.get_by_role("button", name="Turn read-only mode on").click()
+        expect(page.get_by_test_id("read-only-state")).to_contain_text("on (moving the database)")
         banner = page.get_by_test_id("read-only-banner")
-        expect(banner).to_contain_text("read-only mode")
+        expect(banner).to_contain_text("read-only mode", timeout=15_000)
         expect(banner).to_contain_text("moving the database")
-        # A refused change is shown in the API's words.
+        assert stack.client.get("/api/version").json()["read_only"]["on"] is True
+        # A change is refused in the API's words; reading goes on.
+        page.get_by_role("link", name="Documents").click()
+        expect(banner).to_be_visible()
         page.get_by_test_id("file-input").set_input_files(
             files=[{"name": "late.md", "mimeType": "text/markdown", "buffer": b"# Late\n\nx\n"}]
         )
         row = page.get_by_test_id("uploads").locator(":scope > li").first
         expect(row).to_have_attribute("data-stage", "failed")
         expect(row).to_contain_text("read-only mode")
+        # Off again from the same tab.
+        page.get_by_role("link", name="Administration").click()
+        page.get_by_role("tab", name="Maintenance").click()
+        page.get_by_role("button", name="Turn read-only mode off").click()
+        expect(page.get_by_test_id("read-only-state")).to_contain_text("Read-only mode is off")
+        expect(banner).to_have_count(0, timeout=15_000)
     finally:
         off = {"on": False}
         stack.client.put("/api/v1/admin/read-only", json=off, headers=admin.headers)

@@ -5,6 +5,7 @@ import { usePathname } from "next/navigation";
 import { useEffect, useState } from "react";
 import { AuthProvider, atLeast, useAuth } from "@/lib/auth";
 import { SignIn } from "@/components/SignIn";
+import { VERSION_CHANGED } from "@/lib/events";
 
 interface VersionInfo {
   version: string;
@@ -25,9 +26,11 @@ function useVersion(path: string): VersionInfo | null {
         .catch(() => undefined);
     void load();
     const every = setInterval(load, 30_000);
+    window.addEventListener(VERSION_CHANGED, load);
     return () => {
       live = false;
       clearInterval(every);
+      window.removeEventListener(VERSION_CHANGED, load);
     };
   }, [path]);
   return info;

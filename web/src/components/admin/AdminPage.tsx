@@ -2,7 +2,7 @@
 
 import { useState } from "react";
 import { atLeast, useAuth } from "@/lib/auth";
-import { ApiKeys, Audit, DeadLetters, Tenants, Usage, Users } from "./sections";
+import { ApiKeys, Audit, DeadLetters, Maintenance, Tenants, Usage, Users } from "./sections";
 
 const TABS = [
   { id: "users", label: "Users", platform: false },
@@ -11,6 +11,7 @@ const TABS = [
   { id: "audit", label: "Audit log", platform: false },
   { id: "dead", label: "Dead letters", platform: false },
   { id: "tenants", label: "Tenants", platform: true },
+  { id: "maintenance", label: "Maintenance", platform: true },
 ] as const;
 
 type Tab = (typeof TABS)[number]["id"];
@@ -61,6 +62,7 @@ export function AdminPage() {
         {tab === "audit" && <Audit />}
         {tab === "dead" && <DeadLetters />}
         {tab === "tenants" && <Tenants />}
+        {tab === "maintenance" && <Maintenance />}
       </section>
     </main>
   );

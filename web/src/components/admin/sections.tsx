@@ -4,6 +4,7 @@ import { useCallback, useEffect, useState } from "react";
 import { api, messageOf, must, type Schemas } from "@/api/client";
 import type { Role } from "@/lib/auth";
 import { useAuth } from "@/lib/auth";
+import { VERSION_CHANGED } from "@/lib/events";
 
 const ROLES: Role[] = ["viewer", "editor", "tenant_admin"];
 
@@ -528,6 +529,58 @@ export function Tenants() {
           Add tenant
         </button>
       </form>
+    </div>
+  );
+}
+
+export function Maintenance() {
+  const { data, error, setError, reload } = useLoad(() => must(api.GET("/api/v1/admin/read-only")));
+  const [reason, setReason] = useState("");
+  async function turn(on: boolean) {
+    try {
+      await must(
+        api.PUT("/api/v1/admin/read-only", { body: { on, reason: on ? reason.trim() || null : null } }),
+      );
+      await reload();
+      window.dispatchEvent(new Event(VERSION_CHANGED));
+    } catch (e) {
+      setError(messageOf(e));
+    }
+  }
+  return (
+    <div className="stack">
+      <h2>Maintenance</h2>
+      <Problem text={error} />
+      {data && (
+        <p data-testid="read-only-state">
+          Read-only mode is <strong>{data.on ? "on" : "off"}</strong>
+          {data.on && data.reason ? ` (${data.reason})` : ""}
+          {data.on && data.since ? `, since ${when(data.since)}` : ""}
+          {data.on && data.by ? ` by ${data.by}` : ""}.
+        </p>
+      )}
+      {data && !data.on && (
+        <form
+          className="card row filters"
+          onSubmit={(e) => {
+            e.preventDefault();
+            void turn(true);
+          }}
+        >
+          <label>
+            Reason shown to everyone
+            <input value={reason} maxLength={200} onChange={(e) => setReason(e.target.value)} />
+          </label>
+          <button type="submit" className="danger">
+            Turn read-only mode on
+          </button>
+        </form>
+      )}
+      {data?.on && (
+        <button type="button" className="primary" onClick={() => void turn(false)}>
+          Turn read-only mode off
+        </button>
+      )}
     </div>
   );
 }
