@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -166,12 +167,13 @@ def test_answer_streams_cites_its_passage_and_is_still_there_after_a_reload(
     ask(page, "Which aisle holds the copper wire?", longest=400, keyboard=True)
     answer = last_answer(page)
     expect(answer).to_have_attribute("data-state", "done", timeout=60_000)
-    # Tokens arrived one by one before the answer was complete.
+    # Tokens were on screen before the answer was complete, growing (how many renders the
+    # browser makes of them depends on how fast they come: two at least).
     streamed: list[int] = page.evaluate("window.streamed")
-    assert len(streamed) >= 3, streamed
+    assert len(streamed) >= 2, streamed
     assert streamed == sorted(streamed)
     text = answer.locator(".markdown").inner_text()
-    assert len(text) >= streamed[-1] > 0
+    assert len(text) >= streamed[-1] > streamed[0] > 0
 
     page.locator("details.options summary").click()  # the options folded away again
     # A source opens its passage: document, version and the quoted text.
@@ -365,7 +367,12 @@ def test_a_viewer_sees_no_upload_or_admin_controls_and_sign_out_ends_the_session
     expect(page.get_by_role("link", name="Administration")).to_have_count(0)
     expect(page.get_by_test_id("dropzone")).to_have_count(0)
     expect(page.get_by_role("button", name="Delete", exact=False)).to_have_count(0)
-    expect(page.get_by_role("button", name="Download warehouse", exact=False)).to_be_visible()
+    # Download: a short-lived link through nginx's /objects/, saved as a file.
+    with page.expect_download() as downloading:
+        page.get_by_role("button", name="Download warehouse").click()
+    download = downloading.value
+    assert download.suggested_filename == "warehouse.md"
+    assert "aisle twelve" in Path(download.path()).read_text()
     page.goto("/admin")
     expect(page.get_by_text("Administration is for tenant administrators.")).to_be_visible()
     expect(page.get_by_role("tab")).to_have_count(0)
