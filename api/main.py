@@ -26,6 +26,7 @@ from api.runtime import ApiRuntime
 from api.search.router import router as search_router
 from api.settings import ApiSettings
 from api.usage.router import router as usage_router
+from api.web import serve_web_app
 from haven import __version__
 from haven.body_limit import BodyLimitMiddleware
 from haven.queueing import declare_topology
@@ -100,4 +101,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     # analyses (#18)
     app.include_router(analyses_router)
     app.include_router(usage_router)
+    # the web app's static export at / (haven up, HAVEN_WEB_DIR)
+    if settings.web_dir is not None:
+        if settings.web_dir.is_dir():
+            serve_web_app(app, settings.web_dir)
+        else:
+            log.warning("api.start.web_dir_missing", web_dir=str(settings.web_dir))
     return app

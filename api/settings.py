@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator
@@ -88,3 +89,24 @@ class ApiSettings(StoreSettings, AuthSettings):
     stream_lease_seconds: float = Field(default=30.0, gt=0)
     # How long a tenant's limits are kept in each API process before they are read again.
     tenant_limits_ttl_seconds: float = Field(default=10.0, ge=0)
+    # --- browser sessions (POST /api/v1/auth/session, the web app's httpOnly cookie) ---
+    # A session unused this long ends (every refresh renews it) ...
+    session_idle_minutes: int = Field(default=12 * 60, ge=1)
+    # ... and any session ends this long after sign-in, however busy.
+    session_max_hours: int = Field(default=7 * 24, ge=1)
+    # The cookie's Secure flag: on when the site is served over HTTPS. Unset: on in
+    # production, off otherwise (``haven up`` serves http://127.0.0.1, where a Secure cookie
+    # would never be sent back).
+    session_cookie_secure: bool | None = None
+
+    @property
+    def session_cookie_is_secure(self) -> bool:
+        if self.session_cookie_secure is None:
+            return self.env == "production"
+        return self.session_cookie_secure
+
+    # --- the web app (api.web) ---
+    # A folder holding the web app's static export (web/out), served at / by the API itself;
+    # ``haven up`` sets it to the checkout's web/out once that is built. A folder that does
+    # not exist serves nothing (the API still starts).
+    web_dir: Path | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from pathlib import Path
 
 import typer
 import uvicorn
@@ -22,6 +23,8 @@ from haven.queueing import QUEUES
 from workers.app import create_worker_app
 from workers.settings import WorkerSettings
 
+WEB_EXPORT = Path(__file__).resolve().parents[1] / "web" / "out"
+
 
 def main(
     host: str = "127.0.0.1",
@@ -29,6 +32,9 @@ def main(
     concurrency: int | None = None,
 ) -> None:
     api_settings = ApiSettings()
+    if api_settings.web_dir is None and WEB_EXPORT.is_dir():
+        # The checkout's web app, once built (make up builds it): served at /.
+        api_settings.web_dir = WEB_EXPORT
     worker_settings = WorkerSettings()
     app = create_app(api_settings)
     # The worker's job metrics on the API's /metrics (one process, one port).

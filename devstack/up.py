@@ -106,6 +106,9 @@ def _environment(state: Path) -> tuple[dict[str, str], Service | None]:
             f"{'created' if created else 'using'} this installation's token signing key "
             f"{keys.active_kid!r} ({state / 'secrets'})"
         )
+    # The web app, once built (`make up` builds web/out): the API serves it at /.
+    if "HAVEN_WEB_DIR" not in os.environ and (ROOT / "web" / "out").is_dir():
+        env["HAVEN_WEB_DIR"] = str(ROOT / "web" / "out")
     # The embedded vector store and the model cache live in the state folder too.
     for variable, folder in (("HAVEN_QDRANT_PATH", "qdrant"), ("HAVEN_MODEL_CACHE_DIR", "models")):
         if variable not in os.environ:

@@ -353,19 +353,7 @@ def citations_of(text: str, sources: list[Source]) -> list[Citation]:
         material = [" ".join(p for p in (s.title, s.heading, s.text) if p) for s in sources]
         cited = {sources[i].n for i in attribute(text, material)}
         by = "overlap"
-    return [
-        Citation(
-            n=s.n,
-            chunk_id=s.chunk_id,
-            document_id=s.document_id,
-            title=s.title,
-            version=s.version,
-            page=s.page,
-            cited=s.n in cited,
-            cited_by=by if s.n in cited else None,
-        )
-        for s in sources
-    ]
+    return [Citation.quoting(s, cited_by=by if s.n in cited else None) for s in sources]
 
 
 def visible(text: str) -> bool:

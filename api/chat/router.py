@@ -26,6 +26,7 @@ from api.chat.schemas import (
     ChatCreate,
     ChatPage,
     ChatRead,
+    ChatUpdate,
     MessageCreate,
     MessagePage,
 )
@@ -63,6 +64,19 @@ def list_chats(
 @router.get("/chats/{chat_id}", response_model=ChatRead)
 def get_chat(chat_id: uuid.UUID, session: SessionDep, principal: CurrentPrincipal) -> Chat:
     return ChatRepository(session, principal).require(chat_id)
+
+
+@router.patch("/chats/{chat_id}", response_model=ChatRead)
+def rename_chat(
+    chat_id: uuid.UUID, body: ChatUpdate, session: SessionDep, principal: CurrentPrincipal
+) -> Chat:
+    """Rename a chat: only its owner (anyone else's chat is not found)."""
+    chats = ChatRepository(session, principal)
+    chat = chats.require(chat_id)
+    chat.title = body.title
+    session.flush()
+    session.refresh(chat)
+    return chat
 
 
 @router.get("/chats/{chat_id}/messages", response_model=MessagePage)

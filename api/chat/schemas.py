@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from datetime import datetime
 from typing import Any, Literal
@@ -12,6 +13,30 @@ from haven.contracts.text import FreeText, Title
 
 class ChatCreate(BaseModel):
     title: Title | None = None
+
+
+# A chat's title as a user names it (the column holds more: a first question's start).
+CHAT_TITLE_LENGTH = 200
+
+
+class ChatUpdate(BaseModel):
+    """A rename: the title is trimmed, then must be 1..200 characters with no control
+    characters (a NUL cannot be stored; a newline or an escape sequence has no place in a
+    one-line name shown in every sidebar)."""
+
+    title: str
+
+    @field_validator("title")
+    @classmethod
+    def _one_line_name(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("the title is empty")
+        if len(value) > CHAT_TITLE_LENGTH:
+            raise ValueError(f"the title is longer than {CHAT_TITLE_LENGTH} characters")
+        if any(unicodedata.category(c) == "Cc" for c in value):
+            raise ValueError("the title must not contain control characters")
+        return value
 
 
 class ChatRead(BaseModel):
@@ -67,8 +92,14 @@ class Source(BaseModel):
     text: str
 
 
+# The longest passage a citation quotes; a longer one is cut and flagged ``text_truncated``.
+CITATION_TEXT_CHARS = 2000
+
+
 class Citation(BaseModel):
-    """What ``[n]`` in an answer points at."""
+    """What ``[n]`` in an answer points at, with the passage quoted as the model saw it: it
+    is stored with the message, so the citation still shows its passage after a reload and
+    after the document is re-ingested or deleted (its chunk ids then no longer exist)."""
 
     n: int
     chunk_id: uuid.UUID
@@ -81,6 +112,28 @@ class Citation(BaseModel):
     # How that was decided: the answer's ``[n]`` markers, or (an answer without any) its
     # sentences' overlap with the passage's words and figures; None when not cited.
     cited_by: Literal["marker", "overlap"] | None = None
+    heading: str | None = None
+    # The passage (None in messages stored before passages were kept with their citations),
+    # at most CITATION_TEXT_CHARS characters; ``text_truncated``: it was longer (show "…").
+    text: str | None = None
+    text_truncated: bool = False
+
+    @classmethod
+    def quoting(cls, source: Source, *, cited_by: Literal["marker", "overlap"] | None) -> Citation:
+        text = source.text
+        return cls(
+            n=source.n,
+            chunk_id=source.chunk_id,
+            document_id=source.document_id,
+            title=source.title,
+            version=source.version,
+            page=source.page,
+            cited=cited_by is not None,
+            cited_by=cited_by,
+            heading=source.heading,
+            text=text[:CITATION_TEXT_CHARS],
+            text_truncated=len(text) > CITATION_TEXT_CHARS,
+        )
 
 
 class UsageRead(BaseModel):
@@ -96,7 +149,8 @@ class MessageRead(BaseModel):
     chat_id: uuid.UUID
     role: str
     content: str
-    citations: list[dict[str, Any]]
+    # Every source the answer was given, as stored with it (see Citation).
+    citations: list[Citation]
     usage: dict[str, Any]
     created_at: datetime
     # The grounding check of an assistant's answer (None: not checked, e.g. without RAG).

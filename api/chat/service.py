@@ -7,19 +7,36 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
+from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.chat.answer import AnswerDone
 from api.chat.metering import Meter
 from api.chat.prompt import Turn
-from api.chat.schemas import MessageRead
+from api.chat.schemas import Citation, MessageRead
 from haven.auth.principal import Principal
 from haven.db.engine import transaction
 from haven.db.repositories import ChatRepository, MessageRepository
 from haven.db.tables import Message
 from haven.read_only import request_read_only
 
+log = structlog.get_logger("haven.chat")
+
 TITLE_LENGTH = 80
+
+
+def stored_citations(message: Message) -> list[Citation]:
+    """The citations stored with a message. Those stored before passages were quoted have
+    no ``text`` and still load; one that no longer fits the schema is left out (and logged)
+    rather than failing the whole conversation."""
+    citations = []
+    for item in message.citations.get("items", []):
+        try:
+            citations.append(Citation.model_validate(item))
+        except ValidationError as exc:
+            log.warning("chat.citation_unreadable", message_id=str(message.id), error=str(exc))
+    return citations
 
 
 def message_read(message: Message) -> MessageRead:
@@ -28,7 +45,7 @@ def message_read(message: Message) -> MessageRead:
         chat_id=message.chat_id,
         role=message.role,
         content=message.content,
-        citations=list(message.citations.get("items", [])),
+        citations=stored_citations(message),
         usage=message.usage,
         created_at=message.created_at,
         grounded=message.citations.get("grounded"),

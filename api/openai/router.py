@@ -5,7 +5,8 @@ base URL at ``https://haven.example/v1`` and use a Haven API key (or a user's to
 key. The last user message is the question, earlier user and assistant messages are the
 conversation, system messages are added to Haven's instructions. Each answer carries, in
 extra fields (the final chunk's, when streamed): ``citations``, every source the prompt
-offered with ``cited: true|false``, cached answer or not; ``grounded`` and ``unsupported``,
+offered with ``cited: true|false`` and the passage it quoted (``text``, cut at 2,000
+characters with ``text_truncated``), cached answer or not; ``grounded`` and ``unsupported``,
 the figures, dates, codes and names of the answer that no source contains; and
 ``finish_reason_detail: "empty"`` when the model said nothing, whose content is then a notice
 listing the sources. The answer's length is capped by the operator's

@@ -22,6 +22,7 @@ from haven.db.tables import (
     ApiKey,
     AuditEntry,
     Base,
+    BrowserSession,
     Chat,
     Chunk,
     DeadLetter,
@@ -968,3 +969,37 @@ class AnalysisRepository(TenantRepository[Analysis]):
             Chunk.tenant_id == self.tenant_id, Chunk.version_id.in_(list(version_ids))
         )
         return int(self.session.execute(stmt).scalar_one())
+
+
+class BrowserSessionRepository:
+    """Browser sessions, found by their secret's hash before anyone is authenticated (like
+    ``PlatformRepository``'s credential look-ups); nothing here returns tenant content."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, browser_session: BrowserSession) -> BrowserSession:
+        self.session.add(browser_session)
+        self.session.flush()
+        return browser_session
+
+    def delete_ended(self, user_id: uuid.UUID, now: datetime, idle_minutes: int) -> int:
+        """Delete a user's sessions that can no longer be used (revoked, past their
+        lifetime, idle too long); returns how many."""
+        stmt = delete(BrowserSession).where(
+            BrowserSession.user_id == user_id,
+            (BrowserSession.revoked_at.is_not(None))
+            | (BrowserSession.expires_at <= now)
+            | (BrowserSession.last_used_at <= now - timedelta(minutes=idle_minutes)),
+        )
+        return int(self.session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+
+    def by_secret_hash(self, secret_hash: str) -> BrowserSession | None:
+        """Locked for the rest of the transaction: a refresh and a sign-out of the same
+        session do not interleave."""
+        stmt = (
+            select(BrowserSession)
+            .where(BrowserSession.secret_hash == secret_hash)
+            .with_for_update()
+        )
+        return self.session.execute(stmt).scalar_one_or_none()

@@ -648,3 +648,30 @@ class AnalysisStep(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class BrowserSession(Base):
+    """A browser's sign-in (``POST /api/v1/auth/session``): the web app holds only an httpOnly
+    cookie with a random secret, of which only the sha256 is stored here, and trades it for
+    short access tokens (``/auth/refresh``). In PostgreSQL rather than Redis: a session must
+    outlive an API restart and a Redis flush, its revocation must be certain, and it goes
+    with its user (ON DELETE CASCADE). It ends when revoked (sign-out), idle too long, past
+    its absolute lifetime, or when the user's ``token_version`` moves on (password change,
+    role change)."""
+
+    __tablename__ = "browser_sessions"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    tenant_id: Mapped[uuid.UUID] = _tenant_fk()
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True, nullable=False
+    )
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The user's token version when the session began.
+    token_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
+    last_used_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

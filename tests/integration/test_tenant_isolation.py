@@ -124,6 +124,11 @@ def _make_chat(world: World, owner: Account) -> str:
     return str(response.json()["id"])
 
 
+def _chat_untouched(world: World, owner: Account, chat_id: str) -> bool:
+    response = world.client.get(f"/api/v1/chats/{chat_id}", headers=owner.headers)
+    return response.status_code == 200 and response.json()["title"] == "plans"
+
+
 def _make_tenant(world: World, owner: Account) -> str:
     return str(owner.tenant_id)
 
@@ -198,7 +203,7 @@ FACTORIES: dict[str, Factory] = {
     "job_id": Factory(_make_job, _job_untouched),
     "upload_id": Factory(_make_upload, _upload_untouched),
     "dead_letter_id": Factory(_make_dead_letter, _dead_letter_untouched),
-    "chat_id": Factory(_make_chat, lambda w, o, i: _ok(w, o, f"/api/v1/chats/{i}")),
+    "chat_id": Factory(_make_chat, _chat_untouched),
     "analysis_id": Factory(_make_analysis, lambda w, o, i: _ok(w, o, f"/api/v1/analyses/{i}")),
     "task_id": Factory(_make_review, lambda w, o, i: _ok(w, o, f"/api/v1/reviews/{i}")),
     "run_id": Factory(_make_run, lambda w, o, i: _ok(w, o, f"/api/v1/runs/{i}")),
@@ -216,6 +221,7 @@ NOT_IDS: dict[str, str] = {"subject_kind": "user"}
 BODIES: dict[tuple[str, str], dict[str, object]] = {
     ("PATCH", "/api/v1/admin/users/{user_id}"): {"role": "editor"},
     ("POST", "/api/v1/chats/{chat_id}/messages"): {"content": "what is in the plans?"},
+    ("PATCH", "/api/v1/chats/{chat_id}"): {"title": "renamed"},
     ("PATCH", "/api/v1/admin/tenants/{tenant_id}"): {"is_active": False},
     ("PUT", "/api/v1/admin/tenants/{tenant_id}/budget"): {"token_budget": 1000},
     ("PUT", "/api/v1/admin/tenants/{tenant_id}/limits"): {},

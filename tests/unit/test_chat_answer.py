@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from api.chat.answer import PreparedAnswer, answer_budget, finish, visible
 from api.chat.prompt import Passage, by_question_terms, passage_limits, shorten, user_content
-from api.chat.schemas import Source, UsageRead
+from api.chat.schemas import CITATION_TEXT_CHARS, Citation, Source, UsageRead
 from haven.llm_client import Sampling
 
 USAGE = UsageRead(prompt_tokens=100, completion_tokens=7, total_tokens=107)
@@ -174,3 +174,22 @@ def test_the_question_tells_a_figure_copied_from_the_wrong_sentence() -> None:
     assert "sick note" in wrong.unsupported[0]["reason"]
     right = finish("The answer is: 30 days.", "stop", USAGE, asked, cached=False)
     assert right.grounded is True
+
+
+def test_every_citation_quotes_its_passage_as_the_model_saw_it_up_to_a_cap() -> None:
+    long = source(2, "Shelf seven holds the binders. " * 100, "Archive")
+    done = finish("Zurich hotels: 250 CHF [1].", "stop", USAGE, prepared(HOTELS, long), False)
+    short, cut = done.citations
+    assert (short.text, short.text_truncated) == (HOTELS.text, False)
+    assert short.title == "Travel policy" and short.page == 1 and short.version == 1
+    assert cut.text is not None and len(cut.text) == CITATION_TEXT_CHARS
+    assert long.text.startswith(cut.text) and cut.text_truncated is True
+    # An empty answer's citations quote their passages too.
+    empty = finish("  ", "stop", USAGE, prepared(HOTELS), False)
+    assert empty.citations[0].text == HOTELS.text
+    # A citation stored before passages were kept still reads, without a text.
+    old = {k: v for k, v in short.model_dump(mode="json").items() if k in OLD_CITATION_FIELDS}
+    assert Citation.model_validate(old).text is None
+
+
+OLD_CITATION_FIELDS = {"n", "chunk_id", "document_id", "title", "version", "page", "cited"}
