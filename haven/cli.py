@@ -217,3 +217,128 @@ def relex(
 
 if __name__ == "__main__":
     app()
+
+
+# -- nightly maintenance: tasks, runs, restore ---------------------------------------------
+
+
+@maintenance_app.command("list")
+def maintenance_list() -> None:
+    """The maintenance tasks, their schedule (UTC cron) and each one's last run."""
+    from haven.maintenance import platform_jobs
+    from haven.maintenance_settings import MaintenanceSettings
+    from workers.maintenance.schedule import effective_schedule
+    from workers.maintenance.tasks import tasks
+
+    known = tasks()
+    schedule = effective_schedule(
+        {t.name: t.cron for t in known.values()}, MaintenanceSettings().schedule
+    )
+    with _platform_transaction() as session:
+        jobs = platform_jobs(session)
+        for task in known.values():
+            last = jobs.latest(task.name)
+            ran = (
+                f"last run {last.state.value} {(last.finished_at or last.created_at).isoformat()}"
+                if last
+                else "never run"
+            )
+            typer.echo(f"{task.name:<20} {schedule[task.name]:<16} {ran}  {task.description}")
+
+
+@maintenance_app.command("run")
+def maintenance_run(
+    name: str,
+    wait: Annotated[bool, typer.Option(help="wait for the run to end, print its report")] = False,
+    here: Annotated[
+        bool, typer.Option(help="run in this process, without a job or a worker")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 6 * 3600.0,
+) -> None:
+    """Run a maintenance task now: queue its job (as the schedule does) for a maintenance
+    worker, or with --here run it in this process. While a run of the task is queued or
+    running, that run is the one reported."""
+    import json
+    import time
+
+    from workers.maintenance.tasks import tasks
+
+    if name not in tasks():
+        typer.echo(f"no maintenance task is named {name!r} (see haven maintenance list)", err=True)
+        raise typer.Exit(2)
+    if here:
+        report = _run_here(name)
+        typer.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+        return
+    import redis as redis_lib
+
+    from haven.db.tables import JobState
+    from haven.jobs import TERMINAL
+    from haven.maintenance import platform_jobs, request_run, send_run
+    from haven.maintenance_settings import MaintenanceSettings
+    from haven.queueing import create_celery
+
+    settings = StoreSettings()
+    with _platform_transaction() as session:
+        request = request_run(
+            session,
+            AuditLog(session, None, None),
+            name,
+            trigger="cli",
+            max_attempts=MaintenanceSettings().max_attempts,
+        )
+        job_id = request.job.id
+    client = redis_lib.Redis.from_url(settings.redis_url)
+    try:
+        if request.created:
+            send_run(
+                create_celery(settings),
+                client,
+                request.job,
+                expires_seconds=settings.task_expires_seconds,
+            )
+            typer.echo(f"queued {name}: job {job_id}")
+        else:
+            typer.echo(f"{name} is already {request.job.state.value}: job {job_id}")
+    finally:
+        client.close()
+    if not wait:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        with _platform_transaction() as session:
+            job = platform_jobs(session).get(job_id)
+            assert job is not None
+            state, result = job.state, dict(job.result or {})
+            error = job.last_error_message
+            done, total = job.progress_done, job.progress_total
+        if state in TERMINAL:
+            break
+        if time.monotonic() > deadline:
+            typer.echo(f"still {state.value} ({done}/{total}) after {timeout:g} s", err=True)
+            raise typer.Exit(3)
+        time.sleep(1.0)
+    if state != JobState.READY:
+        typer.echo(f"{name} ended {state.value}: {error}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+
+
+def _run_here(name: str) -> dict[str, object]:
+    from haven.queueing import create_celery
+    from haven.vectors import close_embedded
+    from workers.maintenance.handler import run_here
+    from workers.runtime import WorkerRuntime
+    from workers.settings import WorkerSettings
+
+    settings = WorkerSettings()
+    runtime = WorkerRuntime(settings=settings, celery=create_celery(settings))
+    try:
+        return run_here(
+            runtime,
+            name,
+            progress=lambda done, total, label: typer.echo(f"  {label}: {done}/{total}", err=True),
+        )
+    finally:
+        if not settings.qdrant_url:
+            close_embedded(settings)
