@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import EntryPoint, entry_points
@@ -9,6 +10,7 @@ from typing import Annotated
 
 import typer
 from alembic import command
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from haven import read_only
@@ -215,10 +217,6 @@ def relex(
     )
 
 
-if __name__ == "__main__":
-    app()
-
-
 # -- nightly maintenance: tasks, runs, restore ---------------------------------------------
 
 
@@ -342,3 +340,126 @@ def _run_here(name: str) -> dict[str, object]:
     finally:
         if not settings.qdrant_url:
             close_embedded(settings)
+
+
+@app.command("restore")
+def restore_backup(
+    backup_id: Annotated[str, typer.Argument(help="the backup, e.g. 20261201T020000Z")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="only validate the manifest and every checksum")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="empty stores that are not empty first")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="seconds a re-index may take")] = 6 * 3600.0,
+) -> None:
+    """Restore a backup from the backup target (HAVEN_BACKUP_*) into empty stores, then
+    verify it: row counts and checksums, objects, vector counts, the recorded queries' top-10.
+    Stop Haven first (the API, the workers and beat). A backup without vectors is re-indexed
+    by the workers (start them after the database and objects are back: this waits)."""
+    import json
+
+    from haven.backup.restore import (
+        Stores,
+        fail_interrupted_jobs,
+        requeue_current_versions,
+        restore,
+    )
+    from haven.backup.restore import (
+        dry_run as validate,
+    )
+    from haven.backup.target import BackupError, make_target
+    from haven.maintenance import PLATFORM_TENANT_ID
+    from haven.maintenance_settings import BackupSettings
+    from haven.storage import make_client
+    from haven.vectors import close_embedded, make_index, make_qdrant
+
+    settings = StoreSettings()
+    backup = BackupSettings()
+
+    def say(line: str) -> None:
+        typer.echo(line, err=True)
+
+    try:
+        target = make_target(backup, settings)
+        if dry_run:
+            report = validate(target, backup_id, progress=say)
+            typer.echo(json.dumps(report, indent=2, sort_keys=True))
+            typer.echo(f"backup {backup_id} is whole: {report['files']} files match the manifest")
+            return
+        engine = make_engine(settings)
+        store = make_qdrant(settings)
+        stores = Stores(
+            settings, backup, engine, make_client(settings), make_index(settings, store)
+        )
+        queued: list[uuid.UUID] = []
+
+        def reindex() -> int:
+            queued.extend(_send_reindex(settings, requeue_current_versions(engine)))
+            return len(queued)
+
+        try:
+            report = restore(stores, target, backup_id, force=force, reindex=reindex, progress=say)
+            if queued:
+                say(f"waiting for {len(queued)} documents to be re-indexed by the workers")
+                _wait_for_jobs(engine, queued, timeout)
+                from haven.backup.manifest import read_manifest
+                from haven.backup.restore import verify
+
+                report["verification"] = verify(stores, read_manifest(target, backup_id))
+            report["interrupted_runs_failed"] = fail_interrupted_jobs(engine, PLATFORM_TENANT_ID)
+        finally:
+            engine.dispose()
+            store.close() if settings.qdrant_url else close_embedded(settings)
+    except BackupError as exc:
+        typer.echo(f"{exc.code}: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(json.dumps(report, indent=2, sort_keys=True))
+    typer.echo(f"restored {backup_id} and verified it")
+
+
+def _send_reindex(settings: StoreSettings, job_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    import redis as redis_lib
+
+    from haven.queueing import INGEST_TASK, create_celery, send_job_once
+
+    celery = create_celery(settings)
+    client = redis_lib.Redis.from_url(settings.redis_url)
+    try:
+        for job_id in job_ids:
+            send_job_once(
+                celery,
+                client,
+                INGEST_TASK,
+                str(job_id),
+                expires_seconds=settings.task_expires_seconds,
+                force=True,
+            )
+    finally:
+        client.close()
+    return job_ids
+
+
+def _wait_for_jobs(engine: Engine, job_ids: list[uuid.UUID], timeout: float) -> None:
+    import time
+
+    from sqlalchemy import text
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            left = conn.execute(
+                text(
+                    "SELECT count(*) FROM jobs WHERE id = ANY(:ids) AND state IN ('queued', "
+                    "'running')"
+                ),
+                {"ids": job_ids},
+            ).scalar_one()
+        if not left:
+            return
+        time.sleep(2.0)
+    raise typer.Exit(3)
+
+
+if __name__ == "__main__":
+    app()

@@ -121,10 +121,12 @@ def run_backup(
     progress(2, steps, "vectors")
     index = sources.index
     vectors: dict[str, Any]
+    vector_counts: dict[str, int] = {}
     if sources.backup.vectors == "none" or not index.exists():
         reason = "not exported (settings)" if index.exists() else "no collection yet"
         vectors = {"mode": "none", "collection": index.collection, "reason": reason}
-        vector_counts: dict[str, int] = {}
+        if index.exists():  # what a re-index must rebuild
+            vector_counts = {index.collection: index.count()}
     else:
         export = ExportStream(
             index.store,
@@ -140,12 +142,12 @@ def run_backup(
             "file": path,
             "schema": collection_schema(index),
         }
-        vector_counts = {index.collection: export.points}
+        vector_counts[index.collection] = export.points
     check_cancel()
 
     # 4. The fixed queries' top-10, per mode.
     progress(3, steps, "queries")
-    recorded = record_queries(sources, queries) if vector_counts else []
+    recorded = record_queries(sources, queries) if index.exists() else []
 
     # 5. The manifest, last.
     progress(4, steps, "manifest")

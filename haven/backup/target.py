@@ -68,8 +68,8 @@ class HashingReader:
 
 def safe_relative(path: str) -> str:
     """A backup-relative path that stays inside its backup (object keys come from clients)."""
-    parts = PurePosixPath(path).parts
-    if not parts or path.startswith("/") or any(p in ("..", ".", "") for p in parts):
+    parts = path.split("/")
+    if not path or any(p in ("..", ".", "") for p in parts):
         raise BackupError("backup.bad_path", f"refused an unsafe path in a backup: {path!r}")
     return str(PurePosixPath(*parts))
 
