@@ -257,7 +257,7 @@ def test_the_cli_runs_a_task_and_waits_for_its_report(
     tenant_a: Account,
 ) -> None:
     abandoned = _expired_upload(session_factory, api_client, tenant_a)
-    done = subprocess.run(  # noqa: S603 - the project's own CLI
+    done = subprocess.run(
         [sys.executable, "-m", "haven.cli", "maintenance", "run", "stale-uploads", "--wait"],
         cwd=ROOT,
         env={**os.environ, **maintenance_worker},
@@ -272,7 +272,7 @@ def test_the_cli_runs_a_task_and_waits_for_its_report(
     with transaction(session_factory) as session:
         assert session.get(Upload, abandoned.id) is None
 
-    listed = subprocess.run(  # noqa: S603
+    listed = subprocess.run(
         [sys.executable, "-m", "haven.cli", "maintenance", "list"],
         cwd=ROOT,
         env={**os.environ, **maintenance_worker},
