@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import EntryPoint, entry_points
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from alembic import command
@@ -393,21 +393,20 @@ def restore_backup(
             settings, backup, engine, make_client(settings), make_index(settings, store)
         )
         queued: list[uuid.UUID] = []
+        interrupted = 0
 
         def reindex() -> int:
+            nonlocal interrupted
+            interrupted += fail_interrupted_jobs(engine, PLATFORM_TENANT_ID)
             queued.extend(_send_reindex(settings, requeue_current_versions(engine)))
             return len(queued)
 
         try:
             report = restore(stores, target, backup_id, force=force, reindex=reindex, progress=say)
+            interrupted += fail_interrupted_jobs(engine, PLATFORM_TENANT_ID)
+            report["interrupted_runs_failed"] = interrupted
             if queued:
-                say(f"waiting for {len(queued)} documents to be re-indexed by the workers")
-                _wait_for_jobs(engine, queued, timeout)
-                from haven.backup.manifest import read_manifest
-                from haven.backup.restore import verify
-
-                report["verification"] = verify(stores, read_manifest(target, backup_id))
-            report["interrupted_runs_failed"] = fail_interrupted_jobs(engine, PLATFORM_TENANT_ID)
+                _await_reindex(settings, stores, engine, queued, timeout, report, say)
         finally:
             engine.dispose()
             store.close() if settings.qdrant_url else close_embedded(settings)
@@ -416,6 +415,42 @@ def restore_backup(
         raise typer.Exit(1) from exc
     typer.echo(json.dumps(report, indent=2, sort_keys=True))
     typer.echo(f"restored {backup_id} and verified it")
+
+
+def _await_reindex(
+    settings: StoreSettings,
+    stores: Any,
+    engine: Engine,
+    queued: list[uuid.UUID],
+    timeout: float,
+    report: dict[str, Any],
+    say: Callable[[str], None],
+) -> None:
+    """Wait for the workers to re-index the restored documents; on a Qdrant server, then
+    check the points and the recorded queries."""
+    from haven.backup.manifest import read_manifest
+    from haven.backup.restore import verify_vectors
+    from haven.backup.target import make_target
+    from haven.maintenance_settings import BackupSettings
+    from haven.vectors import close_embedded
+
+    if settings.qdrant_url:
+        say(f"waiting for the workers to re-index {len(queued)} documents")
+    else:
+        close_embedded(settings)  # the embedded store is Haven's from now on
+        say(
+            f"start Haven now (haven up, or the API and the workers): its workers re-index "
+            f"{len(queued)} documents; waiting for them"
+        )
+    _wait_for_jobs(engine, queued, timeout)
+    if settings.qdrant_url:
+        manifest = read_manifest(make_target(BackupSettings(), settings), report["backup_id"])
+        report["verification"].update(verify_vectors(stores, manifest))
+    else:
+        report["verification"]["vectors"] = (
+            f"re-indexed {len(queued)} documents; the embedded store is the running Haven's: "
+            "search to check"
+        )
 
 
 def _send_reindex(settings: StoreSettings, job_ids: list[uuid.UUID]) -> list[uuid.UUID]:

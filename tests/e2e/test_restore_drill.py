@@ -43,6 +43,10 @@ from tests.fixtures.services import (
     migrated_database,
 )
 
+# The first test also builds the module's stack: ingest, then a backup (minutes on a busy
+# 2-core machine).
+pytestmark = pytest.mark.timeout(1800)
+
 TOPICS = {
     "glaciers": "Glaciers carve valleys as ice flows downhill under its own weight, scraping "
     "bedrock and carrying moraine far from the mountains where the snow first fell.",
@@ -286,6 +290,18 @@ def _ingest_and_back_up(drill: Drill) -> None:
     drill.before["stores"] = _stores_now(drill)
 
 
+def _lose_every_store(drill: Drill) -> None:
+    """The database dropped (an empty one left to restore into), the bucket emptied and
+    removed, the vector folder deleted, Redis flushed."""
+    create_database(drill.database)
+    s3: Minio = make_client(drill.settings)
+    for listed in s3.list_objects(drill.settings.s3_bucket, recursive=True):
+        s3.remove_object(drill.settings.s3_bucket, str(listed.object_name))
+    s3.remove_bucket(drill.settings.s3_bucket)
+    shutil.rmtree(drill.settings.qdrant_path)
+    redis.Redis.from_url(TEST_REDIS_URL).flushdb()
+
+
 def test_the_dry_run_refuses_a_corrupted_file_naming_it(drill: Drill) -> None:
     whole = drill.haven("restore", drill.backup_id, "--dry-run")
     assert whole.returncode == 0, whole.stderr
@@ -323,15 +339,7 @@ def test_restore_drill_gives_back_identical_stores_and_search(drill: Drill) -> N
     occupied = drill.haven("restore", drill.backup_id)
     assert occupied.returncode == 1 and "restore.not_empty" in occupied.stderr
 
-    # Every store is lost: the database dropped, the bucket emptied and removed, the vector
-    # folder deleted, Redis flushed.
-    create_database(drill.database)  # drops it, and leaves an empty one to restore into
-    s3: Minio = make_client(drill.settings)
-    for listed in s3.list_objects(drill.settings.s3_bucket, recursive=True):
-        s3.remove_object(drill.settings.s3_bucket, str(listed.object_name))
-    s3.remove_bucket(drill.settings.s3_bucket)
-    shutil.rmtree(drill.settings.qdrant_path)
-    redis.Redis.from_url(TEST_REDIS_URL).flushdb()
+    _lose_every_store(drill)
 
     started = time.monotonic()
     restored = drill.haven("restore", drill.backup_id)
@@ -354,3 +362,49 @@ def test_restore_drill_gives_back_identical_stores_and_search(drill: Drill) -> N
     # Haven on the restored stores answers the 20 queries as before, in every mode.
     drill.start_api()
     assert drill.search_all() == drill.before["top"]
+
+
+def test_a_backup_without_vectors_is_restored_by_re_indexing(drill: Drill) -> None:
+    """The rebuild path: a backup taken without the vectors (here by the CLI in-process,
+    Haven stopped) is restored by re-queuing every current version's ingest; Haven's workers
+    rebuild the index from PostgreSQL and the objects, and search answers as before."""
+    drill.api.stop()
+    before = _stores_now(drill)
+    taken = subprocess.run(
+        [sys.executable, "-m", "haven.cli", "maintenance", "run", "backup", "--here"],
+        cwd=ROOT,
+        env={**os.environ, **drill.env, "HAVEN_BACKUP_VECTORS": "none"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert taken.returncode == 0, taken.stderr
+    backup = json.loads(taken.stdout[taken.stdout.index("{") :])
+    assert backup["vectors_mode"] == "none" and backup["queries"] == len(QUERIES)
+
+    _lose_every_store(drill)
+    log = drill.tmp / "restore-reindex.log"
+    with log.open("w") as err:
+        restoring = subprocess.Popen(
+            [sys.executable, "-m", "haven.cli", "restore", backup["backup_id"]],
+            cwd=ROOT,
+            env={**os.environ, **drill.env},
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    try:
+        _wait(lambda: "start Haven now" in log.read_text(), 300, "the rows and objects")
+        drill.start_api()  # its worker re-indexes
+        out, _ = restoring.communicate(timeout=600)
+    finally:
+        if restoring.poll() is None:
+            restoring.kill()
+    assert restoring.returncode == 0, log.read_text()
+    report = json.loads(out[: out.rindex("}") + 1])
+    assert report["reindex_queued"] == len(TOPICS)
+    assert report["verification"]["objects"] == len(TOPICS)
+
+    assert drill.search_all() == drill.before["top"]
+    drill.api.stop()
+    assert _stores_now(drill)["points"] == before["points"]
