@@ -290,6 +290,14 @@ def _ingest_and_back_up(drill: Drill) -> None:
     drill.before["stores"] = _stores_now(drill)
 
 
+def _report(stdout: str) -> dict[str, Any]:
+    """The JSON report a command printed (after any log lines), indented from column 0."""
+    start = 0 if stdout.startswith("{\n") else stdout.rindex("\n{\n") + 1
+    end = stdout.index("\n}", start) + 2
+    found: dict[str, Any] = json.loads(stdout[start:end])
+    return found
+
+
 def _lose_every_store(drill: Drill) -> None:
     """The database dropped (an empty one left to restore into), the bucket emptied and
     removed, the vector folder deleted, Redis flushed."""
@@ -345,7 +353,7 @@ def test_restore_drill_gives_back_identical_stores_and_search(drill: Drill) -> N
     restored = drill.haven("restore", drill.backup_id)
     seconds = time.monotonic() - started
     assert restored.returncode == 0, restored.stderr
-    report = json.loads(restored.stdout[: restored.stdout.rindex("}") + 1])
+    report = _report(restored.stdout)
     verification = report["verification"]
     assert verification["queries_checked"] == len(QUERIES)
     assert verification["top10_identical"] == len(QUERIES) * len(MODES)
@@ -379,7 +387,7 @@ def test_a_backup_without_vectors_is_restored_by_re_indexing(drill: Drill) -> No
         timeout=600,
     )
     assert taken.returncode == 0, taken.stderr
-    backup = json.loads(taken.stdout[taken.stdout.index("{") :])
+    backup = _report(taken.stdout)
     assert backup["vectors_mode"] == "none" and backup["queries"] == len(QUERIES)
 
     _lose_every_store(drill)
@@ -401,7 +409,7 @@ def test_a_backup_without_vectors_is_restored_by_re_indexing(drill: Drill) -> No
         if restoring.poll() is None:
             restoring.kill()
     assert restoring.returncode == 0, log.read_text()
-    report = json.loads(out[: out.rindex("}") + 1])
+    report = _report(out)
     assert report["reindex_queued"] == len(TOPICS)
     assert report["verification"]["objects"] == len(TOPICS)
 
