@@ -322,6 +322,37 @@ def maintenance_run(
     typer.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
 
 
+@maintenance_app.command("cancel")
+def maintenance_cancel(job_id: uuid.UUID) -> None:
+    """Cancel a maintenance run: a queued one at once, a running one at its next progress."""
+    import redis as redis_lib
+
+    from haven.jobs import signal_cancel
+    from haven.maintenance import platform_jobs
+
+    with _platform_transaction() as session:
+        jobs = platform_jobs(session)
+        if jobs.get(job_id) is None:
+            typer.echo(f"no maintenance run {job_id}", err=True)
+            raise typer.Exit(1)
+        if not jobs.request_cancel(job_id):
+            typer.echo(f"run {job_id} has already ended", err=True)
+            raise typer.Exit(1)
+        AuditLog(session, None, None).record(
+            "maintenance.cancel",
+            target_type="maintenance",
+            target_id=None,
+            tenant_id=None,
+            job_id=str(job_id),
+        )
+    client = redis_lib.Redis.from_url(StoreSettings().redis_url)
+    try:
+        signal_cancel(client, job_id)
+    finally:
+        client.close()
+    typer.echo(f"cancel requested for {job_id}")
+
+
 def _run_here(name: str) -> dict[str, object]:
     from haven.queueing import create_celery
     from haven.vectors import close_embedded

@@ -180,6 +180,8 @@ def test_only_platform_admins_reach_maintenance(
         assert api_client.get("/api/v1/admin/maintenance", headers=who.headers).status_code == 403
         refused = api_client.post("/api/v1/admin/maintenance/backup/run", headers=who.headers)
         assert refused.status_code == 403
+        cancel = f"/api/v1/admin/maintenance/runs/{uuid.uuid4()}/cancel"
+        assert api_client.post(cancel, headers=who.headers).status_code == 403
     assert api_client.post("/api/v1/admin/maintenance/backup/run").status_code == 401
     unknown = api_client.post(
         "/api/v1/admin/maintenance/no-such-task/run", headers=platform_admin.headers
@@ -216,6 +218,24 @@ def test_a_second_request_returns_the_run_already_queued(
     assert sorted(r["status"] for r in results) == [200, 200, 202]
     assert len({r["run"]["id"] for r in results}) == 1
     assert [r["created"] for r in results].count(True) == 1
+
+    # Canceled while queued: it never starts, and the next request queues a new run.
+    run_id = results[0]["run"]["id"]
+    canceled = api_client.post(
+        f"/api/v1/admin/maintenance/runs/{run_id}/cancel", headers=platform_admin.headers
+    )
+    assert canceled.status_code == 200, canceled.text
+    assert canceled.json()["state"] == "canceled"
+    again = api_client.post(
+        f"/api/v1/admin/maintenance/runs/{run_id}/cancel", headers=platform_admin.headers
+    )
+    assert again.status_code == 409
+    unknown = api_client.post(
+        f"/api/v1/admin/maintenance/runs/{uuid.uuid4()}/cancel", headers=platform_admin.headers
+    )
+    assert unknown.status_code == 404
+    fresh = api_client.post("/api/v1/admin/maintenance/backup/run", headers=platform_admin.headers)
+    assert fresh.status_code == 202 and fresh.json()["run"]["id"] != run_id
     _finish_leftover_runs(store_settings)
 
 
