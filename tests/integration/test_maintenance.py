@@ -31,8 +31,8 @@ from haven.queueing import create_celery
 from haven.settings import StoreSettings
 from tests.fixtures.api import Account, create_user
 from tests.fixtures.processes import ROOT, WorkerProcess, worker_env
-from workers.maintenance.handler import TaskBusy, run_here
-from workers.maintenance.tasks import TaskContext, maintenance_task
+from workers.maintenance.handler import TaskBusy, TaskLock, lock_key, run_here
+from workers.maintenance.tasks import TaskContext, maintenance_task, tasks
 from workers.runtime import WorkerRuntime
 from workers.settings import WorkerSettings
 
@@ -268,6 +268,16 @@ def test_two_runs_of_a_task_at_once_one_runs(
     assert first == {"held": True}
     # Released: the next run goes ahead.
     assert run_here(runtime, name) == {"held": True}
+
+    # A job whose worker died mid-run left the lock: its next attempt takes it over, any
+    # other run is still refused until it ends.
+    task = tasks()[name]
+    TaskLock(runtime, task, "job-1").acquire()
+    TaskLock(runtime, task, "job-1").acquire()
+    with pytest.raises(TaskBusy) as other:
+        TaskLock(runtime, task, "job-2").acquire()
+    assert "(job job-1)" in other.value.message
+    assert 0 < int(redis_client.ttl(lock_key(name))) <= 30
 
 
 def test_the_cli_runs_a_task_and_waits_for_its_report(
