@@ -353,6 +353,15 @@ def maintenance_cancel(job_id: uuid.UUID) -> None:
     typer.echo(f"cancel requested for {job_id}")
 
 
+def _logs_to_stderr() -> None:
+    """Log lines go to stderr, so stdout carries only the command's report."""
+    import sys
+
+    import structlog
+
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+
+
 def _run_here(name: str) -> dict[str, object]:
     from haven.queueing import create_celery
     from haven.vectors import close_embedded
@@ -360,6 +369,7 @@ def _run_here(name: str) -> dict[str, object]:
     from workers.runtime import WorkerRuntime
     from workers.settings import WorkerSettings
 
+    _logs_to_stderr()
     settings = WorkerSettings()
     runtime = WorkerRuntime(settings=settings, celery=create_celery(settings))
     try:
@@ -405,6 +415,7 @@ def restore_backup(
     from haven.storage import make_client
     from haven.vectors import close_embedded, make_index, make_qdrant
 
+    _logs_to_stderr()
     settings = StoreSettings()
     backup = BackupSettings()
 
