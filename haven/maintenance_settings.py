@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from haven.settings import sources_with_secrets
 
 
 class MaintenanceSettings(BaseSettings):
@@ -46,6 +48,19 @@ class BackupSettings(BaseSettings):
     endpoint and bucket."""
 
     model_config = SettingsConfigDict(env_prefix="HAVEN_BACKUP_", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The backup store's secret key comes as a Swarm secret like the live store's
+        # (/run/secrets/haven_backup_s3_secret_key).
+        return sources_with_secrets(settings_cls, init_settings, env_settings)
 
     target: Literal["folder", "s3"] = "folder"
     folder: Path = Path("var/backups")

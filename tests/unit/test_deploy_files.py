@@ -35,6 +35,7 @@ STACK_VARIABLES = {
     "IMAGE_TAG": "1.2.3",
     "JWT_ACTIVE_KID": "2026-01",
     "PUBLIC_URL": "https://haven.example.org",
+    "BACKUP_S3_ENDPOINT": "backup.example.org:9000",
     "NGINX_CONF_DIGEST": "0123456789ab",
     "PROMETHEUS_CONF_DIGEST": "0123456789ab",
     "ALERT_RULES_DIGEST": "0123456789ab",
@@ -352,8 +353,26 @@ def _env_names(cls: type[BaseSettings]) -> dict[str, str]:
             names.update({str(choice).upper(): field_name for choice in alias.choices})
         elif isinstance(alias, str):
             names[alias.upper()] = field_name
-        else:
+        elif _nested_settings(field.annotation) is None:
             names[f"{prefix}{field_name}".upper()] = field_name
+    return names
+
+
+def _nested_settings(annotation: Any) -> type[BaseSettings] | None:
+    """A field holding settings of their own (``backup: BackupSettings``), which read their
+    own prefix (``HAVEN_BACKUP_*``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseSettings):
+        return annotation
+    return None
+
+
+def _all_env_names(cls: type[BaseSettings]) -> dict[str, str]:
+    """The class's variables and those of the settings nested in it."""
+    names = _env_names(cls)
+    for field_name, field in cls.model_fields.items():
+        nested = _nested_settings(field.annotation)
+        if nested is not None:
+            names.update({k: f"{field_name}.{v}" for k, v in _all_env_names(nested).items()})
     return names
 
 
@@ -400,11 +419,11 @@ def test_every_variable_set_is_a_setting_the_service_reads(
     deployment: tuple[str, dict[str, Any]],
 ) -> None:
     _, config = deployment
-    every_known = {n for cls in _known_classes() for n in _env_names(cls)}
+    every_known = {n for cls in _known_classes() for n in _all_env_names(cls)}
     for name in HAVEN_SERVICES:
         env, secrets = _settings_inputs(config["services"][name])
         cls = _settings_class(SERVICE_SETTINGS[name])
-        readable = set(_env_names(cls)) if cls is not None else every_known
+        readable = set(_all_env_names(cls)) if cls is not None else every_known
         unread = (set(env) | set(secrets)) - readable
         assert not unread, f"{name} sets {sorted(unread)}, which its settings do not read"
 
@@ -440,6 +459,10 @@ def test_every_required_setting_is_set_and_the_settings_build(
         settings = cls()
         expected_env = "production" if kind == "stack" else "development"
         assert getattr(settings, "env", None) == expected_env, name
+        backup = getattr(settings, "backup", None)
+        if backup is not None and "HAVEN_BACKUP_S3_SECRET_KEY" in secrets:
+            # Nested settings read the secret files too: backups can sign their requests.
+            assert backup.s3_secret_key.get_secret_value() == "swarm-secret-value", name
 
 
 def test_production_services_get_their_passwords_from_secrets(stack: dict[str, Any]) -> None:
