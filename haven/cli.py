@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import EntryPoint, entry_points
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from alembic import command
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from haven import read_only
@@ -213,6 +215,327 @@ def relex(
         f"{report.updated} of {report.seen} chunks re-analyzed, "
         f"{len(report.document_langs)} documents' languages set"
     )
+
+
+# -- nightly maintenance: tasks, runs, restore ---------------------------------------------
+
+
+@maintenance_app.command("list")
+def maintenance_list() -> None:
+    """The maintenance tasks, their schedule (UTC cron) and each one's last run."""
+    from haven.maintenance import platform_jobs
+    from haven.maintenance_settings import MaintenanceSettings
+    from workers.maintenance.schedule import effective_schedule
+    from workers.maintenance.tasks import tasks
+
+    known = tasks()
+    schedule = effective_schedule(
+        {t.name: t.cron for t in known.values()}, MaintenanceSettings().schedule
+    )
+    with _platform_transaction() as session:
+        jobs = platform_jobs(session)
+        for task in known.values():
+            last = jobs.latest(task.name)
+            ran = (
+                f"last run {last.state.value} {(last.finished_at or last.created_at).isoformat()}"
+                if last
+                else "never run"
+            )
+            typer.echo(f"{task.name:<20} {schedule[task.name]:<16} {ran}  {task.description}")
+
+
+@maintenance_app.command("run")
+def maintenance_run(
+    name: str,
+    wait: Annotated[bool, typer.Option(help="wait for the run to end, print its report")] = False,
+    here: Annotated[
+        bool, typer.Option(help="run in this process, without a job or a worker")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 6 * 3600.0,
+) -> None:
+    """Run a maintenance task now: queue its job (as the schedule does) for a maintenance
+    worker, or with --here run it in this process. While a run of the task is queued or
+    running, that run is the one reported."""
+    import json
+    import time
+
+    from workers.maintenance.tasks import tasks
+
+    if name not in tasks():
+        typer.echo(f"no maintenance task is named {name!r} (see haven maintenance list)", err=True)
+        raise typer.Exit(2)
+    if here:
+        report = _run_here(name)
+        typer.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+        return
+    import redis as redis_lib
+
+    from haven.db.tables import JobState
+    from haven.jobs import TERMINAL
+    from haven.maintenance import platform_jobs, request_run, send_run
+    from haven.maintenance_settings import MaintenanceSettings
+    from haven.queueing import create_celery
+
+    settings = StoreSettings()
+    with _platform_transaction() as session:
+        request = request_run(
+            session,
+            AuditLog(session, None, None),
+            name,
+            trigger="cli",
+            max_attempts=MaintenanceSettings().max_attempts,
+        )
+        job_id = request.job.id
+    client = redis_lib.Redis.from_url(settings.redis_url)
+    try:
+        if request.created:
+            send_run(
+                create_celery(settings),
+                client,
+                request.job,
+                expires_seconds=settings.task_expires_seconds,
+            )
+            typer.echo(f"queued {name}: job {job_id}")
+        else:
+            typer.echo(f"{name} is already {request.job.state.value}: job {job_id}")
+    finally:
+        client.close()
+    if not wait:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        with _platform_transaction() as session:
+            job = platform_jobs(session).get(job_id)
+            assert job is not None
+            state, result = job.state, dict(job.result or {})
+            error = job.last_error_message
+            done, total = job.progress_done, job.progress_total
+        if state in TERMINAL:
+            break
+        if time.monotonic() > deadline:
+            typer.echo(f"still {state.value} ({done}/{total}) after {timeout:g} s", err=True)
+            raise typer.Exit(3)
+        time.sleep(1.0)
+    if state != JobState.READY:
+        typer.echo(f"{name} ended {state.value}: {error}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+
+
+@maintenance_app.command("cancel")
+def maintenance_cancel(job_id: uuid.UUID) -> None:
+    """Cancel a maintenance run: a queued one at once, a running one at its next progress."""
+    import redis as redis_lib
+
+    from haven.jobs import signal_cancel
+    from haven.maintenance import platform_jobs
+
+    with _platform_transaction() as session:
+        jobs = platform_jobs(session)
+        if jobs.get(job_id) is None:
+            typer.echo(f"no maintenance run {job_id}", err=True)
+            raise typer.Exit(1)
+        if not jobs.request_cancel(job_id):
+            typer.echo(f"run {job_id} has already ended", err=True)
+            raise typer.Exit(1)
+        AuditLog(session, None, None).record(
+            "maintenance.cancel",
+            target_type="maintenance",
+            target_id=None,
+            tenant_id=None,
+            job_id=str(job_id),
+        )
+    client = redis_lib.Redis.from_url(StoreSettings().redis_url)
+    try:
+        signal_cancel(client, job_id)
+    finally:
+        client.close()
+    typer.echo(f"cancel requested for {job_id}")
+
+
+def _logs_to_stderr() -> None:
+    """Log lines go to stderr, so stdout carries only the command's report."""
+    import sys
+
+    import structlog
+
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+
+
+def _run_here(name: str) -> dict[str, object]:
+    from haven.queueing import create_celery
+    from haven.vectors import close_embedded
+    from workers.maintenance.handler import run_here
+    from workers.runtime import WorkerRuntime
+    from workers.settings import WorkerSettings
+
+    _logs_to_stderr()
+    settings = WorkerSettings()
+    runtime = WorkerRuntime(settings=settings, celery=create_celery(settings))
+    try:
+        return run_here(
+            runtime,
+            name,
+            progress=lambda done, total, label: typer.echo(f"  {label}: {done}/{total}", err=True),
+        )
+    finally:
+        if not settings.qdrant_url:
+            close_embedded(settings)
+
+
+@app.command("restore")
+def restore_backup(
+    backup_id: Annotated[str, typer.Argument(help="the backup, e.g. 20261201T020000Z")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="only validate the manifest and every checksum")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="empty stores that are not empty first")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="seconds a re-index may take")] = 6 * 3600.0,
+) -> None:
+    """Restore a backup from the backup target (HAVEN_BACKUP_*) into empty stores, then
+    verify it: row counts and checksums, objects, vector counts, the recorded queries' top-10.
+    Stop Haven first (the API, the workers and beat). A backup without vectors is re-indexed
+    by the workers (start them after the database and objects are back: this waits)."""
+    import json
+
+    from haven.backup.restore import (
+        Stores,
+        fail_interrupted_jobs,
+        requeue_current_versions,
+        restore,
+    )
+    from haven.backup.restore import (
+        dry_run as validate,
+    )
+    from haven.backup.target import BackupError, make_target
+    from haven.maintenance import PLATFORM_TENANT_ID
+    from haven.maintenance_settings import BackupSettings
+    from haven.storage import make_client
+    from haven.vectors import close_embedded, make_index, make_qdrant
+
+    _logs_to_stderr()
+    settings = StoreSettings()
+    backup = BackupSettings()
+
+    def say(line: str) -> None:
+        typer.echo(line, err=True)
+
+    try:
+        target = make_target(backup, settings)
+        if dry_run:
+            report = validate(target, backup_id, progress=say)
+            typer.echo(json.dumps(report, indent=2, sort_keys=True))
+            typer.echo(f"backup {backup_id} is whole: {report['files']} files match the manifest")
+            return
+        engine = make_engine(settings)
+        store = make_qdrant(settings)
+        stores = Stores(
+            settings, backup, engine, make_client(settings), make_index(settings, store)
+        )
+        queued: list[uuid.UUID] = []
+        interrupted = 0
+
+        def reindex() -> int:
+            nonlocal interrupted
+            interrupted += fail_interrupted_jobs(engine, PLATFORM_TENANT_ID)
+            queued.extend(_send_reindex(settings, requeue_current_versions(engine)))
+            return len(queued)
+
+        try:
+            report = restore(stores, target, backup_id, force=force, reindex=reindex, progress=say)
+            interrupted += fail_interrupted_jobs(engine, PLATFORM_TENANT_ID)
+            report["interrupted_runs_failed"] = interrupted
+            if queued:
+                _await_reindex(settings, stores, engine, queued, timeout, report, say)
+        finally:
+            engine.dispose()
+            store.close() if settings.qdrant_url else close_embedded(settings)
+    except BackupError as exc:
+        typer.echo(f"{exc.code}: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(json.dumps(report, indent=2, sort_keys=True))
+    typer.echo(f"restored {backup_id} and verified it")
+
+
+def _await_reindex(
+    settings: StoreSettings,
+    stores: Any,
+    engine: Engine,
+    queued: list[uuid.UUID],
+    timeout: float,
+    report: dict[str, Any],
+    say: Callable[[str], None],
+) -> None:
+    """Wait for the workers to re-index the restored documents; on a Qdrant server, then
+    check the points and the recorded queries."""
+    from haven.backup.manifest import read_manifest
+    from haven.backup.restore import verify_vectors
+    from haven.backup.target import make_target
+    from haven.maintenance_settings import BackupSettings
+    from haven.vectors import close_embedded
+
+    if settings.qdrant_url:
+        say(f"waiting for the workers to re-index {len(queued)} documents")
+    else:
+        close_embedded(settings)  # the embedded store is Haven's from now on
+        say(
+            f"start Haven now (haven up, or the API and the workers): its workers re-index "
+            f"{len(queued)} documents; waiting for them"
+        )
+    _wait_for_jobs(engine, queued, timeout)
+    if settings.qdrant_url:
+        manifest = read_manifest(make_target(BackupSettings(), settings), report["backup_id"])
+        report["verification"].update(verify_vectors(stores, manifest))
+    else:
+        report["verification"]["vectors"] = (
+            f"re-indexed {len(queued)} documents; the embedded store is the running Haven's: "
+            "search to check"
+        )
+
+
+def _send_reindex(settings: StoreSettings, job_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    import redis as redis_lib
+
+    from haven.queueing import INGEST_TASK, create_celery, send_job_once
+
+    celery = create_celery(settings)
+    client = redis_lib.Redis.from_url(settings.redis_url)
+    try:
+        for job_id in job_ids:
+            send_job_once(
+                celery,
+                client,
+                INGEST_TASK,
+                str(job_id),
+                expires_seconds=settings.task_expires_seconds,
+                force=True,
+            )
+    finally:
+        client.close()
+    return job_ids
+
+
+def _wait_for_jobs(engine: Engine, job_ids: list[uuid.UUID], timeout: float) -> None:
+    import time
+
+    from sqlalchemy import text
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            left = conn.execute(
+                text(
+                    "SELECT count(*) FROM jobs WHERE id = ANY(:ids) AND state IN ('queued', "
+                    "'running')"
+                ),
+                {"ids": job_ids},
+            ).scalar_one()
+        if not left:
+            return
+        time.sleep(2.0)
+    raise typer.Exit(3)
 
 
 if __name__ == "__main__":

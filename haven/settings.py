@@ -58,13 +58,22 @@ class HavenSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Swarm mounts secrets under /run/secrets; read it only when it exists so that
-        # local runs do not warn about a missing folder.
-        secrets_dir = Path(os.environ.get(SECRETS_DIR_ENV, "/run/secrets"))
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if secrets_dir.is_dir():
-            sources.append(SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir))
-        return tuple(sources)
+        return sources_with_secrets(settings_cls, init_settings, env_settings)
+
+
+def sources_with_secrets(
+    settings_cls: type[BaseSettings],
+    init_settings: PydanticBaseSettingsSource,
+    env_settings: PydanticBaseSettingsSource,
+) -> tuple[PydanticBaseSettingsSource, ...]:
+    """Arguments, then the environment, then Swarm's secret files: Swarm mounts secrets under
+    /run/secrets (``HAVEN_SECRETS_DIR`` moves it), read only when it exists so that local runs
+    do not warn about a missing folder."""
+    secrets_dir = Path(os.environ.get(SECRETS_DIR_ENV, "/run/secrets"))
+    sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+    if secrets_dir.is_dir():
+        sources.append(SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir))
+    return tuple(sources)
 
 
 class StoreSettings(HavenSettings):

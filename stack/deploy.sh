@@ -8,6 +8,8 @@
 #   JWT_ACTIVE_KID   the kid in the haven_jwt_keys secret that signs new tokens (required)
 #   PUBLIC_URL       the address clients reach nginx at; presigned URLs are signed for it
 #                    (required)
+#   BACKUP_S3_ENDPOINT  the S3 endpoint nightly backups go to, not on the storage node
+#                    (required; BACKUP_S3_BUCKET, BACKUP_S3_ACCESS_KEY, BACKUP_S3_SECURE too)
 #   IMAGE_REGISTRY   registry the nodes pull from (default registry.local:5000)
 #   STACK_NAME       default haven
 #   SMOKE_URL, SMOKE_TOKEN   when both are set, stack/smoke.sh runs after the deploy
@@ -24,7 +26,8 @@ cd "$(dirname "$0")/.."
 : "${IMAGE_TAG:?set IMAGE_TAG}"
 : "${JWT_ACTIVE_KID:?set JWT_ACTIVE_KID}"
 : "${PUBLIC_URL:?set PUBLIC_URL, the address clients reach Haven at}"
-export IMAGE_TAG JWT_ACTIVE_KID PUBLIC_URL
+: "${BACKUP_S3_ENDPOINT:?set BACKUP_S3_ENDPOINT, the backup store off the storage node}"
+export IMAGE_TAG JWT_ACTIVE_KID PUBLIC_URL BACKUP_S3_ENDPOINT
 export IMAGE_REGISTRY=${IMAGE_REGISTRY:-registry.local:5000}
 STACK_NAME=${STACK_NAME:-haven}
 JOB_TIMEOUT=${JOB_TIMEOUT:-900}
@@ -34,7 +37,7 @@ die() { echo "deploy: $*" >&2; exit 1; }
 
 # --- preconditions ----------------------------------------------------------------------------
 secrets=(haven_jwt_keys haven_database_url haven_postgres_password haven_broker_url
-         haven_rabbitmq_conf haven_s3_secret_key)
+         haven_rabbitmq_conf haven_s3_secret_key haven_backup_s3_secret_key)
 missing=()
 for secret in "${secrets[@]}"; do
   docker secret inspect "$secret" >/dev/null 2>&1 || missing+=("$secret")
@@ -49,6 +52,7 @@ Create each once, from a file or stdin, e.g.:
   printf '%s' 'amqp://haven:<pw2>@rabbitmq:5672//'          | docker secret create haven_broker_url -
   printf 'default_user = haven\ndefault_pass = <pw2>\n'     | docker secret create haven_rabbitmq_conf -
   printf '%s' '<S3 secret key, also MinIO root password>'   | docker secret create haven_s3_secret_key -
+  printf '%s' '<secret key of the backup S3 store>'         | docker secret create haven_backup_s3_secret_key -
 HELP
   exit 1
 fi

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from haven.language import DEFAULT_LANGUAGES, parse_languages
+from haven.maintenance_settings import BackupSettings, MaintenanceSettings
 from haven.queueing import QUEUES
 from haven.review_settings import ReviewSettings
 from haven.sandbox import SandboxSettings
@@ -104,6 +105,12 @@ class WorkerSettings(ModelStoreSettings):
     # How long one llm call may wait out a busy service (503/429, with backoff) before the
     # job is retried by the runner instead.
     analyze_llm_wait_seconds: float = Field(default=900.0, gt=0)
+
+    # --- nightly maintenance (workers/maintenance) ---
+    # The schedule (HAVEN_MAINTENANCE_SCHEDULE) and the backups' target and retention
+    # (HAVEN_BACKUP_*).
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
+    backup: BackupSettings = Field(default_factory=BackupSettings)
 
     @field_validator("emb_aliases", "worker_queues", mode="before")
     @classmethod

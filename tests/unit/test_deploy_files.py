@@ -35,6 +35,7 @@ STACK_VARIABLES = {
     "IMAGE_TAG": "1.2.3",
     "JWT_ACTIVE_KID": "2026-01",
     "PUBLIC_URL": "https://haven.example.org",
+    "BACKUP_S3_ENDPOINT": "backup.example.org:9000",
     "NGINX_CONF_DIGEST": "0123456789ab",
     "PROMETHEUS_CONF_DIGEST": "0123456789ab",
     "ALERT_RULES_DIGEST": "0123456789ab",
@@ -77,6 +78,9 @@ SECRET_SAMPLES = {
 FUTURE_METRICS = {"haven_queue_length", "haven_jobs_stuck"}
 # Computed at scrape time from PostgreSQL (haven.ops_metrics.JobStateCollector).
 FUTURE_METRICS |= {"haven_read_only", "haven_read_only_since_seconds", "haven_jobs_queued"}
+# The maintenance metrics: from the workers, and read from PostgreSQL at scrape time; checked
+# by test_alert_rules_watch_backup_failures_and_age_with_metrics_haven_exports.
+FUTURE_METRICS |= {"haven_maintenance_runs_total", "haven_maintenance_last_success_timestamp"}
 
 
 # --- loading the files through the real tools -----------------------------------------------
@@ -349,8 +353,26 @@ def _env_names(cls: type[BaseSettings]) -> dict[str, str]:
             names.update({str(choice).upper(): field_name for choice in alias.choices})
         elif isinstance(alias, str):
             names[alias.upper()] = field_name
-        else:
+        elif _nested_settings(field.annotation) is None:
             names[f"{prefix}{field_name}".upper()] = field_name
+    return names
+
+
+def _nested_settings(annotation: Any) -> type[BaseSettings] | None:
+    """A field holding settings of their own (``backup: BackupSettings``), which read their
+    own prefix (``HAVEN_BACKUP_*``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseSettings):
+        return annotation
+    return None
+
+
+def _all_env_names(cls: type[BaseSettings]) -> dict[str, str]:
+    """The class's variables and those of the settings nested in it."""
+    names = _env_names(cls)
+    for field_name, field in cls.model_fields.items():
+        nested = _nested_settings(field.annotation)
+        if nested is not None:
+            names.update({k: f"{field_name}.{v}" for k, v in _all_env_names(nested).items()})
     return names
 
 
@@ -397,11 +419,11 @@ def test_every_variable_set_is_a_setting_the_service_reads(
     deployment: tuple[str, dict[str, Any]],
 ) -> None:
     _, config = deployment
-    every_known = {n for cls in _known_classes() for n in _env_names(cls)}
+    every_known = {n for cls in _known_classes() for n in _all_env_names(cls)}
     for name in HAVEN_SERVICES:
         env, secrets = _settings_inputs(config["services"][name])
         cls = _settings_class(SERVICE_SETTINGS[name])
-        readable = set(_env_names(cls)) if cls is not None else every_known
+        readable = set(_all_env_names(cls)) if cls is not None else every_known
         unread = (set(env) | set(secrets)) - readable
         assert not unread, f"{name} sets {sorted(unread)}, which its settings do not read"
 
@@ -437,6 +459,10 @@ def test_every_required_setting_is_set_and_the_settings_build(
         settings = cls()
         expected_env = "production" if kind == "stack" else "development"
         assert getattr(settings, "env", None) == expected_env, name
+        backup = getattr(settings, "backup", None)
+        if backup is not None and "HAVEN_BACKUP_S3_SECRET_KEY" in secrets:
+            # Nested settings read the secret files too: backups can sign their requests.
+            assert backup.s3_secret_key.get_secret_value() == "swarm-secret-value", name
 
 
 def test_production_services_get_their_passwords_from_secrets(stack: dict[str, Any]) -> None:
@@ -556,6 +582,39 @@ def test_alert_rules_cover_what_ops_watch_with_metrics_that_exist() -> None:
         for metric in _metric_names_in(rule["expr"]):
             base = re.sub(r"_total$", "", metric)
             assert base in exported or metric in FUTURE_METRICS, f"{name} uses {metric}"
+
+
+def test_alert_rules_watch_backup_failures_and_age_with_metrics_haven_exports() -> None:
+    from haven.ops_metrics import WorkerMetrics
+
+    rules = yaml.safe_load((ROOT / "stack" / "alerts.yml").read_text())
+    alerts = {r["alert"]: r for group in rules["groups"] for r in group["rules"]}
+    assert {"HavenBackupFailed", "HavenBackupTooOld", "HavenNoBackupYet"} <= set(alerts)
+    worker = WorkerMetrics(CollectorRegistry())
+    worker.maintenance_ended("backup", "failed", 1.0)
+    exported = {s.name for family in worker.registry.collect() for s in family.samples}
+    # Read from PostgreSQL when Prometheus scrapes the API (haven.ops_metrics.MaintenanceCollector).
+    exported.add("haven_maintenance_last_success_timestamp")
+    for name in ("HavenBackupFailed", "HavenBackupTooOld", "HavenNoBackupYet"):
+        used = _metric_names_in(alerts[name]["expr"])
+        assert used and used <= exported, (name, used)
+        assert 'task="backup"' in alerts[name]["expr"]
+
+
+def test_the_worker_image_has_the_pg_dump_of_the_deployed_server(
+    deployment: tuple[str, dict[str, Any]],
+) -> None:
+    """Backups run pg_dump in the worker image: its client must be the server's major version
+    (pg_dump refuses a newer server)."""
+    _, spec = deployment
+    image = spec["services"]["postgres"]["image"]
+    server_major = re.search(r"postgres:(\d+)", image)
+    assert server_major is not None, image
+    dockerfile = DOCKERFILE.read_text()
+    worker_stage = dockerfile.split("AS worker", 1)[1].split("\nFROM ", 1)[0]
+    client = re.search(r"ARG PG_MAJOR=(\d+)", worker_stage)
+    assert client is not None and "postgresql-client-${PG_MAJOR}" in worker_stage
+    assert client.group(1) == server_major.group(1)
 
 
 def test_prometheus_scrapes_every_haven_http_service_and_loads_the_rules(
