@@ -127,6 +127,68 @@ export interface paths {
         patch: operations["update_error_pattern_api_v1_admin_error_patterns__pattern_id__patch"];
         trace?: never;
     };
+    "/api/v1/admin/maintenance": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Maintenance
+         * @description The tasks the maintenance workers run (as they published them at start), with the
+         *     schedule their beat uses, and each task's last run and last successful run.
+         */
+        get: operations["list_maintenance_api_v1_admin_maintenance_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/admin/maintenance/runs/{job_id}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Cancel Maintenance Run
+         * @description Cancel a run: a queued one at once, a running one at its next progress report.
+         */
+        post: operations["cancel_maintenance_run_api_v1_admin_maintenance_runs__job_id__cancel_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/admin/maintenance/{name}/run": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Run Maintenance
+         * @description Queue a run of the task now; while one is queued or running, that run is returned
+         *     (200) instead of a second one.
+         */
+        post: operations["run_maintenance_api_v1_admin_maintenance__name__run_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/admin/read-only": {
         parameters: {
             query?: never;
@@ -1724,6 +1786,67 @@ export interface components {
             /** P95 Ms */
             p95_ms: number | null;
         };
+        /**
+         * MaintenanceRunCreated
+         * @description ``created`` False: a run of the task was already queued or running; this is it.
+         */
+        MaintenanceRunCreated: {
+            /** Created */
+            created: boolean;
+            run: components["schemas"]["MaintenanceRunRead"];
+        };
+        /**
+         * MaintenanceRunRead
+         * @description One run of a task: its job, and the report it wrote when it finished.
+         */
+        MaintenanceRunRead: {
+            /** Attempts */
+            attempts: number;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Finished At */
+            finished_at: string | null;
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /** Last Error */
+            last_error: string | null;
+            /** Last Error Message */
+            last_error_message: string | null;
+            /** Params */
+            params: {
+                [key: string]: unknown;
+            };
+            /** Progress Done */
+            progress_done: number;
+            /** Progress Total */
+            progress_total: number;
+            /** Result */
+            result: {
+                [key: string]: unknown;
+            };
+            /** Started At */
+            started_at: string | null;
+            state: components["schemas"]["JobState"];
+        };
+        /** MaintenanceTaskRead */
+        MaintenanceTaskRead: {
+            /** Description */
+            description: string;
+            last_run: components["schemas"]["MaintenanceRunRead"] | null;
+            last_success: components["schemas"]["MaintenanceRunRead"] | null;
+            /** Lock Seconds */
+            lock_seconds: number;
+            /** Name */
+            name: string;
+            /** Schedule */
+            schedule: string;
+        };
         /** MeRead */
         MeRead: {
             /** Kind */
@@ -2929,6 +3052,88 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorPatternRead"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    list_maintenance_api_v1_admin_maintenance_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MaintenanceTaskRead"][];
+                };
+            };
+        };
+    };
+    cancel_maintenance_run_api_v1_admin_maintenance_runs__job_id__cancel_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                job_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MaintenanceRunRead"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    run_maintenance_api_v1_admin_maintenance__name__run_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MaintenanceRunCreated"];
                 };
             };
             /** @description Validation Error */
