@@ -212,6 +212,18 @@ def test_answer_streams_cites_its_passage_and_is_still_there_after_a_reload(
     ).to_be_visible()
 
 
+def test_without_rag_the_answer_uses_no_documents(page: Page, owner: Account) -> None:
+    sign_in(page, owner, "/chat")
+    page.locator("details.options summary").click()
+    page.get_by_label("Answer from the documents (RAG)").uncheck()
+    expect(page.get_by_label("Search mode")).to_be_disabled()
+    ask(page, "Which aisle holds the copper wire?", longest=24)
+    answer = last_answer(page)
+    expect(answer).to_have_attribute("data-state", "done", timeout=60_000)
+    assert answer.locator(".markdown").inner_text()
+    expect(answer.get_by_test_id("sources")).to_have_count(0)
+
+
 def test_stop_before_the_first_token_and_after_a_few_frees_the_model(
     page: Page, stack: Stack, owner: Account
 ) -> None:
