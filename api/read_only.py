@@ -1,7 +1,8 @@
 """Read-only mode in the API (see ``haven.read_only``): writes refused before they start.
 
 Every request that is not a read (GET, HEAD, OPTIONS) is a write, except the few that only
-read or answer: signing in, exchanging an API key for a token, search, a chat question
+read or answer: signing in, exchanging an API key for a token, a browser's session refresh
+and sign-out, search, a chat question
 (answered, its history not stored) and the OpenAI-compatible completions, and the switch
 itself. A refused write gets 503 with ``code: read_only``, the operator's reason, since when,
 and ``Retry-After``, before its body is read, its caller checked or anything stored.
@@ -26,6 +27,10 @@ ALLOWED_WRITES = tuple(
     for pattern in (
         r"^/api/v1/auth/token$",
         r"^/api/v1/auth/api-key$",
+        # A browser keeps its session: a reload trades the cookie for a token, and signing
+        # out (revoking the session) is never put off.
+        r"^/api/v1/auth/refresh$",
+        r"^/api/v1/auth/logout$",
         r"^/api/v1/search$",
         r"^/api/v1/chats/[^/]+/messages$",
         r"^/v1/chat/completions$",

@@ -355,3 +355,32 @@ def test_secure_cookie_when_the_site_is_https(
         assert response.status_code == 200, response.text
         flags = [part.strip().lower() for part in response.headers["set-cookie"].split(";")]
         assert "secure" in flags and "httponly" in flags
+
+
+def test_in_read_only_mode_a_browser_stays_signed_in_and_can_sign_out(
+    api_client: TestClient, platform_admin: Account, user: Account
+) -> None:
+    """An operator's maintenance window must not sign everyone out at their next reload."""
+    assert sign_in(api_client, user).status_code == 200
+
+    def switch(on: bool) -> None:
+        response = api_client.put(
+            "/api/v1/admin/read-only",
+            json={"on": on, "reason": "backup drill"},
+            headers=platform_admin.headers,
+        )
+        assert response.status_code == 200, response.text
+
+    switch(True)
+    try:
+        again = refresh(api_client)
+        assert again.status_code == 200, again.text
+        assert whoami(api_client, again.json()["access_token"])["username"] == user.username
+        # A new browser session is a write that waits (the plain token route still works).
+        with browser(api_client) as other:
+            refused_now = sign_in(other, user)
+            assert refused_now.status_code == 503 and refused_now.json()["code"] == "read_only"
+        assert api_client.post("/api/v1/auth/logout", headers=CSRF).status_code == 204
+        refused(refresh(api_client), "session.missing")
+    finally:
+        switch(False)
