@@ -62,7 +62,10 @@ def raw_model(ctx: int, threads: int) -> llama_cpp.Llama:
     return llama_cpp.Llama(
         model_path=str(DEFAULT_LLM.locate()),
         n_ctx=ctx,
+        # As the llm service sets them (llm/engine.py): llama.cpp's own default for the
+        # prompt's threads is every CPU.
         n_threads=threads,
+        n_threads_batch=threads,
         n_batch=512,
         verbose=False,
     )
