@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import EntryPoint, entry_points
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from alembic import command
@@ -213,6 +213,103 @@ def relex(
         f"{report.updated} of {report.seen} chunks re-analyzed, "
         f"{len(report.document_langs)} documents' languages set"
     )
+
+
+# -- re-index and clean-up (nightly maintenance; see haven/reindex.py, haven/cleanup.py) ----
+
+
+def _maintenance_context() -> Any:
+    """A maintenance task's context on a worker runtime of this process (with the embedded
+    store, only while Haven is stopped: one process at a time may open it)."""
+    from haven.queueing import create_celery
+    from workers.maintenance.tasks import TaskContext
+    from workers.runtime import WorkerRuntime
+    from workers.settings import WorkerSettings
+
+    settings = WorkerSettings()
+
+    def progress(done: int, total: int, label: str) -> None:
+        typer.echo(f"{label}: {done}/{total}", err=True)
+
+    rt = WorkerRuntime(settings=settings, celery=create_celery(settings))
+    return TaskContext(rt=rt, job_id=None, params={}, progress=progress)
+
+
+@maintenance_app.command("re-index")
+def re_index(
+    cancel: Annotated[bool, typer.Option("--cancel", help="stop the running build")] = False,
+    rollback: Annotated[
+        bool, typer.Option("--rollback", help="serve the previous collection again")
+    ] = False,
+    status: Annotated[bool, typer.Option("--status", help="show the index pointer")] = False,
+) -> None:
+    """Re-embed every chunk into a new collection with the embedding aliases' current
+    models, gate it and switch (blue/green; see haven/reindex.py). --cancel, --rollback and
+    --status only touch PostgreSQL and work while Haven runs."""
+    import json
+
+    from haven.index_pointer import IndexPointers
+    from haven.reindex import request_cancel
+    from haven.reindex import rollback as roll_back
+
+    if sum((cancel, rollback, status)) > 1:
+        typer.echo("choose one of --cancel, --rollback, --status", err=True)
+        raise typer.Exit(2)
+    settings = StoreSettings()
+    factory = _admin_session()
+    try:
+        if status:
+            with transaction(factory) as session:
+                pointer = IndexPointers(session, settings.qdrant_collection).read()
+            typer.echo(json.dumps(pointer.to_json(), indent=2))
+            return
+        if cancel:
+            pointer = request_cancel(factory, settings.qdrant_collection)
+            building = pointer.building.collection if pointer.building else "?"
+            typer.echo(f"canceling the re-index into {building}")
+            return
+        if rollback:
+            pointer = roll_back(factory, settings.qdrant_collection)
+            typer.echo(f"serving {pointer.live.collection} again ({pointer.live.models})")
+            return
+    except DomainError as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(1) from exc
+    from workers.maintenance.reindex import reindex_now
+
+    ctx = _maintenance_context()
+    try:
+        typer.echo(json.dumps(reindex_now(ctx), indent=2, default=str))
+    except DomainError as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        _close_store(ctx.rt.settings)
+
+
+@maintenance_app.command("cleanup")
+def cleanup(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="report only")] = False,
+) -> None:
+    """Find orphans between the stores and remove them (rows whose object is gone are only
+    reported); see haven/cleanup.py."""
+    import json
+
+    from workers.maintenance.cleanup import cleanup as run_cleanup
+
+    ctx = _maintenance_context()
+    ctx.params["dry_run"] = dry_run
+    try:
+        typer.echo(json.dumps(run_cleanup(ctx), indent=2, default=str))
+    finally:
+        _close_store(ctx.rt.settings)
+
+
+def _close_store(settings: StoreSettings) -> None:
+    from haven.vectors import close_embedded
+
+    if not settings.qdrant_url:
+        close_embedded(settings)
 
 
 if __name__ == "__main__":

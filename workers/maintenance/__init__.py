@@ -1,0 +1,1 @@
+"""Maintenance tasks (nightly upkeep): each a function of a ``TaskContext``."""
