@@ -332,8 +332,15 @@ class Reindexer:
         new = ChunkIndex(self.store, target.collection)
         new.ensure(dimensions)  # a build resumed after its collection was lost starts over
         started = time.monotonic()
-        embedded = self._pass(pointer.live, target, dimensions)
-        embedded += self._pass(pointer.live, target, dimensions)  # the catch-up
+        try:
+            embedded = self._pass(pointer.live, target, dimensions)
+            embedded += self._pass(pointer.live, target, dimensions)  # the catch-up
+        except Invalid as exc:
+            # The new model cannot fill this collection (a dimension its manifest does not
+            # declare, another version served): nothing it made was written; give up the
+            # build so the next check does not resume it.
+            self._abandon(target, {"failed": exc.code or "reindex.invalid", "error": exc.message})
+            raise
         gate = self.gate(pointer.live, target)
         seconds = round(time.monotonic() - started, 2)
         report = {
@@ -420,7 +427,10 @@ class Reindexer:
         )
         served = {m.alias: f"{m.name}/{m.version}" for m in response.models}
         if served != target.models:
-            raise Invalid(f"emb embedded with {served}, not {target.models}: nothing written")
+            raise Invalid(
+                f"emb embedded with {served}, not {target.models}: nothing written",
+                code="reindex.wrong_model",
+            )
         for item in response.data:
             for alias, vector in item.dense.items():
                 if len(vector) != dimensions[alias]:
@@ -512,6 +522,15 @@ class Reindexer:
             raise Canceled("the re-index was canceled")
         if pointer.building_state == CANCELING:
             self._finish_cancel(pointer.building)
+
+    def _abandon(self, building: Target, report: dict[str, Any]) -> None:
+        ChunkIndex(self.store, building.collection).drop()
+        with transaction(self.session_factory) as session:
+            IndexPointers(session, self.config.collection).clear_building(
+                {**report, "collection": building.collection, "at": datetime.now(UTC).isoformat()}
+            )
+        self._changed()
+        log.warning("reindex.abandoned", collection=building.collection, **report)
 
     def _finish_cancel(self, building: Target) -> None:
         time.sleep(self.config.pointer_cache_seconds)  # ingest has stopped writing to it

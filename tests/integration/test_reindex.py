@@ -1,0 +1,335 @@
+"""Blue/green re-index on real PostgreSQL, Redis, an S3 endpoint, Qdrant Edge and a real emb
+service serving two tiny sentence-transformers models of different dimensions (32 and 48)
+published through the registry.
+
+Search clients query the API without pause while the embedding alias moves from one model to
+the other and the re-index runs: no query fails or comes back empty, the switch brings the new
+model's results, a rollback is one switch back, a cancel leaves the old index serving with no
+partial collection, and a document uploaded during the build is found after the switch."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import delete
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.main import create_app
+from api.settings import ApiSettings
+from haven.db.engine import transaction
+from haven.db.tables import IndexPointer
+from haven.errors import Invalid
+from haven.index_pointer import IndexPointers
+from haven.queueing import create_celery
+from haven.reindex import request_cancel, rollback
+from models.registry import ModelRegistry
+from models.store import registry_from_settings
+from tests.fixtures.api import Account, bootstrap_platform_admin, create_tenant_with_admin, upload
+from tests.fixtures.processes import ServiceProcess, python_module
+from tests.fixtures.services import free_port
+from tests.fixtures.tiny_st import build_tiny_sentence_transformer
+from workers.ingest.handler import IngestHandler
+from workers.jobs.runner import run_job
+from workers.maintenance.reindex import reindex_check
+from workers.maintenance.tasks import TaskContext
+from workers.runtime import WorkerRuntime
+from workers.settings import WorkerSettings
+
+ALIAS = "minilm"
+OLD, NEW = "tiny-a@1", "tiny-b@1"
+TOPICS = [
+    "vacation days are counted per calendar year",
+    "the kitchen fridge is emptied every friday",
+    "parking permits are renewed in january",
+    "laptops are replaced every four years",
+    "the library closes at nine in the evening",
+    "travel expenses are refunded within a month",
+]
+QUERIES = ["vacation days", "kitchen fridge", "parking permits", "laptops replaced", "library"]
+
+
+@pytest.fixture(scope="module")
+def models_bucket() -> str:
+    return f"models-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="module")
+def registry(
+    s3_endpoint: str, models_bucket: str, tmp_path_factory: pytest.TempPathFactory
+) -> ModelRegistry:
+    settings = WorkerSettings(env="test", s3_endpoint=s3_endpoint, models_bucket=models_bucket)
+    registry = registry_from_settings(settings)
+    root = tmp_path_factory.mktemp("tiny-models")
+    for name, hidden, seed in (("tiny-a", 32, 1), ("tiny-b", 48, 2)):
+        folder = build_tiny_sentence_transformer(root / name, hidden=hidden, seed=seed)
+        registry.publish(folder, name=name, version="1", type="embed")
+    return registry
+
+
+@pytest.fixture(scope="module")
+def emb_url(
+    s3_endpoint: str,
+    models_bucket: str,
+    registry: ModelRegistry,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    registry.set_alias(ALIAS, "tiny-a", "1")
+    port = free_port()
+    tmp = tmp_path_factory.mktemp("emb")
+    env = {
+        "HAVEN_ENV": "test",
+        "HAVEN_LOG_JSON": "true",
+        "HAVEN_S3_ENDPOINT": s3_endpoint,
+        "HAVEN_MODELS_BUCKET": models_bucket,
+        "HAVEN_MODEL_CACHE_DIR": str(tmp / "cache"),
+        "HAVEN_MODEL_STORE_ATTEMPTS": "2",
+        "HAVEN_EMB_ALIASES": ALIAS,
+        "HAVEN_EMB_REPLICAS": "1",
+        "HAVEN_EMB_TORCH_THREADS": "1",
+    }
+    argv = python_module(
+        "uvicorn", "--factory", "--host", "127.0.0.1", "--port", str(port), "emb.main:create_app"
+    )
+    emb = ServiceProcess("emb", argv, env, f"http://127.0.0.1:{port}/readyz", tmp / "emb.log")
+    emb.start(timeout=240)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        emb.stop()
+
+
+class Haven:
+    """The API in this process and a worker runtime beside it, sharing the embedded store."""
+
+    def __init__(self, client: TestClient, rt: WorkerRuntime, who: Account) -> None:
+        self.client = client
+        self.rt = rt
+        self.who = who
+        self.reports: list[tuple[int, int, str]] = []
+
+    @property
+    def factory(self) -> sessionmaker[Session]:
+        return self.rt.session_factory
+
+    def ingest(self, text: str, name: str) -> uuid.UUID:
+        response = upload(self.client, self.who, text.encode(), name)
+        assert response.status_code == 201, response.text
+        body = response.json()
+        ended = run_job(None, self.rt, IngestHandler(), uuid.UUID(body["job_id"]))  # type: ignore[arg-type]
+        assert ended == "ready", ended
+        return uuid.UUID(body["document"]["id"])
+
+    def search(self, query: str) -> dict[str, Any]:
+        response = self.client.post(
+            "/api/v1/search", json={"query": query}, headers=self.who.headers
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def models_served(self, query: str) -> set[str]:
+        return {str(hit["embed_model"]) for hit in self.search(query)["results"]}
+
+    def collections(self) -> set[str]:
+        root = self.rt.settings.qdrant_path / "edge"
+        return {p.name for p in root.iterdir() if p.is_dir()}
+
+    def context(self, on_progress: Any = None) -> TaskContext:
+        def progress(done: int, total: int, label: str) -> None:
+            self.reports.append((done, total, label))
+            if on_progress is not None:
+                on_progress(done, total)
+
+        return TaskContext(rt=self.rt, job_id=None, params={}, progress=progress)
+
+
+@pytest.fixture()
+def haven(
+    store_overrides: dict[str, Any],
+    models_bucket: str,
+    emb_url: str,
+    registry: ModelRegistry,
+    tmp_path: Path,
+) -> Iterator[Haven]:
+    registry.set_alias(ALIAS, "tiny-a", "1")
+    values = {**store_overrides, "models_bucket": models_bucket, "emb_url": emb_url}
+    api_settings = ApiSettings(**values, search_alias=ALIAS, index_pointer_cache_seconds=0.2)
+    worker_settings = WorkerSettings(
+        **values,
+        emb_aliases=[ALIAS],
+        model_cache_dir=tmp_path / "worker-models",
+        index_pointer_cache_seconds=0.2,
+        reindex_batch=4,
+        reindex_eval_queries=6,
+    )
+    with TestClient(create_app(api_settings), raise_server_exceptions=False) as client:
+        factory = client.app.state.runtime.session_factory  # type: ignore[attr-defined]
+        with transaction(factory) as session:  # every test starts without a pointer
+            session.execute(delete(IndexPointer))
+        admin = bootstrap_platform_admin(factory, client)
+        who = create_tenant_with_admin(client, admin)
+        rt = WorkerRuntime(settings=worker_settings, celery=create_celery(worker_settings))
+        try:
+            yield Haven(client, rt, who)
+        finally:
+            rt.emb.close()
+            rt.redis.close()
+            rt.session_factory.kw["bind"].dispose()
+
+
+class Searchers:
+    """Clients querying the API without pause, counting failed and empty answers."""
+
+    def __init__(self, haven: Haven, threads: int = 2) -> None:
+        self.haven = haven
+        self.stop = threading.Event()
+        self.failed: list[str] = []
+        self.empty: list[str] = []
+        self.answered = 0
+        self.models: list[set[str]] = []
+        self.threads = [threading.Thread(target=self._run, args=(i,)) for i in range(threads)]
+
+    def _run(self, offset: int) -> None:
+        i = offset
+        while not self.stop.is_set():
+            query = QUERIES[i % len(QUERIES)]
+            i += 1
+            response = self.haven.client.post(
+                "/api/v1/search", json={"query": query}, headers=self.haven.who.headers
+            )
+            if response.status_code != 200:
+                self.failed.append(f"{response.status_code}: {response.text[:200]}")
+                continue
+            results = response.json()["results"]
+            self.answered += 1
+            if not results:
+                self.empty.append(query)
+            self.models.append({str(r["embed_model"]) for r in results})
+
+    def __enter__(self) -> Searchers:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+
+def corpus(haven: Haven) -> list[uuid.UUID]:
+    return [
+        haven.ingest(f"Handbook part {i}.\n\n{topic.capitalize()}. " * 3, f"part-{i}.txt")
+        for i, topic in enumerate(TOPICS)
+    ]
+
+
+def test_alias_move_reindexes_beside_live_search_switches_and_rolls_back(
+    haven: Haven, registry: ModelRegistry
+) -> None:
+    corpus(haven)
+    first = reindex_check(haven.context())
+    assert first["build"] is None  # nothing moved: the pointer is recorded, nothing built
+    assert first["live_models"] == {ALIAS: "tiny-a/1"}
+    live_before = first["live"]
+    assert haven.models_served("vacation days") == {OLD}
+
+    uploaded: list[uuid.UUID] = []
+
+    def upload_during_build(done: int, total: int) -> None:
+        if not uploaded:
+            uploaded.append(
+                haven.ingest("Bicycles may be parked in the courtyard shed.", "bikes.txt")
+            )
+
+    registry.set_alias(ALIAS, "tiny-b", "1")
+    with Searchers(haven) as searchers:
+        report = reindex_check(haven.context(upload_during_build))
+        # More queries after the switch, once the API's pointer cache (0.2 s) has seen it.
+        threading.Event().wait(0.3)
+        switched_at = len(searchers.models)
+        while len(searchers.models) < switched_at + 6:
+            threading.Event().wait(0.05)
+    build = report["build"]
+    assert build["switched"] is True, build
+    assert build["gate"]["passed"] and build["gate"]["missing_document_count"] == 0
+    assert build["gate"]["documents"] == len(TOPICS) + 1
+    assert searchers.failed == [] and searchers.empty == []
+    assert searchers.answered > 0
+    assert {OLD} in searchers.models[:switched_at]  # the old model answered during the build
+    # ... and the new one after the switch (past the two queries that were under way).
+    assert all(models == {NEW} for models in searchers.models[switched_at + 2 :])
+    assert haven.reports and haven.reports[-1][0] == haven.reports[-1][1]  # progress to the end
+
+    # The new model answers, the document uploaded during the build is found, and the
+    # collection serving has the new model's dimension.
+    assert haven.models_served("vacation days") == {NEW}
+    found = haven.search("bicycles courtyard shed")["results"]
+    assert found and found[0]["document_id"] == str(uploaded[0])
+    pointer = haven.rt.pointer.get()
+    assert pointer.live.models == {ALIAS: "tiny-b/1"}
+    assert pointer.previous is not None and pointer.previous.collection == live_before
+    edge = haven.rt.settings.qdrant_path / "edge" / pointer.live.collection
+    config = json.loads((edge / "edge_config.json").read_text())
+    assert config["vectors"][f"dense-{ALIAS}"]["size"] == 48
+
+    # A rollback is one switch back: the previous collection serves again, nothing rebuilt.
+    collections = haven.collections()
+    rolled = rollback(haven.factory, haven.rt.settings.qdrant_collection)
+    assert rolled.live.collection == live_before
+    assert haven.collections() == collections
+    threading.Event().wait(0.3)  # the API's pointer cache (0.2 s)
+    assert haven.models_served("vacation days") == {OLD}
+    assert haven.search("bicycles courtyard shed")["results"][0]["document_id"] == str(uploaded[0])
+
+
+def test_cancel_mid_build_leaves_the_old_index_serving_and_no_partial_collection(
+    haven: Haven, registry: ModelRegistry
+) -> None:
+    corpus(haven)
+    reindex_check(haven.context())
+    collections = haven.collections()
+    base = haven.rt.settings.qdrant_collection
+
+    def cancel_once(done: int, total: int) -> None:
+        if done < total and not getattr(cancel_once, "sent", False):
+            cancel_once.sent = True  # type: ignore[attr-defined]
+            request_cancel(haven.factory, base)
+
+    registry.set_alias(ALIAS, "tiny-b", "1")
+    with Searchers(haven) as searchers:
+        report = reindex_check(haven.context(cancel_once))
+    assert "canceled" in report, report
+    assert searchers.failed == [] and searchers.empty == [] and searchers.answered > 0
+    assert all(models == {OLD} for models in searchers.models)
+    assert haven.collections() == collections  # the partial collection is gone
+    with transaction(haven.factory) as session:
+        pointer = IndexPointers(session, base).read()
+    assert pointer.building is None and pointer.live.models == {ALIAS: "tiny-a/1"}
+    assert haven.models_served("kitchen fridge") == {OLD}
+
+
+def test_a_model_that_answers_another_dimension_than_its_manifest_is_refused_unwritten(
+    haven: Haven, registry: ModelRegistry, tmp_path: Path
+) -> None:
+    corpus(haven)
+    reindex_check(haven.context())
+    collections = haven.collections()
+    folder = build_tiny_sentence_transformer(tmp_path / "tiny-c", hidden=16, seed=3)
+    # The publisher's parameters win over what is read from the files: a wrong manifest.
+    registry.publish(folder, name="tiny-c", version="1", type="embed", parameters={"dimension": 99})
+    registry.set_alias(ALIAS, "tiny-c", "1")
+    with pytest.raises(Invalid, match="returned 16 dimensions; its manifest declares 99"):
+        reindex_check(haven.context())
+    assert haven.collections() == collections  # the new collection went with the build
+    with transaction(haven.factory) as session:
+        pointer = IndexPointers(session, haven.rt.settings.qdrant_collection).read()
+    assert pointer.building is None and "wrong_dimension" in str(pointer.last_report)
+    assert haven.models_served("library") == {OLD}
