@@ -12,37 +12,19 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
-from sqlalchemy import delete
-from sqlalchemy.orm import Session, sessionmaker
 
-from api.main import create_app
-from api.settings import ApiSettings
 from haven.db.engine import transaction
-from haven.db.tables import IndexPointer
 from haven.errors import Invalid
 from haven.index_pointer import IndexPointers
-from haven.queueing import create_celery
 from haven.reindex import request_cancel, rollback
 from models.registry import ModelRegistry
-from models.store import registry_from_settings
-from tests.fixtures.api import Account, bootstrap_platform_admin, create_tenant_with_admin, upload
-from tests.fixtures.processes import ServiceProcess, python_module
-from tests.fixtures.services import free_port
+from tests.fixtures.maintenance_stack import ALIAS, Haven
 from tests.fixtures.tiny_st import build_tiny_sentence_transformer
-from workers.ingest.handler import IngestHandler
-from workers.jobs.runner import run_job
 from workers.maintenance.reindex import reindex_check
-from workers.maintenance.tasks import TaskContext
-from workers.runtime import WorkerRuntime
-from workers.settings import WorkerSettings
 
-ALIAS = "minilm"
 OLD, NEW = "tiny-a@1", "tiny-b@1"
 TOPICS = [
     "vacation days are counted per calendar year",
@@ -53,135 +35,6 @@ TOPICS = [
     "travel expenses are refunded within a month",
 ]
 QUERIES = ["vacation days", "kitchen fridge", "parking permits", "laptops replaced", "library"]
-
-
-@pytest.fixture(scope="module")
-def models_bucket() -> str:
-    return f"models-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture(scope="module")
-def registry(
-    s3_endpoint: str, models_bucket: str, tmp_path_factory: pytest.TempPathFactory
-) -> ModelRegistry:
-    settings = WorkerSettings(env="test", s3_endpoint=s3_endpoint, models_bucket=models_bucket)
-    registry = registry_from_settings(settings)
-    root = tmp_path_factory.mktemp("tiny-models")
-    for name, hidden, seed in (("tiny-a", 32, 1), ("tiny-b", 48, 2)):
-        folder = build_tiny_sentence_transformer(root / name, hidden=hidden, seed=seed)
-        registry.publish(folder, name=name, version="1", type="embed")
-    return registry
-
-
-@pytest.fixture(scope="module")
-def emb_url(
-    s3_endpoint: str,
-    models_bucket: str,
-    registry: ModelRegistry,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[str]:
-    registry.set_alias(ALIAS, "tiny-a", "1")
-    port = free_port()
-    tmp = tmp_path_factory.mktemp("emb")
-    env = {
-        "HAVEN_ENV": "test",
-        "HAVEN_LOG_JSON": "true",
-        "HAVEN_S3_ENDPOINT": s3_endpoint,
-        "HAVEN_MODELS_BUCKET": models_bucket,
-        "HAVEN_MODEL_CACHE_DIR": str(tmp / "cache"),
-        "HAVEN_MODEL_STORE_ATTEMPTS": "2",
-        "HAVEN_EMB_ALIASES": ALIAS,
-        "HAVEN_EMB_REPLICAS": "1",
-        "HAVEN_EMB_TORCH_THREADS": "1",
-    }
-    argv = python_module(
-        "uvicorn", "--factory", "--host", "127.0.0.1", "--port", str(port), "emb.main:create_app"
-    )
-    emb = ServiceProcess("emb", argv, env, f"http://127.0.0.1:{port}/readyz", tmp / "emb.log")
-    emb.start(timeout=240)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        emb.stop()
-
-
-class Haven:
-    """The API in this process and a worker runtime beside it, sharing the embedded store."""
-
-    def __init__(self, client: TestClient, rt: WorkerRuntime, who: Account) -> None:
-        self.client = client
-        self.rt = rt
-        self.who = who
-        self.reports: list[tuple[int, int, str]] = []
-
-    @property
-    def factory(self) -> sessionmaker[Session]:
-        return self.rt.session_factory
-
-    def ingest(self, text: str, name: str) -> uuid.UUID:
-        response = upload(self.client, self.who, text.encode(), name)
-        assert response.status_code == 201, response.text
-        body = response.json()
-        ended = run_job(None, self.rt, IngestHandler(), uuid.UUID(body["job_id"]))  # type: ignore[arg-type]
-        assert ended == "ready", ended
-        return uuid.UUID(body["document"]["id"])
-
-    def search(self, query: str) -> dict[str, Any]:
-        response = self.client.post(
-            "/api/v1/search", json={"query": query}, headers=self.who.headers
-        )
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        return body
-
-    def models_served(self, query: str) -> set[str]:
-        return {str(hit["embed_model"]) for hit in self.search(query)["results"]}
-
-    def collections(self) -> set[str]:
-        root = self.rt.settings.qdrant_path / "edge"
-        return {p.name for p in root.iterdir() if p.is_dir()}
-
-    def context(self, on_progress: Any = None) -> TaskContext:
-        def progress(done: int, total: int, label: str) -> None:
-            self.reports.append((done, total, label))
-            if on_progress is not None:
-                on_progress(done, total)
-
-        return TaskContext(rt=self.rt, job_id=None, params={}, progress=progress)
-
-
-@pytest.fixture()
-def haven(
-    store_overrides: dict[str, Any],
-    models_bucket: str,
-    emb_url: str,
-    registry: ModelRegistry,
-    tmp_path: Path,
-) -> Iterator[Haven]:
-    registry.set_alias(ALIAS, "tiny-a", "1")
-    values = {**store_overrides, "models_bucket": models_bucket, "emb_url": emb_url}
-    api_settings = ApiSettings(**values, search_alias=ALIAS, index_pointer_cache_seconds=0.2)
-    worker_settings = WorkerSettings(
-        **values,
-        emb_aliases=[ALIAS],
-        model_cache_dir=tmp_path / "worker-models",
-        index_pointer_cache_seconds=0.2,
-        reindex_batch=4,
-        reindex_eval_queries=6,
-    )
-    with TestClient(create_app(api_settings), raise_server_exceptions=False) as client:
-        factory = client.app.state.runtime.session_factory  # type: ignore[attr-defined]
-        with transaction(factory) as session:  # every test starts without a pointer
-            session.execute(delete(IndexPointer))
-        admin = bootstrap_platform_admin(factory, client)
-        who = create_tenant_with_admin(client, admin)
-        rt = WorkerRuntime(settings=worker_settings, celery=create_celery(worker_settings))
-        try:
-            yield Haven(client, rt, who)
-        finally:
-            rt.emb.close()
-            rt.redis.close()
-            rt.session_factory.kw["bind"].dispose()
 
 
 class Searchers:
