@@ -15,6 +15,7 @@ from api.chat.router import router as chat_router
 from api.documents.router import router as documents_router
 from api.errors import install_error_handlers
 from api.jobs.router import router as jobs_router
+from api.maintenance.router import router as maintenance_router
 from api.openai.router import router as openai_router
 from api.ops import router as ops_router
 from api.quotas import RateLimitHeaders
@@ -100,4 +101,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     # analyses (#18)
     app.include_router(analyses_router)
     app.include_router(usage_router)
+    # nightly maintenance: tasks, schedule, run now (platform admins)
+    app.include_router(maintenance_router)
     return app

@@ -35,7 +35,12 @@ from haven.index_pointer import PointerCache
 from haven.job_metrics import JobPipelineCollector
 from haven.language import Detector
 from haven.llm_client import AsyncLlmClient
-from haven.ops_metrics import ApiOpsMetrics, JobStateCollector, tenant_in_context
+from haven.ops_metrics import (
+    ApiOpsMetrics,
+    JobStateCollector,
+    MaintenanceCollector,
+    tenant_in_context,
+)
 from haven.queueing import create_celery
 from haven.read_only import ReadOnlySwitch
 from haven.storage import Presigner, make_client, make_presigner
@@ -115,6 +120,7 @@ class ApiRuntime:
         registry.register(JobPipelineCollector(celery, session_factory, settings.job_lease_seconds))
         read_only = ReadOnlySwitch(session_factory, settings.read_only_cache_seconds)
         registry.register(JobStateCollector(session_factory, read_only))
+        registry.register(MaintenanceCollector(session_factory))
         ops = ApiOpsMetrics(registry)
         llm = AsyncLlmClient(settings.llm_url)
         llm.on_completed = lambda done: ops.count_tokens(

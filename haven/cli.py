@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import EntryPoint, entry_points
@@ -9,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from alembic import command
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from haven import read_only
@@ -215,24 +217,312 @@ def relex(
     )
 
 
-# -- re-index and clean-up (nightly maintenance; see haven/reindex.py, haven/cleanup.py) ----
+# -- nightly maintenance: tasks, runs, restore ---------------------------------------------
 
 
-def _maintenance_context() -> Any:
-    """A maintenance task's context on a worker runtime of this process (with the embedded
-    store, only while Haven is stopped: one process at a time may open it)."""
+@maintenance_app.command("list")
+def maintenance_list() -> None:
+    """The maintenance tasks, their schedule (UTC cron) and each one's last run."""
+    from haven.maintenance import platform_jobs
+    from haven.maintenance_settings import MaintenanceSettings
+    from workers.maintenance.schedule import effective_schedule
+    from workers.maintenance.tasks import tasks
+
+    known = tasks()
+    schedule = effective_schedule(
+        {t.name: t.cron for t in known.values()}, MaintenanceSettings().schedule
+    )
+    with _platform_transaction() as session:
+        jobs = platform_jobs(session)
+        for task in known.values():
+            last = jobs.latest(task.name)
+            ran = (
+                f"last run {last.state.value} {(last.finished_at or last.created_at).isoformat()}"
+                if last
+                else "never run"
+            )
+            typer.echo(f"{task.name:<20} {schedule[task.name]:<16} {ran}  {task.description}")
+
+
+@maintenance_app.command("run")
+def maintenance_run(
+    name: str,
+    wait: Annotated[bool, typer.Option(help="wait for the run to end, print its report")] = False,
+    here: Annotated[
+        bool, typer.Option(help="run in this process, without a job or a worker")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="seconds --wait waits")] = 6 * 3600.0,
+) -> None:
+    """Run a maintenance task now: queue its job (as the schedule does) for a maintenance
+    worker, or with --here run it in this process. While a run of the task is queued or
+    running, that run is the one reported."""
+    import json
+    import time
+
+    from workers.maintenance.tasks import tasks
+
+    if name not in tasks():
+        typer.echo(f"no maintenance task is named {name!r} (see haven maintenance list)", err=True)
+        raise typer.Exit(2)
+    if here:
+        report = _run_here(name)
+        typer.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+        return
+    import redis as redis_lib
+
+    from haven.db.tables import JobState
+    from haven.jobs import TERMINAL
+    from haven.maintenance import platform_jobs, request_run, send_run
+    from haven.maintenance_settings import MaintenanceSettings
     from haven.queueing import create_celery
-    from workers.maintenance.tasks import TaskContext
+
+    settings = StoreSettings()
+    with _platform_transaction() as session:
+        request = request_run(
+            session,
+            AuditLog(session, None, None),
+            name,
+            trigger="cli",
+            max_attempts=MaintenanceSettings().max_attempts,
+        )
+        job_id = request.job.id
+    client = redis_lib.Redis.from_url(settings.redis_url)
+    try:
+        if request.created:
+            send_run(
+                create_celery(settings),
+                client,
+                request.job,
+                expires_seconds=settings.task_expires_seconds,
+            )
+            typer.echo(f"queued {name}: job {job_id}")
+        else:
+            typer.echo(f"{name} is already {request.job.state.value}: job {job_id}")
+    finally:
+        client.close()
+    if not wait:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        with _platform_transaction() as session:
+            job = platform_jobs(session).get(job_id)
+            assert job is not None
+            state, result = job.state, dict(job.result or {})
+            error = job.last_error_message
+            done, total = job.progress_done, job.progress_total
+        if state in TERMINAL:
+            break
+        if time.monotonic() > deadline:
+            typer.echo(f"still {state.value} ({done}/{total}) after {timeout:g} s", err=True)
+            raise typer.Exit(3)
+        time.sleep(1.0)
+    if state != JobState.READY:
+        typer.echo(f"{name} ended {state.value}: {error}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+
+
+def _run_here(name: str) -> dict[str, object]:
+    from haven.queueing import create_celery
+    from haven.vectors import close_embedded
+    from workers.maintenance.handler import run_here
     from workers.runtime import WorkerRuntime
     from workers.settings import WorkerSettings
 
     settings = WorkerSettings()
+    runtime = WorkerRuntime(settings=settings, celery=create_celery(settings))
+    try:
+        return run_here(
+            runtime,
+            name,
+            progress=lambda done, total, label: typer.echo(f"  {label}: {done}/{total}", err=True),
+        )
+    finally:
+        if not settings.qdrant_url:
+            close_embedded(settings)
 
-    def progress(done: int, total: int, label: str) -> None:
-        typer.echo(f"{label}: {done}/{total}", err=True)
 
-    rt = WorkerRuntime(settings=settings, celery=create_celery(settings))
-    return TaskContext(rt=rt, job_id=None, params={}, progress=progress)
+@app.command("restore")
+def restore_backup(
+    backup_id: Annotated[str, typer.Argument(help="the backup, e.g. 20261201T020000Z")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="only validate the manifest and every checksum")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="empty stores that are not empty first")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="seconds a re-index may take")] = 6 * 3600.0,
+) -> None:
+    """Restore a backup from the backup target (HAVEN_BACKUP_*) into empty stores, then
+    verify it: row counts and checksums, objects, vector counts, the recorded queries' top-10.
+    Stop Haven first (the API, the workers and beat). A backup without vectors is re-indexed
+    by the workers (start them after the database and objects are back: this waits)."""
+    import json
+
+    from haven.backup.restore import (
+        Stores,
+        fail_interrupted_jobs,
+        requeue_current_versions,
+        restore,
+    )
+    from haven.backup.restore import (
+        dry_run as validate,
+    )
+    from haven.backup.target import BackupError, make_target
+    from haven.maintenance import PLATFORM_TENANT_ID
+    from haven.maintenance_settings import BackupSettings
+    from haven.storage import make_client
+    from haven.vectors import close_embedded, make_index, make_qdrant
+
+    settings = StoreSettings()
+    backup = BackupSettings()
+
+    def say(line: str) -> None:
+        typer.echo(line, err=True)
+
+    try:
+        target = make_target(backup, settings)
+        if dry_run:
+            report = validate(target, backup_id, progress=say)
+            typer.echo(json.dumps(report, indent=2, sort_keys=True))
+            typer.echo(f"backup {backup_id} is whole: {report['files']} files match the manifest")
+            return
+        engine = make_engine(settings)
+        store = make_qdrant(settings)
+        stores = Stores(
+            settings, backup, engine, make_client(settings), make_index(settings, store)
+        )
+        queued: list[uuid.UUID] = []
+
+        def reindex() -> int:
+            queued.extend(_send_reindex(settings, requeue_current_versions(engine)))
+            return len(queued)
+
+        try:
+            report = restore(stores, target, backup_id, force=force, reindex=reindex, progress=say)
+            if queued:
+                say(f"waiting for {len(queued)} documents to be re-indexed by the workers")
+                _wait_for_jobs(engine, queued, timeout)
+                from haven.backup.manifest import read_manifest
+                from haven.backup.restore import verify
+
+                report["verification"] = verify(stores, read_manifest(target, backup_id))
+            report["interrupted_runs_failed"] = fail_interrupted_jobs(engine, PLATFORM_TENANT_ID)
+        finally:
+            engine.dispose()
+            store.close() if settings.qdrant_url else close_embedded(settings)
+    except BackupError as exc:
+        typer.echo(f"{exc.code}: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(json.dumps(report, indent=2, sort_keys=True))
+    typer.echo(f"restored {backup_id} and verified it")
+
+
+def _send_reindex(settings: StoreSettings, job_ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    import redis as redis_lib
+
+    from haven.queueing import INGEST_TASK, create_celery, send_job_once
+
+    celery = create_celery(settings)
+    client = redis_lib.Redis.from_url(settings.redis_url)
+    try:
+        for job_id in job_ids:
+            send_job_once(
+                celery,
+                client,
+                INGEST_TASK,
+                str(job_id),
+                expires_seconds=settings.task_expires_seconds,
+                force=True,
+            )
+    finally:
+        client.close()
+    return job_ids
+
+
+def _wait_for_jobs(engine: Engine, job_ids: list[uuid.UUID], timeout: float) -> None:
+    import time
+
+    from sqlalchemy import text
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            left = conn.execute(
+                text(
+                    "SELECT count(*) FROM jobs WHERE id = ANY(:ids) AND state IN ('queued', "
+                    "'running')"
+                ),
+                {"ids": job_ids},
+            ).scalar_one()
+        if not left:
+            return
+        time.sleep(2.0)
+    raise typer.Exit(3)
+
+
+# -- re-index and clean-up (see haven/reindex.py, haven/cleanup.py) --------------------------
+
+
+def _queue_task(name: str, params: dict[str, Any], *, here: bool) -> None:
+    """Run ``name`` with ``params``: queued for a maintenance worker (where the embedded
+    store is open), or with ``here`` in this process (with the embedded store, only while
+    Haven is stopped)."""
+    import json
+
+    if here:
+        from haven.queueing import create_celery
+        from haven.vectors import close_embedded
+        from workers.maintenance.handler import run_here
+        from workers.runtime import WorkerRuntime
+        from workers.settings import WorkerSettings
+
+        settings = WorkerSettings()
+        runtime = WorkerRuntime(settings=settings, celery=create_celery(settings))
+        try:
+            report = run_here(
+                runtime,
+                name,
+                params,
+                progress=lambda done, total, label: typer.echo(
+                    f"  {label}: {done}/{total}", err=True
+                ),
+            )
+        finally:
+            if not settings.qdrant_url:
+                close_embedded(settings)
+        typer.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+        return
+    import redis as redis_lib
+
+    from haven.maintenance import request_run, send_run
+    from haven.maintenance_settings import MaintenanceSettings
+    from haven.queueing import create_celery
+
+    settings = StoreSettings()
+    with _platform_transaction() as session:
+        request = request_run(
+            session,
+            AuditLog(session, None, None),
+            name,
+            trigger="cli",
+            max_attempts=MaintenanceSettings().max_attempts,
+            params=params,
+        )
+    client = redis_lib.Redis.from_url(settings.redis_url)
+    try:
+        if request.created:
+            send_run(
+                create_celery(settings),
+                client,
+                request.job,
+                expires_seconds=settings.task_expires_seconds,
+            )
+            typer.echo(f"queued {name}: job {request.job.id} (haven maintenance list)")
+        else:
+            typer.echo(f"{name} is already {request.job.state.value}: job {request.job.id}")
+    finally:
+        client.close()
 
 
 @maintenance_app.command("re-index")
@@ -242,10 +532,14 @@ def re_index(
         bool, typer.Option("--rollback", help="serve the previous collection again")
     ] = False,
     status: Annotated[bool, typer.Option("--status", help="show the index pointer")] = False,
+    here: Annotated[
+        bool, typer.Option(help="build in this process, without a job or a worker")
+    ] = False,
 ) -> None:
     """Re-embed every chunk into a new collection with the embedding aliases' current
     models, gate it and switch (blue/green; see haven/reindex.py). --cancel, --rollback and
-    --status only touch PostgreSQL and work while Haven runs."""
+    --status only touch PostgreSQL and take effect while Haven runs (within
+    HAVEN_INDEX_POINTER_CACHE_SECONDS)."""
     import json
 
     from haven.index_pointer import IndexPointers
@@ -256,60 +550,35 @@ def re_index(
         typer.echo("choose one of --cancel, --rollback, --status", err=True)
         raise typer.Exit(2)
     settings = StoreSettings()
-    factory = _admin_session()
     try:
         if status:
-            with transaction(factory) as session:
+            with _platform_transaction() as session:
                 pointer = IndexPointers(session, settings.qdrant_collection).read()
-            typer.echo(json.dumps(pointer.to_json(), indent=2))
-            return
-        if cancel:
-            pointer = request_cancel(factory, settings.qdrant_collection)
+            typer.echo(json.dumps(pointer.to_json(), indent=2, default=str))
+        elif cancel:
+            pointer = request_cancel(_admin_session(), settings.qdrant_collection)
             building = pointer.building.collection if pointer.building else "?"
             typer.echo(f"canceling the re-index into {building}")
-            return
-        if rollback:
-            pointer = roll_back(factory, settings.qdrant_collection)
+        elif rollback:
+            pointer = roll_back(_admin_session(), settings.qdrant_collection)
             typer.echo(f"serving {pointer.live.collection} again ({pointer.live.models})")
-            return
+        else:
+            _queue_task("reindex-check", {"force": True}, here=here)
     except DomainError as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(1) from exc
-    from workers.maintenance.reindex import reindex_now
-
-    ctx = _maintenance_context()
-    try:
-        typer.echo(json.dumps(reindex_now(ctx), indent=2, default=str))
-    except DomainError as exc:
-        typer.echo(exc.message, err=True)
-        raise typer.Exit(1) from exc
-    finally:
-        _close_store(ctx.rt.settings)
 
 
 @maintenance_app.command("cleanup")
 def cleanup(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="report only")] = False,
+    here: Annotated[
+        bool, typer.Option(help="run in this process, without a job or a worker")
+    ] = False,
 ) -> None:
     """Find orphans between the stores and remove them (rows whose object is gone are only
     reported); see haven/cleanup.py."""
-    import json
-
-    from workers.maintenance.cleanup import cleanup as run_cleanup
-
-    ctx = _maintenance_context()
-    ctx.params["dry_run"] = dry_run
-    try:
-        typer.echo(json.dumps(run_cleanup(ctx), indent=2, default=str))
-    finally:
-        _close_store(ctx.rt.settings)
-
-
-def _close_store(settings: StoreSettings) -> None:
-    from haven.vectors import close_embedded
-
-    if not settings.qdrant_url:
-        close_embedded(settings)
+    _queue_task("cleanup", {"dry_run": dry_run}, here=here)
 
 
 if __name__ == "__main__":

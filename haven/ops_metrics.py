@@ -168,10 +168,37 @@ class WorkerMetrics:
             registry=self.registry,
         )
 
+        # Maintenance runs (workers.maintenance); the time of each task's last success is
+        # read from PostgreSQL by the API's /metrics (MaintenanceCollector), so it survives
+        # a worker restart.
+        self.maintenance_runs = Counter(
+            "haven_maintenance_runs_total",
+            "Maintenance task runs, by task and outcome (ready, failed, canceled, busy)",
+            ["task", "outcome"],
+            registry=self.registry,
+        )
+        self.maintenance_duration = Histogram(
+            "haven_maintenance_duration_seconds",
+            "Time a maintenance task ran, by task and outcome",
+            ["task", "outcome"],
+            buckets=(1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400),
+            registry=self.registry,
+        )
+
     def serve_in(self, registry: CollectorRegistry) -> None:
         """Also export these from another registry (the all-in-one's API /metrics)."""
-        for collector in (self.ended, self.duration, self.extraction_failures):
+        for collector in (
+            self.ended,
+            self.duration,
+            self.extraction_failures,
+            self.maintenance_runs,
+            self.maintenance_duration,
+        ):
             registry.register(collector)
+
+    def maintenance_ended(self, task: str, outcome: str, seconds: float) -> None:
+        self.maintenance_runs.labels(task, outcome).inc()
+        self.maintenance_duration.labels(task, outcome).observe(seconds)
 
     def job_ended(self, kind: str, state: str, seconds: float | None) -> None:
         self.ended.labels(kind, state).inc()
@@ -184,6 +211,35 @@ class WorkerMetrics:
 
 
 WORKER_METRICS = WorkerMetrics()
+
+
+class MaintenanceCollector(Collector):
+    """When each maintenance task last succeeded (Unix time), read from PostgreSQL when
+    Prometheus scrapes: the backup-age alert holds across worker restarts."""
+
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self.session_factory = session_factory
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from haven.maintenance import platform_jobs
+
+        try:
+            with transaction(self.session_factory) as session:
+                last = platform_jobs(session).last_success_times()
+        except Exception as exc:  # the database is down: /readyz says so
+            log.warning("metrics.maintenance_unavailable", error=str(exc))
+            return
+        gauge = GaugeMetricFamily(
+            "haven_maintenance_last_success_timestamp",
+            "When each maintenance task last finished successfully (Unix time)",
+            labels=["task"],
+        )
+        for task, at in sorted(last.items()):
+            gauge.add_metric([task], at.timestamp())
+        yield gauge
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
 
 
 StreamCall = Callable[[Any, Any, Any, Any], Coroutine[Any, Any, None]]

@@ -193,6 +193,13 @@ class VectorStore(Protocol):
 
     def query_batch(self, collection: str, requests: Sequence[Request]) -> list[list[Scored]]: ...
 
+    # -- backups (haven.backup): every point with its vectors, and the dense dimensions --
+    def export_points(
+        self, collection: str, *, offset: uuid.UUID | None, limit: int
+    ) -> tuple[list[Point], uuid.UUID | None]: ...
+
+    def dimensions(self, collection: str) -> dict[str, int]: ...
+
     def check(self) -> None:
         """Raise if the store cannot answer (readiness)."""
 
@@ -319,6 +326,27 @@ class ServerStore:
             [(uuid.UUID(str(r.id)), dict(r.payload or {})) for r in records],
             uuid.UUID(str(following)) if following is not None else None,
         )
+
+    def export_points(
+        self, collection: str, *, offset: uuid.UUID | None, limit: int
+    ) -> tuple[list[Point], uuid.UUID | None]:
+        records, following = self.client.scroll(
+            collection,
+            limit=limit,
+            offset=str(offset) if offset else None,
+            with_payload=True,
+            with_vectors=True,
+        )
+        return (
+            [_exported(r.id, r.vector, r.payload) for r in records],
+            uuid.UUID(str(following)) if following is not None else None,
+        )
+
+    def dimensions(self, collection: str) -> dict[str, int]:
+        existing = self.client.get_collection(collection).config.params.vectors
+        if not isinstance(existing, dict):
+            return {}
+        return {name: int(params.size) for name, params in existing.items()}
 
     def update_sparse(
         self, collection: str, name: str, vectors: Sequence[tuple[uuid.UUID, SparseVector]]
@@ -648,6 +676,28 @@ class EdgeStore:
             uuid.UUID(str(following)) if following is not None else None,
         )
 
+    def export_points(
+        self, collection: str, *, offset: uuid.UUID | None, limit: int
+    ) -> tuple[list[Point], uuid.UUID | None]:
+        records, following = self._shard(collection).scroll(
+            edge.ScrollRequest(
+                offset=str(offset) if offset else None,
+                limit=limit,
+                with_payload=True,
+                with_vector=True,
+            )
+        )
+        return (
+            [_exported(r.id, r.vector, r.payload) for r in records],
+            uuid.UUID(str(following)) if following is not None else None,
+        )
+
+    def dimensions(self, collection: str) -> dict[str, int]:
+        import json
+
+        config = json.loads((self.root / collection / "edge_config.json").read_text())
+        return {name: int(params["size"]) for name, params in config.get("vectors", {}).items()}
+
     def update_sparse(
         self, collection: str, name: str, vectors: Sequence[tuple[uuid.UUID, SparseVector]]
     ) -> None:
@@ -807,3 +857,25 @@ def _payload(payload: Payload) -> Payload:
     """Booleans stored as 0/1: qdrant-edge-py 0.9.0 reads a Python ``True`` in a match as the
     integer 1, which never equals a stored JSON ``true``; flags are indexed as integers."""
     return {k: int(v) if isinstance(v, bool) else v for k, v in payload.items()}
+
+
+# Payload fields stored as 0/1 on Edge (see _payload) that are booleans everywhere else.
+_FLAGS = ("active",)
+
+
+def _exported(point_id: Any, vectors: Any, payload: Any) -> Point:
+    """A point as a backup keeps it, whichever engine it came from: sparse vectors as
+    ``SparseVector``, flags as booleans (restored into either engine)."""
+    converted: dict[str, list[float] | SparseVector] = {}
+    for name, vector in (vectors or {}).items():
+        if hasattr(vector, "indices"):
+            converted[name] = SparseVector(
+                [int(i) for i in vector.indices], [float(v) for v in vector.values]
+            )
+        else:
+            converted[name] = [float(v) for v in vector]
+    plain = dict(payload or {})
+    for flag in _FLAGS:
+        if flag in plain and isinstance(plain[flag], int):
+            plain[flag] = bool(plain[flag])
+    return Point(uuid.UUID(str(point_id)), converted, plain)

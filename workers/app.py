@@ -100,6 +100,36 @@ def _serve_runner_health(app: Celery, settings: WorkerSettings) -> None:
         log.info("runner.sandbox", ready=ready.ok, reason=ready.reason)
 
 
+def _schedule_maintenance(app: Celery, settings: WorkerSettings) -> None:
+    """Beat enqueues each maintenance task on its cron schedule; the job runs on the
+    ``maintenance`` queue like any other (``workers.maintenance``)."""
+    from workers.maintenance.enqueue import enqueue_run, maintenance_schedule
+    from workers.maintenance.schedule import ENQUEUE_TASK, beat_entries
+
+    app.conf.beat_schedule = {
+        **app.conf.beat_schedule,
+        **beat_entries(maintenance_schedule(settings.maintenance)),
+    }
+
+    @app.task(name=ENQUEUE_TASK, acks_late=True, shared=False)
+    def enqueue_maintenance(name: str) -> str:
+        if runtime_for(app).read_only.current().on:  # a new job is a write: none now
+            return "read-only"
+        job_id, _created = enqueue_run(runtime_for(app), name, trigger="schedule")
+        return job_id
+
+    del enqueue_maintenance
+
+
+def _publish_maintenance(app: Celery) -> None:
+    from workers.maintenance.enqueue import publish
+
+    try:
+        publish(runtime_for(app))
+    except Exception as exc:  # the admin API lists the last published catalog meanwhile
+        log.warning("maintenance.publish_failed", error=str(exc))
+
+
 def create_worker_app(settings: WorkerSettings) -> Celery:
     configure_service_logging(settings)
     configure_tracing("worker", settings.otel_endpoint, version=__version__)
@@ -129,11 +159,15 @@ def create_worker_app(settings: WorkerSettings) -> Celery:
             return 0
         return drain_dead_letters(app, runtime_for(app).session_factory)
 
+    _schedule_maintenance(app, settings)
+
     @worker_init.connect(weak=False)
     def _prepare(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is not app:
             return
         declare_topology(app)
+        if "maintenance" in settings.worker_queues:
+            _publish_maintenance(app)
         _serve_runner_health(app, settings)
         if settings.worker_metrics_port:
             start_http_server(settings.worker_metrics_port, registry=WORKER_METRICS.registry)

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from haven.language import DEFAULT_LANGUAGES, parse_languages
+from haven.maintenance_settings import BackupSettings, MaintenanceSettings
 from haven.queueing import QUEUES
 from haven.review_settings import ReviewSettings
 from haven.sandbox import SandboxSettings
@@ -119,6 +120,11 @@ class WorkerSettings(ModelStoreSettings):
     # Objects and vectors younger than this are never orphans: an upload or an ingest may
     # be writing them now.
     cleanup_grace_hours: float = Field(default=24.0, ge=0)
+    # --- nightly maintenance (workers/maintenance) ---
+    # The schedule (HAVEN_MAINTENANCE_SCHEDULE) and the backups' target and retention
+    # (HAVEN_BACKUP_*).
+    maintenance: MaintenanceSettings = Field(default_factory=MaintenanceSettings)
+    backup: BackupSettings = Field(default_factory=BackupSettings)
 
     @field_validator("emb_aliases", "worker_queues", mode="before")
     @classmethod

@@ -968,3 +968,90 @@ class AnalysisRepository(TenantRepository[Analysis]):
             Chunk.tenant_id == self.tenant_id, Chunk.version_id.in_(list(version_ids))
         )
         return int(self.session.execute(stmt).scalar_one())
+
+
+class MaintenanceJobs:
+    """The platform's maintenance jobs (owned by the platform's own tenant, ``tenant_id``):
+    the run of a task still queued or running, each task's latest runs, and a run's report.
+    Maintenance is platform-wide, so only platform administrators and the workers reach
+    this."""
+
+    def __init__(self, session: Session, tenant_id: uuid.UUID) -> None:
+        self.session = session
+        self.tenant_id = tenant_id
+
+    def _select(self) -> Select[Job]:
+        return select(Job).where(Job.tenant_id == self.tenant_id, Job.kind == JobKind.MAINTENANCE)
+
+    def ensure_tenant(self, slug: str, name: str) -> None:
+        """The platform's tenant exists (the migration creates it; a restored or hand-made
+        database may lack it). Inactive: nobody signs in to it."""
+        self.session.execute(
+            pg_insert(Tenant)
+            .values(id=self.tenant_id, slug=slug, name=name, is_active=False)
+            .on_conflict_do_nothing()
+        )
+
+    def lock_task(self, task: str) -> None:
+        """Until the transaction ends, no other request for ``task`` can look or add."""
+        self.session.execute(
+            select(func.pg_advisory_xact_lock(func.hashtextextended(f"maintenance:{task}", 0)))
+        )
+
+    def unfinished(self, task: str) -> Job | None:
+        stmt = (
+            self._select()
+            .where(
+                Job.params["task"].astext == task,
+                Job.state.in_([JobState.QUEUED, JobState.RUNNING]),
+            )
+            .order_by(Job.created_at)
+            .limit(1)
+        )
+        return self.session.execute(stmt).scalar_one_or_none()
+
+    def add(self, task: str, *, params: dict[str, Any], max_attempts: int) -> Job:
+        job = Job(
+            tenant_id=self.tenant_id,
+            kind=JobKind.MAINTENANCE,
+            state=JobState.QUEUED,
+            idempotency_key=f"maintenance:{task}:{uuid.uuid4()}",
+            params={**params, "task": task},
+            max_attempts=max_attempts,
+        )
+        self.session.add(job)
+        self.session.flush()
+        return job
+
+    def get(self, job_id: uuid.UUID) -> Job | None:
+        return self.session.execute(self._select().where(Job.id == job_id)).scalar_one_or_none()
+
+    def latest(self, task: str, *, state: JobState | None = None) -> Job | None:
+        stmt = self._select().where(Job.params["task"].astext == task)
+        if state is not None:
+            stmt = stmt.where(Job.state == state)
+        stmt = stmt.order_by(Job.created_at.desc()).limit(1)
+        return self.session.execute(stmt).scalar_one_or_none()
+
+    def last_success_times(self) -> dict[str, datetime]:
+        """When each task last finished a run successfully."""
+        task = Job.params["task"].astext
+        stmt = (
+            select(task, func.max(Job.finished_at))
+            .where(
+                Job.tenant_id == self.tenant_id,
+                Job.kind == JobKind.MAINTENANCE,
+                Job.state == JobState.READY,
+            )
+            .group_by(task)
+        )
+        return {str(name): at for name, at in self.session.execute(stmt).all() if at is not None}
+
+    def set_result(self, job_id: uuid.UUID, attempt: int, result: dict[str, Any]) -> None:
+        """The run's report, written by the attempt that holds the job."""
+        self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.attempts == attempt)
+            .values(result=result)
+            .execution_options(synchronize_session=False)
+        )

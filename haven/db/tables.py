@@ -250,6 +250,8 @@ class Job(Timestamped, Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # What a finished run reported (maintenance tasks: what they found and did).
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
 
 
 class Chat(Timestamped, Base):

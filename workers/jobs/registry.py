@@ -20,6 +20,8 @@ PIPELINES = (
     "workers.runs.handler",
     # analyses (#18)
     "workers.analyze.handler",
+    # nightly maintenance: backups, retention, clean-up (workers/maintenance/tasks.py)
+    "workers.maintenance.handler",
 )
 
 _handlers: dict[JobKind, JobHandler] = {}

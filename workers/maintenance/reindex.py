@@ -1,5 +1,6 @@
-"""Blue/green re-index tasks (see ``haven/reindex.py``): the scheduled check that notices
-an embedding alias moved, and the on-demand build."""
+"""The blue/green re-index task (see ``haven/reindex.py``): scheduled, it notices an
+embedding alias moved and builds; on demand (``force``) it builds with the aliases' current
+models. One task, so its lock also keeps a scheduled check and an operator's build apart."""
 
 from __future__ import annotations
 
@@ -50,20 +51,10 @@ def _run(ctx: TaskContext, *, force: bool) -> dict[str, Any]:
 @maintenance_task(
     "reindex-check",
     cron="*/15 * * * *",
-    description="Re-index into a new collection when an embedding alias moved (or resume a "
-    "build); drop a previous collection whose rollback window ended.",
+    description="Re-index into a new collection when an embedding alias moved, or on demand "
+    "(params: force; haven maintenance re-index), or resume a build; drop a previous "
+    "collection whose rollback window ended.",
     lock_seconds=6 * 3600,
 )
 def reindex_check(ctx: TaskContext) -> dict[str, Any]:
     return _run(ctx, force=bool(ctx.params.get("force")))
-
-
-@maintenance_task(
-    "re-index",
-    cron="",
-    description="Re-embed every chunk into a new collection with the aliases' current models, "
-    "gate it and switch (on demand; haven maintenance re-index).",
-    lock_seconds=6 * 3600,
-)
-def reindex_now(ctx: TaskContext) -> dict[str, Any]:
-    return _run(ctx, force=True)
