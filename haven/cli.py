@@ -477,8 +477,8 @@ def _queue_task(name: str, params: dict[str, Any], *, here: bool) -> None:
         from workers.runtime import WorkerRuntime
         from workers.settings import WorkerSettings
 
-        settings = WorkerSettings()
-        runtime = WorkerRuntime(settings=settings, celery=create_celery(settings))
+        worker_settings = WorkerSettings()
+        runtime = WorkerRuntime(settings=worker_settings, celery=create_celery(worker_settings))
         try:
             report = run_here(
                 runtime,
@@ -489,8 +489,8 @@ def _queue_task(name: str, params: dict[str, Any], *, here: bool) -> None:
                 ),
             )
         finally:
-            if not settings.qdrant_url:
-                close_embedded(settings)
+            if not worker_settings.qdrant_url:
+                close_embedded(worker_settings)
         typer.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
         return
     import redis as redis_lib
@@ -550,23 +550,28 @@ def re_index(
         typer.echo("choose one of --cancel, --rollback, --status", err=True)
         raise typer.Exit(2)
     settings = StoreSettings()
+    if not (status or cancel or rollback):
+        _queue_task("reindex-check", {"force": True}, here=here)
+        return
+    engine = make_engine(settings)
+    factory = make_session_factory(engine)
     try:
         if status:
-            with _platform_transaction() as session:
+            with transaction(factory) as session:
                 pointer = IndexPointers(session, settings.qdrant_collection).read()
             typer.echo(json.dumps(pointer.to_json(), indent=2, default=str))
         elif cancel:
-            pointer = request_cancel(_admin_session(), settings.qdrant_collection)
+            pointer = request_cancel(factory, settings.qdrant_collection)
             building = pointer.building.collection if pointer.building else "?"
             typer.echo(f"canceling the re-index into {building}")
-        elif rollback:
-            pointer = roll_back(_admin_session(), settings.qdrant_collection)
-            typer.echo(f"serving {pointer.live.collection} again ({pointer.live.models})")
         else:
-            _queue_task("reindex-check", {"force": True}, here=here)
+            pointer = roll_back(factory, settings.qdrant_collection)
+            typer.echo(f"serving {pointer.live.collection} again ({pointer.live.models})")
     except DomainError as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
 
 
 @maintenance_app.command("cleanup")

@@ -1,7 +1,7 @@
 """index pointers: the live vector collection per index, for blue/green re-indexing
 
 Revision ID: 0005_reindex
-Revises: 0004_review
+Revises: 0005_maintenance
 Create Date: 2026-12-01 00:30:00
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0005_reindex"
-down_revision: str | None = "0004_review"
+down_revision: str | None = "0005_maintenance"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -15,11 +15,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from haven.cli import app
 from haven.db.engine import transaction
 from haven.errors import Invalid
 from haven.index_pointer import IndexPointers
-from haven.reindex import request_cancel, rollback
+from haven.reindex import request_cancel
 from models.registry import ModelRegistry
 from tests.fixtures.maintenance_stack import ALIAS, Haven
 from tests.fixtures.tiny_st import build_tiny_sentence_transformer
@@ -133,11 +135,22 @@ def test_alias_move_reindexes_beside_live_search_switches_and_rolls_back(
     config = json.loads((edge / "edge_config.json").read_text())
     assert config["vectors"][f"dense-{ALIAS}"]["size"] == 48
 
-    # A rollback is one switch back: the previous collection serves again, nothing rebuilt.
+    # A rollback is one switch back (the operator's command): the previous collection
+    # serves again, nothing rebuilt.
     collections = haven.collections()
-    rolled = rollback(haven.factory, haven.rt.settings.qdrant_collection)
-    assert rolled.live.collection == live_before
+    env = {
+        "HAVEN_ENV": "test",
+        "HAVEN_DATABASE_URL": haven.rt.settings.database_url.get_secret_value(),
+    }
+    cli = CliRunner()
+    rolled = cli.invoke(app, ["maintenance", "re-index", "--rollback"], env=env)
+    assert rolled.exit_code == 0, rolled.output
+    assert f"serving {live_before} again" in rolled.output
     assert haven.collections() == collections
+    status = cli.invoke(app, ["maintenance", "re-index", "--status"], env=env)
+    assert json.loads(status.output)["live"]["models"] == {ALIAS: "tiny-a/1"}
+    nothing = cli.invoke(app, ["maintenance", "re-index", "--cancel"], env=env)
+    assert nothing.exit_code == 1 and "no re-index is in progress" in nothing.output
     threading.Event().wait(0.3)  # the API's pointer cache (0.2 s)
     assert haven.models_served("vacation days") == {OLD}
     assert haven.search("bicycles courtyard shed")["results"][0]["document_id"] == str(uploaded[0])
