@@ -80,7 +80,9 @@ class ReindexConfig:
     recall_margin: float = 0.05
     eval_queries: int = 20
     pointer_cache_seconds: float = 2.0
-    lock_seconds: int = 300
+    # The build's own lock, renewed at every batch and eval query: a worker that died
+    # mid-build lets the next run resume it after this long.
+    lock_seconds: int = 900
 
 
 @dataclass(frozen=True)
@@ -139,14 +141,24 @@ class ActiveChunks:
         if total == 0 or n <= 0:
             return []
         step = max(1, total // n)
-        chunks = self.session.execute(
-            self._base().order_by(Chunk.id).offset(0).limit(total)
-        ).scalars()
+        numbered = (
+            self._base()
+            .with_only_columns(
+                Chunk.id,
+                Chunk.tenant_id,
+                Chunk.document_id,
+                Chunk.heading,
+                Chunk.text_sha256,
+                func.row_number().over(order_by=Chunk.id).label("n"),
+            )
+            .subquery()
+        )
+        rows = self.session.execute(
+            select(numbered).where((numbered.c.n - 1) % step == 0).order_by(numbered.c.n).limit(n)
+        )
         return [
-            ActiveChunk(c.id, c.tenant_id, c.document_id, c.heading, c.text_sha256)
-            for i, c in enumerate(chunks)
-            if i % step == 0
-        ][:n]
+            ActiveChunk(r.id, r.tenant_id, r.document_id, r.heading, r.text_sha256) for r in rows
+        ]
 
 
 def model_refs(registry: ModelRegistry, aliases: Sequence[str]) -> dict[str, str]:
@@ -474,7 +486,9 @@ class Reindexer:
         texts = old.payloads([c.id for c in sample])
         alias = self.config.aliases[0]
         hits_old = hits_new = 0
-        for chunk in sample:
+        for i, chunk in enumerate(sample, start=1):
+            self.redis.expire(LOCK_KEY, self.config.lock_seconds)
+            self.progress(i, len(sample), "gate")
             text = str(texts.get(chunk.id, {}).get("text") or "")
             query = " ".join(text.split()[:EVAL_WORDS])
             if not query:

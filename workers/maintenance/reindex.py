@@ -54,7 +54,8 @@ def _run(ctx: TaskContext, *, force: bool) -> dict[str, Any]:
     description="Re-index into a new collection when an embedding alias moved, or on demand "
     "(params: force; haven maintenance re-index), or resume a build; drop a previous "
     "collection whose rollback window ended.",
-    lock_seconds=6 * 3600,
+    # Renewed at every batch (progress): a run that died frees the task this long after.
+    lock_seconds=1800,
 )
 def reindex_check(ctx: TaskContext) -> dict[str, Any]:
     return _run(ctx, force=bool(ctx.params.get("force")))

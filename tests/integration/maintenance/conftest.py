@@ -116,6 +116,7 @@ def haven(
         admin = bootstrap_platform_admin(factory, client)
         who = create_tenant_with_admin(client, admin)
         rt = WorkerRuntime(settings=worker_settings, celery=create_celery(worker_settings))
+        rt.redis.flushdb()  # this run's Redis db: no answer-cache lists or locks of others
         try:
             yield Haven(client, rt, who)
         finally:

@@ -26,6 +26,7 @@ from models.registry import ModelRegistry
 from tests.fixtures.maintenance_stack import ALIAS, Haven
 from tests.fixtures.tiny_st import build_tiny_sentence_transformer
 from workers.maintenance.reindex import reindex_check
+from workers.maintenance.warmup import warmup
 
 OLD, NEW = "tiny-a@1", "tiny-b@1"
 TOPICS = [
@@ -199,3 +200,38 @@ def test_a_model_that_answers_another_dimension_than_its_manifest_is_refused_unw
         pointer = IndexPointers(session, haven.rt.settings.qdrant_collection).read()
     assert pointer.building is None and "wrong_dimension" in str(pointer.last_report)
     assert haven.models_served("library") == {OLD}
+
+
+def test_a_build_cut_short_resumes_where_it_was(haven: Haven, registry: ModelRegistry) -> None:
+    corpus(haven)
+    reindex_check(haven.context())
+
+    def worker_dies(done: int, total: int) -> None:
+        raise RuntimeError("the worker died")
+
+    registry.set_alias(ALIAS, "tiny-b", "1")
+    with pytest.raises(RuntimeError, match="the worker died"):
+        reindex_check(haven.context(worker_dies))
+    with transaction(haven.factory) as session:
+        pointer = IndexPointers(session, haven.rt.settings.qdrant_collection).read()
+    assert pointer.building is not None and pointer.live.models == {ALIAS: "tiny-a/1"}
+    assert haven.models_served("parking permits") == {OLD}  # the live index is untouched
+
+    # The next run (the schedule's, or another worker's) carries on with the same collection:
+    # the first batch (4 chunks) is not embedded again.
+    report = reindex_check(haven.context())["build"]
+    assert report["collection"] == pointer.building.collection
+    assert report["switched"] is True
+    assert report["embedded"] == len(TOPICS) - 4
+    threading.Event().wait(0.3)
+    assert haven.models_served("parking permits") == {NEW}
+
+
+def test_warmup_fetches_the_aliases_targets_into_the_worker_and_emb_caches(
+    haven: Haven, registry: ModelRegistry
+) -> None:
+    cache = haven.rt.settings.model_cache_dir
+    registry.set_alias(ALIAS, "tiny-b", "1")
+    report = warmup(haven.context())
+    assert report == {"worker_cache": ["tiny-b/1"], "emb_cache": ["tiny-b/1"]}
+    assert (cache / "tiny-b" / "1" / "manifest.json").is_file()
