@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from haven.db.engine import transaction
 from haven.db.tables import IndexPointer
 from haven.errors import Conflict, NotFound
+from haven.index import ChunkIndex
 
 INDEX = "chunks"
 BUILDING = "building"
@@ -263,6 +264,16 @@ class IndexPointers:
         row.previous_until = None
         row.generation += 1
         return name
+
+
+def recorded_models(index: ChunkIndex) -> dict[str, str]:
+    """The model versions the points of a collection say they were embedded with."""
+    for page in index.points(batch=16):
+        for _, payload in page:
+            found = payload.get("embed_models")
+            if isinstance(found, dict) and found:
+                return {str(a): str(ref).replace("@", "/", 1) for a, ref in found.items()}
+    return {}
 
 
 class PointerCache:

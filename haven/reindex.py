@@ -55,7 +55,14 @@ from haven.db.tables import Chunk, Document, DocumentVersion
 from haven.emb_client import EmbClient
 from haven.errors import Conflict, Invalid
 from haven.index import ChunkIndex, IndexedChunk, SparseVector, passage_text
-from haven.index_pointer import CANCELING, IndexPointers, Pointer, PointerCache, Target
+from haven.index_pointer import (
+    CANCELING,
+    IndexPointers,
+    Pointer,
+    PointerCache,
+    Target,
+    recorded_models,
+)
 from haven.search import QueryVectors, SearchParams, search
 from haven.vectorstore import Filter, Match, VectorStore
 from models.registry import ModelRegistry
@@ -184,16 +191,6 @@ def manifest_dimensions(registry: ModelRegistry, models: dict[str, str]) -> dict
             )
         dimensions[alias] = declared
     return dimensions
-
-
-def recorded_models(index: ChunkIndex) -> dict[str, str]:
-    """The model versions the points of a collection say they were embedded with."""
-    for page in index.points(batch=16):
-        for _, payload in page:
-            found = payload.get("embed_models")
-            if isinstance(found, dict) and found:
-                return {str(a): str(ref).replace("@", "/", 1) for a, ref in found.items()}
-    return {}
 
 
 @dataclass

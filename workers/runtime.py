@@ -17,10 +17,10 @@ from minio import Minio
 from sqlalchemy.orm import Session, sessionmaker
 
 from haven.budget import BudgetKeeper, TokenBudget
-from haven.db.engine import make_engine, make_session_factory
+from haven.db.engine import make_engine, make_session_factory, transaction
 from haven.emb_client import EmbClient
 from haven.index import ChunkIndex
-from haven.index_pointer import PointerCache
+from haven.index_pointer import IndexPointers, PointerCache, recorded_models
 from haven.language import Detector
 from haven.read_only import ReadOnlySwitch
 from haven.sandbox import Sandbox
@@ -92,12 +92,24 @@ class WorkerRuntime:
         return make_index(self.settings, self.store, self.pointer.get())
 
     def ensured_index(self) -> ChunkIndex:
-        """The index, its collection created (or checked) once per process."""
+        """The index, its collection created (or checked) once per process. The first
+        time, the index pointer is recorded too, with the model versions the collection's
+        vectors come from, so that queries keep being embedded with them after the alias
+        moves (``haven.index_pointer``)."""
         index = self.index
         with self._ensure_lock:
             if not self._index_ensured:
-                if self.pointer.get().generation == 0:  # no re-index yet: the first install
+                if self.pointer.get().generation == 0:  # no pointer yet: an early install
                     index.ensure(self.dimensions)
+                    models = recorded_models(index) or {
+                        m.alias: f"{m.name}/{m.version}"
+                        for m in self.emb.models()
+                        if m.alias in self.settings.emb_aliases
+                    }
+                    with transaction(self.session_factory) as session:
+                        IndexPointers(session, self.settings.qdrant_collection).ensure(models)
+                    self.pointer.invalidate()
+                    index = self.index
                 self._index_ensured = True
         return index
 
