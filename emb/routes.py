@@ -19,7 +19,8 @@ from emb.replica import ReplicaExited
 from emb.runtime import EmbRuntime, ServedModel
 from haven import lexical
 from haven.contracts import embeddings as contracts
-from models.registry import RegistryError
+from models.loader import ModelIntegrityError
+from models.registry import ModelNotFound, RegistryError
 
 router = APIRouter()
 
@@ -180,9 +181,13 @@ async def _select(
         if model is None and pin is not None:
             try:
                 model = await runtime.pinned(alias, pin)
-            except (RegistryError, ValueError) as exc:
+            except (ModelNotFound, ValueError) as exc:  # not published, malformed, not embed
                 raise HTTPException(
                     status.HTTP_404_NOT_FOUND, f"cannot embed with {pin!r}: {exc}"
+                ) from exc
+            except (RegistryError, ModelIntegrityError) as exc:  # the store or the files
+                raise Unavailable(
+                    f"cannot load {pin!r}: {exc}", runtime.settings.emb_retry_after_seconds
                 ) from exc
         assert model is not None
         selected.append(model)
@@ -195,7 +200,7 @@ async def warm(body: contracts.WarmRequest, runtime: RuntimeDep) -> dict[str, An
     pin finds them local (the ``warmup`` maintenance task)."""
     try:
         done = await asyncio.to_thread(runtime.warm, body.models)
-    except RegistryError as exc:
+    except (RegistryError, ValueError) as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     return {"cached": done}
 

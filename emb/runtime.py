@@ -64,7 +64,7 @@ class EmbRuntime:
     extra: dict[str, ServedModel] = field(default_factory=dict)
     # Every replica process started, including those of a load that did not finish.
     _processes: list[ModelReplica] = field(default_factory=list)
-    _loading: dict[str, asyncio.Future[ServedModel]] = field(default_factory=dict)
+    _loading: dict[str, asyncio.Task[ServedModel]] = field(default_factory=dict)
     _cache: ModelCache | None = None
 
     @property
@@ -157,29 +157,27 @@ class EmbRuntime:
 
     async def pinned(self, alias: str, pin: str) -> ServedModel:
         """Load the version ``pin`` (``name/version``) to serve under ``alias``; concurrent
-        callers share one load. Raises ``RegistryError`` for a version that is not
-        published, ``ValueError`` for one that is not an embedding model."""
+        callers share one load, which goes on if a caller goes away. Raises
+        ``RegistryError`` for a version that is not published, ``ValueError`` for a
+        malformed one or one that is not an embedding model."""
         key = f"{alias}={pin}"
         if key in self.extra:
             return self.extra[key]
-        future = self._loading.get(key)
-        if future is None:
-            future = asyncio.get_running_loop().create_future()
-            self._loading[key] = future
-            try:
-                copies = await asyncio.to_thread(self._load_pinned, alias, pin)
-                model = self._serve(alias, copies)
-                self.extra[key] = model
-                future.set_result(model)
-                log.info("emb.model.pinned", alias=alias, model=pin)
-            except BaseException as exc:
-                future.set_exception(exc)
-                future.exception()  # retrieved: a failed load is reported to its callers
-                raise
-            finally:
-                del self._loading[key]
+        task = self._loading.get(key)
+        if task is None:
+            task = asyncio.create_task(self._load_pinned_task(alias, pin, key))
+            self._loading[key] = task
+        return await asyncio.shield(task)
+
+    async def _load_pinned_task(self, alias: str, pin: str, key: str) -> ServedModel:
+        try:
+            copies = await asyncio.to_thread(self._load_pinned, alias, pin)
+            model = self._serve(alias, copies)
+            self.extra[key] = model
+            log.info("emb.model.pinned", alias=alias, model=pin)
             return model
-        return await asyncio.shield(future)
+        finally:
+            self._loading.pop(key, None)
 
     def _load_pinned(self, alias: str, pin: str) -> list[ModelReplica]:
         name, _, version = pin.partition("/")

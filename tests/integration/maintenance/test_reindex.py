@@ -14,6 +14,7 @@ import threading
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -235,3 +236,18 @@ def test_warmup_fetches_the_aliases_targets_into_the_worker_and_emb_caches(
     report = warmup(haven.context())
     assert report == {"worker_cache": ["tiny-b/1"], "emb_cache": ["tiny-b/1"]}
     assert (cache / "tiny-b" / "1" / "manifest.json").is_file()
+
+
+def test_emb_refuses_pins_and_warm_ups_it_cannot_serve_with_a_clear_4xx(emb_url: str) -> None:
+    texts = {"texts": ["vacation days"], "aliases": [ALIAS]}
+    with httpx.Client(base_url=emb_url, timeout=60) as client:
+        for pin in ("tiny-z/1", "../../etc/passwd", "x" * 5000, "tiny-a"):
+            response = client.post("/embed", json={**texts, "pins": {ALIAS: pin}})
+            assert response.status_code == 404, (pin, response.text)
+            assert "cannot embed with" in response.json()["detail"]
+        pinned = client.post("/embed", json={**texts, "pins": {ALIAS: "tiny-a/1"}})
+        assert pinned.status_code == 200
+        assert pinned.json()["models"][0]["name"] == "tiny-a"
+        assert client.post("/warm", json={"models": ["nope/1"]}).status_code == 404
+        assert client.post("/warm", json={"models": ["a\x00/1"]}).status_code == 404
+        assert client.post("/warm", json={"models": []}).status_code == 422
