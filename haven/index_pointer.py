@@ -255,6 +255,24 @@ class IndexPointers:
         row.generation += 1
         return _pointer(row)
 
+    def after_restore(self, collection: str, *, vectors_restored: bool) -> None:
+        """The pointer as a restore left it (it came back with PostgreSQL): its vectors are
+        in ``collection`` now, with the models the row records (the backup exported the
+        collection that was live); a collection being built or kept for a rollback is not
+        in a backup, so both are forgotten. Without vectors (a restore that re-ingests),
+        the row goes: the first ingest records it again."""
+        row = self.session.get(IndexPointer, self.name)
+        if row is None:
+            return
+        if not vectors_restored:
+            self.session.delete(row)
+            return
+        row.live_collection = collection
+        row.building_collection = row.building_models = row.building_state = None
+        row.building_started_at = None
+        row.previous_collection = row.previous_models = row.previous_until = None
+        row.generation += 1
+
     def forget_previous(self) -> str | None:
         """Clear the previous collection (its window ended); returns its name to drop."""
         row = self._locked()
