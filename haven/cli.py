@@ -198,15 +198,20 @@ def relex(
     (see haven/relex.py); dense vectors are kept. With the embedded store, stop Haven first
     (one process at a time may open it)."""
     from emb.settings import EmbSettings
+    from haven.index_pointer import IndexPointers
     from haven.language import Detector
     from haven.relex import record_languages, relex_index
     from haven.vectors import close_embedded, make_index, make_qdrant
 
     settings = StoreSettings()
+    with _platform_transaction() as session:  # the live collection (after a re-index)
+        pointer = IndexPointers(session, settings.qdrant_collection).read()
     store = make_qdrant(settings)
     try:
         report = relex_index(
-            make_index(settings, store), Detector(languages.split(",")), EmbSettings().bm25
+            make_index(settings, store, pointer),
+            Detector(languages.split(",")),
+            EmbSettings().bm25,
         )
     finally:
         store.close() if settings.qdrant_url else close_embedded(settings)
