@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import EntryPoint, entry_points
 from typing import Annotated, Any
@@ -327,6 +327,46 @@ def maintenance_run(
     typer.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
 
 
+@maintenance_app.command("cancel")
+def maintenance_cancel(job_id: uuid.UUID) -> None:
+    """Cancel a maintenance run: a queued one at once, a running one at its next progress."""
+    import redis as redis_lib
+
+    from haven.jobs import signal_cancel
+    from haven.maintenance import platform_jobs
+
+    with _platform_transaction() as session:
+        jobs = platform_jobs(session)
+        if jobs.get(job_id) is None:
+            typer.echo(f"no maintenance run {job_id}", err=True)
+            raise typer.Exit(1)
+        if not jobs.request_cancel(job_id):
+            typer.echo(f"run {job_id} has already ended", err=True)
+            raise typer.Exit(1)
+        AuditLog(session, None, None).record(
+            "maintenance.cancel",
+            target_type="maintenance",
+            target_id=None,
+            tenant_id=None,
+            job_id=str(job_id),
+        )
+    client = redis_lib.Redis.from_url(StoreSettings().redis_url)
+    try:
+        signal_cancel(client, job_id)
+    finally:
+        client.close()
+    typer.echo(f"cancel requested for {job_id}")
+
+
+def _logs_to_stderr() -> None:
+    """Log lines go to stderr, so stdout carries only the command's report."""
+    import sys
+
+    import structlog
+
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+
+
 def _run_here(name: str) -> dict[str, object]:
     from haven.queueing import create_celery
     from haven.vectors import close_embedded
@@ -334,6 +374,7 @@ def _run_here(name: str) -> dict[str, object]:
     from workers.runtime import WorkerRuntime
     from workers.settings import WorkerSettings
 
+    _logs_to_stderr()
     settings = WorkerSettings()
     runtime = WorkerRuntime(settings=settings, celery=create_celery(settings))
     try:
@@ -379,6 +420,7 @@ def restore_backup(
     from haven.storage import make_client
     from haven.vectors import close_embedded, make_index, make_qdrant
 
+    _logs_to_stderr()
     settings = StoreSettings()
     backup = BackupSettings()
 
@@ -398,21 +440,20 @@ def restore_backup(
             settings, backup, engine, make_client(settings), make_index(settings, store)
         )
         queued: list[uuid.UUID] = []
+        interrupted = 0
 
         def reindex() -> int:
+            nonlocal interrupted
+            interrupted += fail_interrupted_jobs(engine, PLATFORM_TENANT_ID)
             queued.extend(_send_reindex(settings, requeue_current_versions(engine)))
             return len(queued)
 
         try:
             report = restore(stores, target, backup_id, force=force, reindex=reindex, progress=say)
+            interrupted += fail_interrupted_jobs(engine, PLATFORM_TENANT_ID)
+            report["interrupted_runs_failed"] = interrupted
             if queued:
-                say(f"waiting for {len(queued)} documents to be re-indexed by the workers")
-                _wait_for_jobs(engine, queued, timeout)
-                from haven.backup.manifest import read_manifest
-                from haven.backup.restore import verify
-
-                report["verification"] = verify(stores, read_manifest(target, backup_id))
-            report["interrupted_runs_failed"] = fail_interrupted_jobs(engine, PLATFORM_TENANT_ID)
+                _await_reindex(settings, stores, engine, queued, timeout, report, say)
         finally:
             engine.dispose()
             store.close() if settings.qdrant_url else close_embedded(settings)
@@ -421,6 +462,42 @@ def restore_backup(
         raise typer.Exit(1) from exc
     typer.echo(json.dumps(report, indent=2, sort_keys=True))
     typer.echo(f"restored {backup_id} and verified it")
+
+
+def _await_reindex(
+    settings: StoreSettings,
+    stores: Any,
+    engine: Engine,
+    queued: list[uuid.UUID],
+    timeout: float,
+    report: dict[str, Any],
+    say: Callable[[str], None],
+) -> None:
+    """Wait for the workers to re-index the restored documents; on a Qdrant server, then
+    check the points and the recorded queries."""
+    from haven.backup.manifest import read_manifest
+    from haven.backup.restore import verify_vectors
+    from haven.backup.target import make_target
+    from haven.maintenance_settings import BackupSettings
+    from haven.vectors import close_embedded
+
+    if settings.qdrant_url:
+        say(f"waiting for the workers to re-index {len(queued)} documents")
+    else:
+        close_embedded(settings)  # the embedded store is Haven's from now on
+        say(
+            f"start Haven now (haven up, or the API and the workers): its workers re-index "
+            f"{len(queued)} documents; waiting for them"
+        )
+    _wait_for_jobs(engine, queued, timeout)
+    if settings.qdrant_url:
+        manifest = read_manifest(make_target(BackupSettings(), settings), report["backup_id"])
+        report["verification"].update(verify_vectors(stores, manifest))
+    else:
+        report["verification"]["vectors"] = (
+            f"re-indexed {len(queued)} documents; the embedded store is the running Haven's: "
+            "search to check"
+        )
 
 
 def _send_reindex(settings: StoreSettings, job_ids: list[uuid.UUID]) -> list[uuid.UUID]:

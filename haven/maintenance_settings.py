@@ -18,6 +18,9 @@ class MaintenanceSettings(BaseSettings):
     # Cron expressions (UTC) by task name, overriding the tasks' defaults; "off" leaves a
     # task to operators. A JSON object: {"backup": "30 1 * * *", "stale-uploads": "off"}.
     schedule: dict[str, str] = {}
+    # False: beat enqueues no maintenance task at all (tests, or a node that must not run
+    # them); operators still run them with `haven maintenance run` or the admin API.
+    scheduled: bool = True
     # Attempts a maintenance job gets (a failed backup is retried with backoff, then fails
     # and alerts).
     max_attempts: int = Field(default=2, ge=1, le=10)

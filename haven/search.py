@@ -39,6 +39,7 @@ from haven.vectorstore import (
     Nearest,
     Prefetch,
     Request,
+    Scored,
 )
 
 Mode = Literal["hybrid", "dense", "lexical"]
@@ -98,6 +99,15 @@ class SearchOutcome:
     # The channels that ranked the hits ("dense", "lexical"), and the query's language.
     channels: tuple[str, ...] = ()
     query_lang: str = UNDETERMINED
+
+
+TIE_MARGIN = 10
+
+
+def _ties_by_id(points: list[Scored], top_k: int, *, keep_order: bool) -> list[Scored]:
+    if keep_order:
+        return points[:top_k]
+    return sorted(points, key=lambda p: (-p.score, str(p.id)))[:top_k]
 
 
 def dense_understands(query_lang: str, dense_languages: tuple[str, ...]) -> bool:
@@ -161,15 +171,20 @@ def search(
         else None
     )
 
+    # Equal scores are common (in a fusion, the 3rd of one channel alone ties with the 3rd of
+    # the other alone) and the engine breaks them by storage order, which a restore or a
+    # re-index changes: a few more are fetched and ties go by chunk id, so the same query on
+    # the same points gives the same top-k. MMR's order is its own and is kept.
+    final_limit = params.top_k if diversify is not None else params.top_k + TIE_MARGIN
     if mode == "dense":
-        final = Request(diversify or dense, params.top_k, flt, with_payload=True)
+        final = Request(diversify or dense, final_limit, flt, with_payload=True)
     elif mode == "lexical":
-        final = Request(lexical, params.top_k, flt, with_payload=True)
+        final = Request(lexical, final_limit, flt, with_payload=True)
     else:
         prefetch = tuple(Prefetch(query, limit, flt) for query in channels.values())
         fusion = Fuse("rrf", k=params.rrf_k) if params.fusion == "rrf" else Fuse("dbsf")
         if diversify is None:
-            final = Request(fusion, params.top_k, prefetch=prefetch, with_payload=True)
+            final = Request(fusion, final_limit, prefetch=prefetch, with_payload=True)
         else:
             # Diversify the fused candidates by their dense vectors.
             final = Request(
@@ -194,7 +209,7 @@ def search(
             dense_rank=ranks.get("dense", {}).get(point.id),
             lexical_rank=ranks.get("lexical", {}).get(point.id),
         )
-        for point in responses[-1]
+        for point in _ties_by_id(responses[-1], params.top_k, keep_order=diversify is not None)
     ]
     return SearchOutcome(
         hits,

@@ -106,10 +106,9 @@ def _schedule_maintenance(app: Celery, settings: WorkerSettings) -> None:
     from workers.maintenance.enqueue import enqueue_run, maintenance_schedule
     from workers.maintenance.schedule import ENQUEUE_TASK, beat_entries
 
-    app.conf.beat_schedule = {
-        **app.conf.beat_schedule,
-        **beat_entries(maintenance_schedule(settings.maintenance)),
-    }
+    schedule = maintenance_schedule(settings.maintenance)  # checked even when not scheduled
+    if settings.maintenance.scheduled:
+        app.conf.beat_schedule = {**app.conf.beat_schedule, **beat_entries(schedule)}
 
     @app.task(name=ENQUEUE_TASK, acks_late=True, shared=False)
     def enqueue_maintenance(name: str) -> str:

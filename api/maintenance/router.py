@@ -3,13 +3,16 @@ running one now (the same job the nightly schedule queues)."""
 
 from __future__ import annotations
 
+import uuid
+
 from fastapi import APIRouter, Response, status
 
-from api.deps import OutboxDep, PlatformAdminPrincipal, RequestIdDep, SessionDep
+from api.deps import OutboxDep, PlatformAdminPrincipal, RequestIdDep, RuntimeDep, SessionDep
 from api.maintenance.schemas import MaintenanceRunCreated, MaintenanceRunRead, MaintenanceTaskRead
 from haven.db.repositories import AuditLog
 from haven.db.tables import JobKind, JobState
-from haven.errors import NotFound
+from haven.errors import Conflict, NotFound
+from haven.jobs import signal_cancel
 from haven.maintenance import platform_jobs, read_catalog, request_run
 from haven.queueing import task_for
 
@@ -70,3 +73,32 @@ def run_maintenance(
     return MaintenanceRunCreated(
         created=request.created, run=MaintenanceRunRead.model_validate(request.job)
     )
+
+
+@router.post("/runs/{job_id}/cancel", response_model=MaintenanceRunRead)
+def cancel_maintenance_run(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    outbox: OutboxDep,
+    actor: PlatformAdminPrincipal,
+    rid: RequestIdDep,
+) -> MaintenanceRunRead:
+    """Cancel a run: a queued one at once, a running one at its next progress report."""
+    jobs = platform_jobs(session)
+    if jobs.get(job_id) is None:
+        raise NotFound("maintenance run")
+    if not jobs.request_cancel(job_id):
+        raise Conflict("the run has already ended", code="job.ended")
+    job = jobs.get(job_id)
+    assert job is not None
+    session.refresh(job)
+    AuditLog(session, actor, rid).record(
+        "maintenance.cancel",
+        target_type="maintenance",
+        target_id=str(job.params.get("task")),
+        tenant_id=None,
+        job_id=str(job_id),
+    )
+    outbox.after_commit(lambda: signal_cancel(runtime.redis, job_id))
+    return MaintenanceRunRead.model_validate(job)

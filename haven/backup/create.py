@@ -27,14 +27,14 @@ from haven.backup import objects as object_copy
 from haven.backup import postgres
 from haven.backup.manifest import FORMAT
 from haven.backup.target import MANIFEST, BackupTarget, Written
-from haven.backup.vectors import ExportStream, collection_schema, vectors_path
+from haven.backup.vectors import ExportStream, collection_schema, server_snapshots, vectors_path
 from haven.db.tables import Chunk
 from haven.emb_client import EmbClient
 from haven.index import ChunkIndex
 from haven.maintenance_settings import BackupSettings
 from haven.search import Mode, QueryVectors, SearchParams, search
 from haven.settings import StoreSettings
-from haven.vectorstore import SparseVector
+from haven.vectorstore import ServerStore, SparseVector
 
 log = structlog.get_logger("haven.backup")
 
@@ -143,6 +143,13 @@ def run_backup(
             "schema": collection_schema(index),
         }
         vector_counts[index.collection] = export.points
+    if index.exists() and isinstance(index.store, ServerStore) and index.store.kind == "server":
+        # The server's own snapshots too, and its alias map (which snapshots do not hold).
+        try:
+            vectors["server"] = server_snapshots(index.store.client, [index.collection])
+        except Exception as exc:  # the export above is the backup; this is extra
+            log.warning("backup.server_snapshot_failed", error=str(exc))
+            vectors["server"] = {"error": str(exc)[:300]}
     check_cancel()
 
     # 4. The fixed queries' top-10, per mode.

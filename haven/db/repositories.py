@@ -1055,3 +1055,22 @@ class MaintenanceJobs:
             .values(result=result)
             .execution_options(synchronize_session=False)
         )
+
+    def request_cancel(self, job_id: uuid.UUID) -> bool:
+        """A queued run is canceled at once; a running one is flagged and stops at its next
+        progress report (``TaskContext.check_cancel``). False when it had already ended."""
+        now = datetime.now(UTC)
+        mine = (Job.id == job_id, Job.tenant_id == self.tenant_id, Job.kind == JobKind.MAINTENANCE)
+        queued = self.session.execute(
+            update(Job)
+            .where(*mine, Job.state == JobState.QUEUED)
+            .values(state=JobState.CANCELED, cancel_requested=True, finished_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        running = self.session.execute(
+            update(Job)
+            .where(*mine, Job.state == JobState.RUNNING)
+            .values(cancel_requested=True, updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        return bool(queued or running)

@@ -87,6 +87,8 @@ def _env(
         "HAVEN_RETRY_BACKOFF_MAX_SECONDS": "2",
         "HAVEN_JOB_MAX_ATTEMPTS": "2",
         "HAVEN_WORKER_CONCURRENCY": "2",
+        # No nightly backup from the stack's beat (tests run maintenance tasks themselves).
+        "HAVEN_MAINTENANCE_SCHEDULED": "false",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }

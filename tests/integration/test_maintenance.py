@@ -31,8 +31,8 @@ from haven.queueing import create_celery
 from haven.settings import StoreSettings
 from tests.fixtures.api import Account, create_user
 from tests.fixtures.processes import ROOT, WorkerProcess, worker_env
-from workers.maintenance.handler import TaskBusy, run_here
-from workers.maintenance.tasks import TaskContext, maintenance_task
+from workers.maintenance.handler import TaskBusy, TaskLock, lock_key, run_here
+from workers.maintenance.tasks import TaskContext, maintenance_task, tasks
 from workers.runtime import WorkerRuntime
 from workers.settings import WorkerSettings
 
@@ -180,6 +180,8 @@ def test_only_platform_admins_reach_maintenance(
         assert api_client.get("/api/v1/admin/maintenance", headers=who.headers).status_code == 403
         refused = api_client.post("/api/v1/admin/maintenance/backup/run", headers=who.headers)
         assert refused.status_code == 403
+        cancel = f"/api/v1/admin/maintenance/runs/{uuid.uuid4()}/cancel"
+        assert api_client.post(cancel, headers=who.headers).status_code == 403
     assert api_client.post("/api/v1/admin/maintenance/backup/run").status_code == 401
     unknown = api_client.post(
         "/api/v1/admin/maintenance/no-such-task/run", headers=platform_admin.headers
@@ -216,6 +218,24 @@ def test_a_second_request_returns_the_run_already_queued(
     assert sorted(r["status"] for r in results) == [200, 200, 202]
     assert len({r["run"]["id"] for r in results}) == 1
     assert [r["created"] for r in results].count(True) == 1
+
+    # Canceled while queued: it never starts, and the next request queues a new run.
+    run_id = results[0]["run"]["id"]
+    canceled = api_client.post(
+        f"/api/v1/admin/maintenance/runs/{run_id}/cancel", headers=platform_admin.headers
+    )
+    assert canceled.status_code == 200, canceled.text
+    assert canceled.json()["state"] == "canceled"
+    again = api_client.post(
+        f"/api/v1/admin/maintenance/runs/{run_id}/cancel", headers=platform_admin.headers
+    )
+    assert again.status_code == 409
+    unknown = api_client.post(
+        f"/api/v1/admin/maintenance/runs/{uuid.uuid4()}/cancel", headers=platform_admin.headers
+    )
+    assert unknown.status_code == 404
+    fresh = api_client.post("/api/v1/admin/maintenance/backup/run", headers=platform_admin.headers)
+    assert fresh.status_code == 202 and fresh.json()["run"]["id"] != run_id
     _finish_leftover_runs(store_settings)
 
 
@@ -248,6 +268,16 @@ def test_two_runs_of_a_task_at_once_one_runs(
     assert first == {"held": True}
     # Released: the next run goes ahead.
     assert run_here(runtime, name) == {"held": True}
+
+    # A job whose worker died mid-run left the lock: its next attempt takes it over, any
+    # other run is still refused until it ends.
+    task = tasks()[name]
+    TaskLock(runtime, task, "job-1").acquire()
+    TaskLock(runtime, task, "job-1").acquire()
+    with pytest.raises(TaskBusy) as other:
+        TaskLock(runtime, task, "job-2").acquire()
+    assert "(job job-1)" in other.value.message
+    assert 0 < int(redis_client.ttl(lock_key(name))) <= 30
 
 
 def test_the_cli_runs_a_task_and_waits_for_its_report(

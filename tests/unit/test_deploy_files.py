@@ -77,6 +77,9 @@ SECRET_SAMPLES = {
 FUTURE_METRICS = {"haven_queue_length", "haven_jobs_stuck"}
 # Computed at scrape time from PostgreSQL (haven.ops_metrics.JobStateCollector).
 FUTURE_METRICS |= {"haven_read_only", "haven_read_only_since_seconds", "haven_jobs_queued"}
+# The maintenance metrics: from the workers, and read from PostgreSQL at scrape time; checked
+# by test_alert_rules_watch_backup_failures_and_age_with_metrics_haven_exports.
+FUTURE_METRICS |= {"haven_maintenance_runs_total", "haven_maintenance_last_success_timestamp"}
 
 
 # --- loading the files through the real tools -----------------------------------------------
@@ -556,6 +559,39 @@ def test_alert_rules_cover_what_ops_watch_with_metrics_that_exist() -> None:
         for metric in _metric_names_in(rule["expr"]):
             base = re.sub(r"_total$", "", metric)
             assert base in exported or metric in FUTURE_METRICS, f"{name} uses {metric}"
+
+
+def test_alert_rules_watch_backup_failures_and_age_with_metrics_haven_exports() -> None:
+    from haven.ops_metrics import WorkerMetrics
+
+    rules = yaml.safe_load((ROOT / "stack" / "alerts.yml").read_text())
+    alerts = {r["alert"]: r for group in rules["groups"] for r in group["rules"]}
+    assert {"HavenBackupFailed", "HavenBackupTooOld", "HavenNoBackupYet"} <= set(alerts)
+    worker = WorkerMetrics(CollectorRegistry())
+    worker.maintenance_ended("backup", "failed", 1.0)
+    exported = {s.name for family in worker.registry.collect() for s in family.samples}
+    # Read from PostgreSQL when Prometheus scrapes the API (haven.ops_metrics.MaintenanceCollector).
+    exported.add("haven_maintenance_last_success_timestamp")
+    for name in ("HavenBackupFailed", "HavenBackupTooOld", "HavenNoBackupYet"):
+        used = _metric_names_in(alerts[name]["expr"])
+        assert used and used <= exported, (name, used)
+        assert 'task="backup"' in alerts[name]["expr"]
+
+
+def test_the_worker_image_has_the_pg_dump_of_the_deployed_server(
+    deployment: tuple[str, dict[str, Any]],
+) -> None:
+    """Backups run pg_dump in the worker image: its client must be the server's major version
+    (pg_dump refuses a newer server)."""
+    _, spec = deployment
+    image = spec["services"]["postgres"]["image"]
+    server_major = re.search(r"postgres:(\d+)", image)
+    assert server_major is not None, image
+    dockerfile = DOCKERFILE.read_text()
+    worker_stage = dockerfile.split("AS worker", 1)[1].split("\nFROM ", 1)[0]
+    client = re.search(r"ARG PG_MAJOR=(\d+)", worker_stage)
+    assert client is not None and "postgresql-client-${PG_MAJOR}" in worker_stage
+    assert client.group(1) == server_major.group(1)
 
 
 def test_prometheus_scrapes_every_haven_http_service_and_loads_the_rules(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from celery.schedules import crontab
@@ -75,3 +76,27 @@ def test_backup_paths_stay_inside_the_backup() -> None:
 def test_an_s3_target_needs_its_endpoint() -> None:
     with pytest.raises(ValueError, match="HAVEN_BACKUP_S3_ENDPOINT"):
         BackupSettings(target="s3")
+
+
+def test_the_worker_app_beats_each_task_beside_the_reaper(tmp_path: Path) -> None:
+    from haven.queueing import REAP_TASK
+    from workers.app import create_worker_app
+    from workers.settings import WorkerSettings
+
+    beat = create_worker_app(
+        WorkerSettings(env="test", log_json=False, beat_schedule_path=tmp_path / "beat")
+    ).conf.beat_schedule
+    assert beat["reap-jobs"]["task"] == REAP_TASK
+    assert beat["maintenance-backup"]["schedule"] == crontab(minute="0", hour="2")
+    assert beat["maintenance-stale-uploads"]["args"] == ["stale-uploads"]
+
+    quiet = create_worker_app(
+        WorkerSettings(
+            env="test",
+            log_json=False,
+            beat_schedule_path=tmp_path / "beat",
+            maintenance=MaintenanceSettings(scheduled=False),
+        )
+    ).conf.beat_schedule
+    assert "reap-jobs" in quiet
+    assert not [name for name in quiet if name.startswith("maintenance-")]

@@ -85,10 +85,17 @@ class TaskLock:
         self._extended = time.monotonic()
 
     def acquire(self) -> None:
-        if not self.lock.acquire(token=self.holder):
-            held = self.redis.get(lock_key(self.task.name))
-            holder = held.decode() if isinstance(held, bytes) else held
-            raise TaskBusy(self.task.name, holder)
+        if self.lock.acquire(token=self.holder):
+            return
+        held = self.redis.get(lock_key(self.task.name))
+        holder = held.decode() if isinstance(held, bytes) else held
+        if holder == self.holder:
+            # An earlier attempt of this same job holds it: its worker died mid-run and the
+            # reaper gave the job back. This attempt takes the lock over.
+            self.lock.local.token = self.holder.encode()
+            self.lock.reacquire()
+            return
+        raise TaskBusy(self.task.name, holder)
 
     def extend(self) -> None:
         now = time.monotonic()
