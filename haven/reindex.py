@@ -366,7 +366,7 @@ class Reindexer:
             log.warning("reindex.gate_failed", **report)
             report["switched"] = False
             return report
-        self.check_cancel()
+        self._job_check()
         self._check_canceled()
         report["switched"] = True
         with transaction(self.session_factory) as session:
@@ -388,7 +388,7 @@ class Reindexer:
             total = ActiveChunks(session).count()
         done, embedded, after = 0, 0, None
         while True:
-            self.check_cancel()
+            self._job_check()
             self._check_canceled()
             self.redis.expire(LOCK_KEY, self.config.lock_seconds)
             with transaction(self.session_factory) as session:
@@ -543,7 +543,23 @@ class Reindexer:
         self._changed()
         log.warning("reindex.abandoned", collection=building.collection, **report)
 
+    def _job_check(self) -> None:
+        """The job's own cancel (``haven maintenance cancel``, the admin API) cancels the
+        build the same way as ``re-index --cancel``, then ends the job as canceled."""
+        try:
+            self.check_cancel()
+        except Exception:
+            with transaction(self.session_factory) as session:
+                pointer = IndexPointers(session, self.config.collection).request_cancel()
+            if pointer.building is not None:
+                self._drop_build(pointer.building)
+            raise
+
     def _finish_cancel(self, building: Target) -> None:
+        self._drop_build(building)
+        raise Canceled(f"the re-index into {building.collection} was canceled")
+
+    def _drop_build(self, building: Target) -> None:
         time.sleep(self.config.pointer_cache_seconds)  # ingest has stopped writing to it
         ChunkIndex(self.store, building.collection).drop()
         with transaction(self.session_factory) as session:
@@ -552,7 +568,6 @@ class Reindexer:
             )
         self._changed()
         log.info("reindex.canceled", collection=building.collection)
-        raise Canceled(f"the re-index into {building.collection} was canceled")
 
 
 def request_cancel(session_factory: sessionmaker[Session], collection: str) -> Pointer:

@@ -26,6 +26,7 @@ from haven.reindex import request_cancel
 from models.registry import ModelRegistry
 from tests.fixtures.maintenance_stack import ALIAS, Haven
 from tests.fixtures.tiny_st import build_tiny_sentence_transformer
+from workers.jobs.heartbeat import JobCanceled
 from workers.maintenance.reindex import reindex_check
 from workers.maintenance.warmup import warmup
 
@@ -251,3 +252,27 @@ def test_emb_refuses_pins_and_warm_ups_it_cannot_serve_with_a_clear_4xx(emb_url:
         assert client.post("/warm", json={"models": ["nope/1"]}).status_code == 404
         assert client.post("/warm", json={"models": ["a\x00/1"]}).status_code == 404
         assert client.post("/warm", json={"models": []}).status_code == 422
+
+
+def test_canceling_the_maintenance_job_cancels_the_build_the_same_way(
+    haven: Haven, registry: ModelRegistry
+) -> None:
+    corpus(haven)
+    reindex_check(haven.context())
+    collections = haven.collections()
+    progressed: list[int] = []
+
+    def job_canceled() -> None:  # as the job runner's cancel reaches a running task
+        if progressed:
+            raise JobCanceled()
+
+    ctx = haven.context(lambda done, total: progressed.append(done))
+    ctx.canceled = job_canceled
+    registry.set_alias(ALIAS, "tiny-b", "1")
+    with pytest.raises(JobCanceled):
+        reindex_check(ctx)
+    assert haven.collections() == collections
+    with transaction(haven.factory) as session:
+        pointer = IndexPointers(session, haven.rt.settings.qdrant_collection).read()
+    assert pointer.building is None and pointer.live.models == {ALIAS: "tiny-a/1"}
+    assert haven.models_served("library") == {OLD}
