@@ -264,9 +264,14 @@ class IndexPointers:
         row = self.session.get(IndexPointer, self.name)
         if row is None:
             return
-        if not vectors_restored:
-            self.session.delete(row)
-            return
+        if not vectors_restored:  # the re-ingest recreates the live collection it names
+            collection = row.live_collection
+        if (
+            row.live_collection == collection
+            and row.building_collection is None
+            and row.previous_collection is None
+        ):
+            return  # it already says what the restore left
         row.live_collection = collection
         row.building_collection = row.building_models = row.building_state = None
         row.building_started_at = None

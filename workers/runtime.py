@@ -110,6 +110,17 @@ class WorkerRuntime:
                         IndexPointers(session, self.settings.qdrant_collection).ensure(models)
                     self.pointer.invalidate()
                     index = self.index
+                elif not index.exists():
+                    # Gone (a restore without vectors, a lost store): created again for the
+                    # model versions the pointer names, with their manifests' dimensions.
+                    from haven.reindex import manifest_dimensions
+
+                    live = self.pointer.get().live.models
+                    index.ensure(
+                        manifest_dimensions(registry_from_settings(self.settings), live)
+                        if live
+                        else self.dimensions
+                    )
                 self._index_ensured = True
         return index
 

@@ -238,6 +238,11 @@ def _refuse(manifest: dict[str, Any], problems: list[str]) -> None:
         )
 
 
+# Tables a restore rewrites on purpose, compared by their rows only: the index pointer is
+# pointed at the collection the vectors were restored into (``after_restore``).
+REPOINTED = frozenset({"index_pointers"})
+
+
 def verify(dest: Stores, manifest: dict[str, Any]) -> dict[str, Any]:
     """Compare the restored stores with what the backup recorded; ``BackupError`` listing
     every difference, else the comparison's summary."""
@@ -254,7 +259,7 @@ def verify_rows_and_objects(dest: Stores, manifest: dict[str, Any]) -> dict[str,
         found = found_tables.get(name)
         if found is None:
             problems.append(f"table {name} is missing")
-        elif found != expected:
+        elif found != expected and not (name in REPOINTED and found["rows"] == expected["rows"]):
             problems.append(
                 f"table {name}: {found['rows']} rows (expected {expected['rows']}), "
                 f"checksum {'matches' if found['sha256'] == expected['sha256'] else 'differs'}"

@@ -77,6 +77,9 @@ def test_a_restore_points_the_index_at_the_restored_collection_and_forgets_the_o
     assert (restored.live.collection, restored.live.models) == (BASE, {"minilm": "b/1"})
     assert restored.building is None and restored.previous is None
     with transaction(factory) as session:
+        pointers(session).begin_build("haven_chunks_r3", {"minilm": "c/1"})
         pointers(session).after_restore(BASE, vectors_restored=False)
     with transaction(factory) as session:
-        assert pointers(session).read().generation == 0  # the first ingest records it again
+        rebuilt = pointers(session).read()
+    # Without vectors, the ingests re-create the live collection the row names.
+    assert (rebuilt.live.collection, rebuilt.building) == (BASE, None)
