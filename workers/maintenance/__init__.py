@@ -1,1 +1,0 @@
-"""Maintenance tasks (nightly upkeep): each a function of a ``TaskContext``."""
