@@ -31,6 +31,7 @@ from haven.auth.tokens import TokenService
 from haven.db.engine import make_engine, make_session_factory
 from haven.emb_client import AsyncEmbClient
 from haven.index import ChunkIndex
+from haven.index_pointer import PointerCache
 from haven.job_metrics import JobPipelineCollector
 from haven.language import Detector
 from haven.llm_client import AsyncLlmClient
@@ -187,11 +188,26 @@ class ApiRuntime:
         async with self.password_checks:
             return await asyncio.to_thread(hash_password, password)
 
+    @cached_property
+    def pointer(self) -> PointerCache:
+        """The live collection and its models (blue/green re-index, haven.index_pointer)."""
+        return PointerCache(
+            self.session_factory,
+            self.settings.qdrant_collection,
+            self.settings.index_pointer_cache_seconds,
+        )
+
+    @property
+    def qdrant_store(self) -> VectorStore:
+        if self.qdrant is None:
+            raise RuntimeError("the vector store is not open yet")
+        return self.qdrant
+
     @property
     def index(self) -> ChunkIndex:
         if self.qdrant is None:
             raise RuntimeError("the vector store is not open yet")
-        return make_index(self.settings, self.qdrant)
+        return make_index(self.settings, self.qdrant, self.pointer.get())
 
     async def aclose(self) -> None:
         await self.quotas.stop()

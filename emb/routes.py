@@ -19,6 +19,8 @@ from emb.replica import ReplicaExited
 from emb.runtime import EmbRuntime, ServedModel
 from haven import lexical
 from haven.contracts import embeddings as contracts
+from models.loader import ModelIntegrityError
+from models.registry import ModelNotFound, RegistryError
 
 router = APIRouter()
 
@@ -94,7 +96,9 @@ async def metrics(runtime: RuntimeDep) -> Response:
 
 @router.post("/embed", response_model=contracts.EmbedResponse)
 async def embed(body: contracts.EmbedRequest, runtime: RuntimeDep) -> Response:
-    models = _select(runtime, body.aliases or list(runtime.settings.emb_aliases))
+    models = await _select(
+        runtime, body.aliases or list(runtime.settings.emb_aliases), body.pins or {}
+    )
     _check_count(runtime, len(body.texts))
     encoded = await _encode_all(runtime, models, body.texts, body.input_type)
     sparse = None
@@ -120,7 +124,7 @@ async def embed(body: contracts.EmbedRequest, runtime: RuntimeDep) -> Response:
 async def openai_embeddings(
     body: contracts.OpenAIEmbeddingRequest, runtime: RuntimeDep
 ) -> Response:
-    [model] = _select(runtime, [body.model])
+    [model] = await _select(runtime, [body.model], {})
     texts = [body.input] if isinstance(body.input, str) else body.input
     if not texts:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "input must not be empty")
@@ -158,7 +162,9 @@ async def openai_models(runtime: RuntimeDep) -> dict[str, Any]:
     }
 
 
-def _select(runtime: EmbRuntime, aliases: list[str]) -> list[ServedModel]:
+async def _select(
+    runtime: EmbRuntime, aliases: list[str], pins: dict[str, str]
+) -> list[ServedModel]:
     if not runtime.ready:
         raise Unavailable(f"not ready: {runtime.reason}", runtime.settings.emb_retry_after_seconds)
     unknown = [a for a in aliases if a not in runtime.models]
@@ -168,7 +174,35 @@ def _select(runtime: EmbRuntime, aliases: list[str]) -> list[ServedModel]:
             f"unknown model alias {', '.join(map(repr, unknown))}; served: "
             + ", ".join(runtime.models),
         )
-    return [runtime.models[a] for a in dict.fromkeys(aliases)]
+    selected = []
+    for alias in dict.fromkeys(aliases):
+        pin = pins.get(alias)
+        model = runtime.served(alias, pin)
+        if model is None and pin is not None:
+            try:
+                model = await runtime.pinned(alias, pin)
+            except (ModelNotFound, ValueError) as exc:  # not published, malformed, not embed
+                raise HTTPException(
+                    status.HTTP_404_NOT_FOUND, f"cannot embed with {pin!r}: {exc}"
+                ) from exc
+            except (RegistryError, ModelIntegrityError) as exc:  # the store or the files
+                raise Unavailable(
+                    f"cannot load {pin!r}: {exc}", runtime.settings.emb_retry_after_seconds
+                ) from exc
+        assert model is not None
+        selected.append(model)
+    return selected
+
+
+@router.post("/warm")
+async def warm(body: contracts.WarmRequest, runtime: RuntimeDep) -> dict[str, Any]:
+    """Download these model versions into the cache (not loaded): a later alias switch or
+    pin finds them local (the ``warmup`` maintenance task)."""
+    try:
+        done = await asyncio.to_thread(runtime.warm, body.models)
+    except (RegistryError, ValueError) as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    return {"cached": done}
 
 
 def _check_count(runtime: EmbRuntime, count: int) -> None:

@@ -198,15 +198,20 @@ def relex(
     (see haven/relex.py); dense vectors are kept. With the embedded store, stop Haven first
     (one process at a time may open it)."""
     from emb.settings import EmbSettings
+    from haven.index_pointer import IndexPointers
     from haven.language import Detector
     from haven.relex import record_languages, relex_index
     from haven.vectors import close_embedded, make_index, make_qdrant
 
     settings = StoreSettings()
+    with _platform_transaction() as session:  # the live collection (after a re-index)
+        pointer = IndexPointers(session, settings.qdrant_collection).read()
     store = make_qdrant(settings)
     try:
         report = relex_index(
-            make_index(settings, store), Detector(languages.split(",")), EmbSettings().bm25
+            make_index(settings, store, pointer),
+            Detector(languages.split(",")),
+            EmbSettings().bm25,
         )
     finally:
         store.close() if settings.qdrant_url else close_embedded(settings)
@@ -536,6 +541,131 @@ def _wait_for_jobs(engine: Engine, job_ids: list[uuid.UUID], timeout: float) -> 
             return
         time.sleep(2.0)
     raise typer.Exit(3)
+
+
+# -- re-index and clean-up (see haven/reindex.py, haven/cleanup.py) --------------------------
+
+
+def _queue_task(name: str, params: dict[str, Any], *, here: bool) -> None:
+    """Run ``name`` with ``params``: queued for a maintenance worker (where the embedded
+    store is open), or with ``here`` in this process (with the embedded store, only while
+    Haven is stopped)."""
+    import json
+
+    if here:
+        from haven.queueing import create_celery
+        from haven.vectors import close_embedded
+        from workers.maintenance.handler import run_here
+        from workers.runtime import WorkerRuntime
+        from workers.settings import WorkerSettings
+
+        worker_settings = WorkerSettings()
+        runtime = WorkerRuntime(settings=worker_settings, celery=create_celery(worker_settings))
+        try:
+            report = run_here(
+                runtime,
+                name,
+                params,
+                progress=lambda done, total, label: typer.echo(
+                    f"  {label}: {done}/{total}", err=True
+                ),
+            )
+        finally:
+            if not worker_settings.qdrant_url:
+                close_embedded(worker_settings)
+        typer.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+        return
+    import redis as redis_lib
+
+    from haven.maintenance import request_run, send_run
+    from haven.maintenance_settings import MaintenanceSettings
+    from haven.queueing import create_celery
+
+    settings = StoreSettings()
+    with _platform_transaction() as session:
+        request = request_run(
+            session,
+            AuditLog(session, None, None),
+            name,
+            trigger="cli",
+            max_attempts=MaintenanceSettings().max_attempts,
+            params=params,
+        )
+    client = redis_lib.Redis.from_url(settings.redis_url)
+    try:
+        if request.created:
+            send_run(
+                create_celery(settings),
+                client,
+                request.job,
+                expires_seconds=settings.task_expires_seconds,
+            )
+            typer.echo(f"queued {name}: job {request.job.id} (haven maintenance list)")
+        else:
+            typer.echo(f"{name} is already {request.job.state.value}: job {request.job.id}")
+    finally:
+        client.close()
+
+
+@maintenance_app.command("re-index")
+def re_index(
+    cancel: Annotated[bool, typer.Option("--cancel", help="stop the running build")] = False,
+    rollback: Annotated[
+        bool, typer.Option("--rollback", help="serve the previous collection again")
+    ] = False,
+    status: Annotated[bool, typer.Option("--status", help="show the index pointer")] = False,
+    here: Annotated[
+        bool, typer.Option(help="build in this process, without a job or a worker")
+    ] = False,
+) -> None:
+    """Re-embed every chunk into a new collection with the embedding aliases' current
+    models, gate it and switch (blue/green; see haven/reindex.py). --cancel, --rollback and
+    --status only touch PostgreSQL and take effect while Haven runs (within
+    HAVEN_INDEX_POINTER_CACHE_SECONDS)."""
+    import json
+
+    from haven.index_pointer import IndexPointers
+    from haven.reindex import request_cancel
+    from haven.reindex import rollback as roll_back
+
+    if sum((cancel, rollback, status)) > 1:
+        typer.echo("choose one of --cancel, --rollback, --status", err=True)
+        raise typer.Exit(2)
+    settings = StoreSettings()
+    if not (status or cancel or rollback):
+        _queue_task("reindex-check", {"force": True}, here=here)
+        return
+    engine = make_engine(settings)
+    factory = make_session_factory(engine)
+    try:
+        if status:
+            with transaction(factory) as session:
+                pointer = IndexPointers(session, settings.qdrant_collection).read()
+            typer.echo(json.dumps(pointer.to_json(), indent=2, default=str))
+        elif cancel:
+            pointer = request_cancel(factory, settings.qdrant_collection)
+            building = pointer.building.collection if pointer.building else "?"
+            typer.echo(f"canceling the re-index into {building}")
+        else:
+            pointer = roll_back(factory, settings.qdrant_collection)
+            typer.echo(f"serving {pointer.live.collection} again ({pointer.live.models})")
+    except DomainError as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+
+
+@maintenance_app.command("cleanup")
+def cleanup(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="report only")] = False,
+    here: Annotated[
+        bool, typer.Option(help="run in this process, without a job or a worker")
+    ] = False,
+) -> None:
+    """Find orphans between the stores and remove them (rows whose object is gone are only
+    reported); see haven/cleanup.py."""
+    _queue_task("cleanup", {"dry_run": dry_run}, here=here)
 
 
 if __name__ == "__main__":

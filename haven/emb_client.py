@@ -54,9 +54,10 @@ class EmbClient:
         aliases: list[str] | None = None,
         sparse: Literal["document", "query"] | None = None,
         input_type: Literal["query", "passage"] | None = None,
+        pins: dict[str, str] | None = None,
     ) -> EmbedResponse:
         body = EmbedRequest(
-            texts=list(texts), aliases=aliases, sparse=sparse, input_type=input_type
+            texts=list(texts), aliases=aliases, sparse=sparse, input_type=input_type, pins=pins
         )
         try:
             response = self._client.post("/embed", json=body.model_dump())
@@ -64,6 +65,15 @@ class EmbClient:
             raise EmbeddingUnavailable(f"embedding service unreachable: {exc}") from exc
         _raise_for(response)
         return EmbedResponse.model_validate_json(response.content)
+
+    def warm(self, models: list[str]) -> list[str]:
+        """Have emb download these versions into its cache (``POST /warm``)."""
+        try:
+            response = self._client.post("/warm", json={"models": models})
+        except httpx.HTTPError as exc:
+            raise EmbeddingUnavailable(f"embedding service unreachable: {exc}") from exc
+        _raise_for(response)
+        return [str(ref) for ref in response.json()["cached"]]
 
     def close(self) -> None:
         self._client.close()
@@ -82,9 +92,10 @@ class AsyncEmbClient:
         aliases: list[str] | None = None,
         sparse: Literal["document", "query"] | None = None,
         input_type: Literal["query", "passage"] | None = None,
+        pins: dict[str, str] | None = None,
     ) -> EmbedResponse:
         body = EmbedRequest(
-            texts=list(texts), aliases=aliases, sparse=sparse, input_type=input_type
+            texts=list(texts), aliases=aliases, sparse=sparse, input_type=input_type, pins=pins
         )
         try:
             response = await self._client.post("/embed", json=body.model_dump())

@@ -82,9 +82,14 @@ def tenant_filter(tenant_id: uuid.UUID, *more: Match) -> Filter:
 
 
 class ChunkIndex:
-    def __init__(self, store: VectorStore, collection: str) -> None:
+    """One collection of chunks. ``also`` names the other collections of the index (one a
+    re-index is building, the one kept for a rollback): deletes reach them too, so neither
+    a switch nor a rollback brings a deleted document back."""
+
+    def __init__(self, store: VectorStore, collection: str, also: Sequence[str] = ()) -> None:
         self.store = store
         self.collection = collection
+        self.also = tuple(c for c in also if c != collection)
 
     @property
     def server(self) -> bool:
@@ -111,7 +116,10 @@ class ChunkIndex:
             return set()
         return self.store.existing_ids(self.collection, ids)
 
-    def upsert(self, chunks: Iterable[IndexedChunk]) -> int:
+    def upsert(self, chunks: Iterable[IndexedChunk], *, keep_active: bool = False) -> int:
+        """Write chunks inactive (an ingest activates a finished version later), or, with
+        ``keep_active``, with the ``active`` flag their payload carries (a re-index copying
+        the live collection's chunks)."""
         points = [
             Point(
                 id=chunk.id,
@@ -119,7 +127,10 @@ class ChunkIndex:
                     **{dense_name(alias): vec for alias, vec in chunk.dense.items()},
                     SPARSE_NAME: chunk.sparse,
                 },
-                payload={**chunk.payload, "active": False},
+                payload={
+                    **chunk.payload,
+                    "active": bool(chunk.payload.get("active")) if keep_active else False,
+                },
             )
             for chunk in chunks
         ]
@@ -151,6 +162,19 @@ class ChunkIndex:
         found = self.count(tenant_id)
         self._delete(tenant_filter(tenant_id))
         return found
+
+    def payloads(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+        """The payloads of these points that exist (a re-index reads the chunks' text)."""
+        if not ids or not self.store.exists(self.collection):
+            return {}
+        return self.store.payloads(self.collection, ids)
+
+    def drop(self) -> bool:
+        """Remove the whole collection (a canceled build, an expired previous index)."""
+        if not self.store.exists(self.collection):
+            return False
+        self.store.drop(self.collection)
+        return True
 
     def count(self, tenant_id: uuid.UUID | None = None, *, active_only: bool = False) -> int:
         if not self.store.exists(self.collection):
@@ -189,6 +213,6 @@ class ChunkIndex:
             self.store.set_payload(self.collection, ids, dict(fields_key))
 
     def _delete(self, flt: Filter) -> None:
-        if not self.store.exists(self.collection):
-            return
-        self.store.delete_where(self.collection, flt)
+        for collection in (self.collection, *self.also):
+            if self.store.exists(collection):
+                self.store.delete_where(collection, flt)

@@ -101,6 +101,10 @@ class StoreSettings(HavenSettings):
     qdrant_api_key: SecretStr | None = None
     qdrant_path: Path = Path("var/qdrant")
     qdrant_collection: str = "haven_chunks"
+    # Seconds a process keeps the index pointer it read (haven.index_pointer): after a
+    # re-index switch, every API replica and worker searches the new collection within this
+    # long (the old one stays whole meanwhile).
+    index_pointer_cache_seconds: float = Field(default=2.0, ge=0)
     # Every task message expires; a job whose message expired is re-sent by the reaper.
     task_expires_seconds: int = 86400
     # Attempts a job gets before it fails and its message goes to the dead-letter queue.

@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 
 from haven.index import ChunkIndex, chunk_schema
+from haven.index_pointer import Pointer
 from haven.settings import StoreSettings
 from haven.vectorstore import EdgeStore, Point, ServerStore, SparseVector, VectorStore
 
@@ -68,8 +69,14 @@ def close_embedded(settings: StoreSettings) -> None:
         store.close()
 
 
-def make_index(settings: StoreSettings, store: VectorStore) -> ChunkIndex:
-    return ChunkIndex(store, settings.qdrant_collection)
+def make_index(
+    settings: StoreSettings, store: VectorStore, pointer: Pointer | None = None
+) -> ChunkIndex:
+    """The live collection of the index (``haven.index_pointer``; without a pointer, the
+    configured collection), its deletes reaching the collections beside it."""
+    if pointer is None:
+        return ChunkIndex(store, settings.qdrant_collection)
+    return ChunkIndex(store, pointer.live.collection, also=pointer.collections)
 
 
 # -- carrying over local mode's data -------------------------------------------------------

@@ -171,6 +171,14 @@ class VectorStore(Protocol):
 
     def count(self, collection: str, flt: Filter) -> int: ...
 
+    def payloads(self, collection: str, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Payload]:
+        """The payloads of those of ``ids`` that exist."""
+        ...
+
+    def drop(self, collection: str) -> None:
+        """Remove the collection and its points."""
+        ...
+
     def scroll(
         self, collection: str, *, offset: uuid.UUID | None, limit: int
     ) -> tuple[list[tuple[uuid.UUID, Payload]], uuid.UUID | None]:
@@ -294,6 +302,15 @@ class ServerStore:
 
     def count(self, collection: str, flt: Filter) -> int:
         return int(self.client.count(collection, count_filter=self._filter(flt), exact=True).count)
+
+    def payloads(self, collection: str, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Payload]:
+        found = self.client.retrieve(
+            collection, [str(i) for i in ids], with_payload=True, with_vectors=False
+        )
+        return {uuid.UUID(str(point.id)): dict(point.payload or {}) for point in found}
+
+    def drop(self, collection: str) -> None:
+        self.client.delete_collection(collection)
 
     def scroll(
         self, collection: str, *, offset: uuid.UUID | None, limit: int
@@ -617,7 +634,24 @@ class EdgeStore:
         )
         self._written_now(1)
 
+    def drop(self, collection: str) -> None:
+        import shutil
+
+        with self._lock:
+            shard = self._shards.pop(collection, None)
+            if shard is not None:
+                shard.close()
+            shutil.rmtree(self.root / collection, ignore_errors=True)
+
     # -- reads --
+
+    def payloads(self, collection: str, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Payload]:
+        if not self.exists(collection):
+            return {}
+        found = self._shard(collection).retrieve(
+            [str(i) for i in ids], with_payload=True, with_vector=False
+        )
+        return {uuid.UUID(str(r.id)): _unflag(dict(r.payload or {})) for r in found}
 
     def count(self, collection: str, flt: Filter) -> int:
         if not self.exists(collection):
@@ -812,6 +846,11 @@ class EdgeStore:
                     )
                 )
         return edge.Filter(must=must)
+
+
+def _unflag(payload: Payload) -> Payload:
+    """A payload as written: the flags stored as 0/1 (``_payload``) read back as booleans."""
+    return {k: bool(v) if k == "active" else v for k, v in payload.items()}
 
 
 def _payload(payload: Payload) -> Payload:

@@ -17,14 +17,16 @@ from minio import Minio
 from sqlalchemy.orm import Session, sessionmaker
 
 from haven.budget import BudgetKeeper, TokenBudget
-from haven.db.engine import make_engine, make_session_factory
+from haven.db.engine import make_engine, make_session_factory, transaction
 from haven.emb_client import EmbClient
 from haven.index import ChunkIndex
+from haven.index_pointer import IndexPointers, PointerCache, recorded_models
 from haven.language import Detector
 from haven.read_only import ReadOnlySwitch
 from haven.sandbox import Sandbox
 from haven.storage import make_client
 from haven.vectors import make_index, make_qdrant
+from haven.vectorstore import VectorStore
 from models.loader import ModelCache
 from models.store import registry_from_settings
 from workers.jobs.cancel_watch import CancelWatch
@@ -71,16 +73,56 @@ class WorkerRuntime:
         return make_client(self.settings)
 
     @cached_property
+    def store(self) -> VectorStore:
+        return make_qdrant(self.settings)
+
+    @cached_property
+    def pointer(self) -> PointerCache:
+        """The live collection and, during a re-index, the one being built
+        (``haven.index_pointer``)."""
+        return PointerCache(
+            self.session_factory,
+            self.settings.qdrant_collection,
+            self.settings.index_pointer_cache_seconds,
+        )
+
+    @property
     def index(self) -> ChunkIndex:
-        return make_index(self.settings, make_qdrant(self.settings))
+        """The live collection (deletes reach the others of the index too)."""
+        return make_index(self.settings, self.store, self.pointer.get())
 
     def ensured_index(self) -> ChunkIndex:
-        """The index, its collection created (or checked) once per process."""
+        """The index, its collection created (or checked) once per process. The first
+        time, the index pointer is recorded too, with the model versions the collection's
+        vectors come from, so that queries keep being embedded with them after the alias
+        moves (``haven.index_pointer``)."""
+        index = self.index
         with self._ensure_lock:
             if not self._index_ensured:
-                self.index.ensure(self.dimensions)
+                if self.pointer.get().generation == 0:  # no pointer yet: an early install
+                    index.ensure(self.dimensions)
+                    models = recorded_models(index) or {
+                        m.alias: f"{m.name}/{m.version}"
+                        for m in self.emb.models()
+                        if m.alias in self.settings.emb_aliases
+                    }
+                    with transaction(self.session_factory) as session:
+                        IndexPointers(session, self.settings.qdrant_collection).ensure(models)
+                    self.pointer.invalidate()
+                    index = self.index
+                elif not index.exists():
+                    # Gone (a restore without vectors, a lost store): created again for the
+                    # model versions the pointer names, with their manifests' dimensions.
+                    from haven.reindex import manifest_dimensions
+
+                    live = self.pointer.get().live.models
+                    index.ensure(
+                        manifest_dimensions(registry_from_settings(self.settings), live)
+                        if live
+                        else self.dimensions
+                    )
                 self._index_ensured = True
-        return self.index
+        return index
 
     @cached_property
     def detector(self) -> Detector:

@@ -106,6 +106,20 @@ class WorkerSettings(ModelStoreSettings):
     # job is retried by the runner instead.
     analyze_llm_wait_seconds: float = Field(default=900.0, gt=0)
 
+    # --- blue/green re-index (haven/reindex.py) ---
+    # Chunks embedded per request while a new collection is built.
+    reindex_batch: int = Field(default=64, ge=1, le=256)
+    # Hours the replaced collection is kept after a switch for a one-step rollback.
+    reindex_keep_previous_hours: float = Field(default=24.0, ge=0)
+    # The gate: the new index's recall@10 on the eval queries may be at most this much
+    # below the old one's (0.05: five queries in a hundred).
+    reindex_recall_margin: float = Field(default=0.05, ge=0, le=1)
+    # Eval queries of the gate: the opening words of this many chunks spread over the corpus.
+    reindex_eval_queries: int = Field(default=20, ge=0, le=1000)
+    # --- clean-up (workers/maintenance/cleanup.py) ---
+    # Objects and vectors younger than this are never orphans: an upload or an ingest may
+    # be writing them now.
+    cleanup_grace_hours: float = Field(default=24.0, ge=0)
     # --- nightly maintenance (workers/maintenance) ---
     # The schedule (HAVEN_MAINTENANCE_SCHEDULE) and the backups' target and retention
     # (HAVEN_BACKUP_*).

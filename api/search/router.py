@@ -18,6 +18,12 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def _embed_model(payload: dict[str, Any], alias: str) -> str | None:
+    models = payload.get("embed_models")
+    found = models.get(alias) if isinstance(models, dict) else None
+    return str(found) if found else None
+
+
 @router.post("/search", response_model=SearchResponse)
 async def search_chunks(
     body: SearchRequest, principal: CurrentPrincipal, runtime: RuntimeDep
@@ -40,6 +46,7 @@ async def search_chunks(
                 score=hit.score,
                 ranks=ChannelRanks(dense=hit.dense_rank, lexical=hit.lexical_rank),
                 lang=str(hit.payload.get("lang") or "und"),
+                embed_model=_embed_model(hit.payload, runtime.settings.search_alias),
             )
             for hit in outcome.hits
         ],

@@ -61,6 +61,9 @@ class SearchResult(BaseModel):
     ranks: ChannelRanks
     # The chunk's language (ISO 639-1; "und": not determined or indexed before detection).
     lang: str = "und"
+    # The embedding model version (name@version) whose vectors indexed the passage: after a
+    # re-index switch, the new one.
+    embed_model: str | None = None
 
 
 class SearchResponse(BaseModel):

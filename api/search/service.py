@@ -17,6 +17,7 @@ from haven.errors import Invalid, Unavailable
 from haven.index import SparseVector
 from haven.search import QueryVectors, SearchFilters, SearchOutcome, SearchParams, search
 from haven.tracing import span
+from haven.vectors import make_index
 
 log = structlog.get_logger("haven.search")
 
@@ -25,10 +26,21 @@ async def retrieve(
     runtime: ApiRuntime, tenant_id: uuid.UUID, query: str, options: SearchOptions
 ) -> SearchOutcome:
     alias = runtime.settings.search_alias
+    # The live collection and the model version its vectors come from: the query is
+    # embedded with that version even when the alias has moved on (a re-index is running).
+    pointer = await asyncio.to_thread(runtime.pointer.get)
+    pin = pointer.live.models.get(alias)
+    index = make_index(runtime.settings, runtime.qdrant_store, pointer)
     try:
         # The query's language is told while emb embeds it.
         embedded, query_lang = await asyncio.gather(
-            runtime.emb.embed([query], aliases=[alias], sparse="query", input_type="query"),
+            runtime.emb.embed(
+                [query],
+                aliases=[alias],
+                sparse="query",
+                input_type="query",
+                pins={alias: pin} if pin else None,
+            ),
             asyncio.to_thread(runtime.detector.detect, query),
         )
     except EmbeddingUnavailable as exc:
@@ -72,4 +84,4 @@ async def retrieve(
         ),
     )
     with span("qdrant.search", mode=str(params.mode), top_k=params.top_k):
-        return await asyncio.to_thread(search, runtime.index, tenant_id, vectors, params)
+        return await asyncio.to_thread(search, index, tenant_id, vectors, params)

@@ -30,6 +30,15 @@ class EmbedRequest(BaseModel):
     # own (E5's "query: " / "passage: ", declared in the model's manifest); None: neither
     # prefix. Another model is not affected.
     input_type: Literal["query", "passage"] | None = None
+    # alias -> model version (``name/version``) to embed with instead of what the alias
+    # serves: the version the live (or the re-indexing) collection was built with, so
+    # queries and documents match its vectors while the alias has moved on.
+    pins: dict[str, str] | None = None
+
+
+class WarmRequest(BaseModel):
+    # Model versions (``name/version``) to download into the service's cache.
+    models: list[str] = Field(min_length=1, max_length=32)
 
 
 class EmbeddedText(BaseModel):

@@ -677,3 +677,48 @@ class BrowserSession(Base):
     last_used_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# --- blue/green re-index -----------------------------------------------------------------
+
+
+class IndexPointer(Base):
+    """Which vector collection serves an index, and with which embedding models.
+
+    Search and ingest resolve the live collection here (each process keeps it a couple of
+    seconds, ``HAVEN_INDEX_POINTER_CACHE_SECONDS``); a re-index builds ``building_*`` beside
+    it and the switch is one update of this row: live becomes previous, building becomes
+    live. ``*_models`` map each embedding alias to the model version (``name/version``)
+    whose vectors the collection holds; queries are embedded with exactly that version.
+    At most one build per index: a build is started by an update that requires
+    ``building_collection`` to be empty (see ``haven.index_pointer``)."""
+
+    __tablename__ = "index_pointers"
+    __table_args__ = (
+        CheckConstraint(
+            "building_collection IS NULL OR building_collection <> live_collection",
+            name="building_is_not_live",
+        ),
+    )
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    live_collection: Mapped[str] = mapped_column(String(200))
+    live_models: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    # Bumped on every change: a process that cached an older generation reads the row again.
+    generation: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    previous_collection: Mapped[str | None] = mapped_column(String(200))
+    previous_models: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # The previous collection is dropped by the first re-index check after this time.
+    previous_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    building_collection: Mapped[str | None] = mapped_column(String(200))
+    building_models: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # building | canceling
+    building_state: Mapped[str | None] = mapped_column(String(16))
+    building_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    building_done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    building_total: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The last gate's report (counts, recall), for `haven maintenance re-index --status`.
+    last_report: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
+    )

@@ -1,7 +1,7 @@
 """browser sessions: the web app's httpOnly-cookie sign-ins (only the secret's sha256 kept)
 
 Revision ID: 0005_sessions
-Revises: 0005_maintenance
+Revises: 0005_reindex
 Create Date: 2026-12-01 00:40:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005_sessions"
-down_revision: str | None = "0005_maintenance"
+down_revision: str | None = "0005_reindex"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -27,7 +27,8 @@ from haven.auth.principal import Principal
 from haven.db.engine import transaction
 from haven.db.repositories import ChunkRepository, DocumentRepository
 from haven.db.tables import Document, DocumentState, DocumentVersion, Job, Role
-from haven.index import IndexedChunk, SparseVector, chunk_id, passage_text
+from haven.index import ChunkIndex, IndexedChunk, SparseVector, chunk_id, passage_text
+from haven.index_pointer import Target
 from haven.jobs import claim_statement, job_params
 from haven.language import main_language
 from haven.storage import download
@@ -132,6 +133,11 @@ class IngestRun:
         s = self.subject
         aliases = list(self.settings.emb_aliases)
         index = self.rt.ensured_index()
+        # The live collection first; then, with the same chunks, a collection a re-index is
+        # building and the one kept for a rollback, each with the model versions of its own
+        # vectors (haven.index_pointer).
+        pointer = self.rt.pointer.get()
+        others = [t for t in pointer.writes if t.collection != index.collection]
         ids = [chunk_id(s.document_id, s.version, d.position) for d in drafts]
         # A retry after a crash does not embed again what already reached the index (a first
         # attempt has nothing there: every earlier run that ended removed what it wrote).
@@ -142,22 +148,78 @@ class IngestRun:
             part = todo[start : start + batch]
             texts = [passage_text(d.heading, d.text) for _, d in part]
             response = self.rt.emb.embed(
-                texts, aliases=aliases, sparse="document", input_type="passage"
+                texts,
+                aliases=aliases,
+                sparse="document",
+                input_type="passage",
+                pins=pointer.live.models or None,
             )
-
+            sparse = [
+                SparseVector(item.sparse.indices, item.sparse.values)
+                if item.sparse
+                else SparseVector([], [])
+                for item in response.data
+            ]
             models = {m.alias: f"{m.name}@{m.version}" for m in response.models}
             index.upsert(
                 IndexedChunk(
                     id=cid,
                     dense={alias: item.dense[alias] for alias in aliases},
-                    sparse=SparseVector(item.sparse.indices, item.sparse.values)
-                    if item.sparse
-                    else SparseVector([], []),
+                    sparse=vector,
                     payload=self._payload(draft, cid, models, self.langs[draft.position]),
                 )
-                for (cid, draft), item in zip(part, response.data, strict=True)
+                for (cid, draft), item, vector in zip(part, response.data, sparse, strict=True)
             )
+            for target in others:
+                self._write_beside(target, aliases, part, texts, sparse)
             self.beat()
+
+    def _write_beside(
+        self,
+        target: Target,
+        aliases: list[str],
+        part: list[tuple[uuid.UUID, ChunkDraft]],
+        texts: list[str],
+        sparse: list[SparseVector],
+    ) -> None:
+        """The same chunks into a collection beside the live one, embedded with its models.
+        Best effort: what does not reach a building collection is embedded by the build's
+        catch-up pass before its gate, and a failure here must not fail the document."""
+        try:
+            response = self.rt.emb.embed(
+                texts, aliases=aliases, input_type="passage", pins=target.models or None
+            )
+            models = {m.alias: f"{m.name}@{m.version}" for m in response.models}
+            ChunkIndex(self.rt.store, target.collection).upsert(
+                IndexedChunk(
+                    id=cid,
+                    dense={alias: item.dense[alias] for alias in aliases},
+                    sparse=vector,
+                    payload=self._payload(draft, cid, models, self.langs[draft.position]),
+                )
+                for (cid, draft), item, vector in zip(part, response.data, sparse, strict=True)
+            )
+        except Exception as exc:  # best effort: see the docstring
+            log.warning(
+                "ingest.write_beside_failed", collection=target.collection, error=str(exc)[:300]
+            )
+
+    def _activate_beside(self, activated: list[uuid.UUID], stale: list[uuid.UUID]) -> None:
+        """The version's switch in the collections beside the live one, for the points
+        they hold (a building collection gets the rest from its build)."""
+        live = self.rt.index.collection
+        for target in self.rt.pointer.get().writes:
+            if target.collection == live:
+                continue
+            try:
+                beside = ChunkIndex(self.rt.store, target.collection)
+                beside.activate_version(list(beside.existing_ids(activated)), stale)
+            except Exception as exc:  # best effort, as _write_beside
+                log.warning(
+                    "ingest.activate_beside_failed",
+                    collection=target.collection,
+                    error=str(exc)[:300],
+                )
 
     def _chunk_rows(self, drafts: list[ChunkDraft]) -> list[dict[str, object]]:
         s = self.subject
@@ -194,10 +256,10 @@ class IngestRun:
             # document keeps serving what it served.
             current = s.version >= newest
             if current:
-                self.rt.index.activate_version(
-                    [chunk_id(s.document_id, s.version, p) for p in range(chunk_count)],
-                    chunks.delete_other_versions(s.document_id, s.version_id),
-                )
+                activated = [chunk_id(s.document_id, s.version, p) for p in range(chunk_count)]
+                stale = chunks.delete_other_versions(s.document_id, s.version_id)
+                self.rt.index.activate_version(activated, stale)
+                self._activate_beside(activated, stale)
             documents.mark_ready(s.document_id, s.version_id, s.version, current=current)
             if current:
                 documents.set_language(

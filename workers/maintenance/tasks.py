@@ -34,6 +34,9 @@ __all__ = [
 TASK_MODULES: tuple[str, ...] = (
     "workers.maintenance.backup",
     "workers.maintenance.uploads",
+    "workers.maintenance.reindex",
+    "workers.maintenance.cleanup",
+    "workers.maintenance.warmup",
 )
 
 
