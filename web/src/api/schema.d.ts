@@ -2364,6 +2364,8 @@ export interface components {
              * Format: uuid
              */
             document_id: string;
+            /** Embed Model */
+            embed_model?: string | null;
             /** Heading */
             heading: string | null;
             /**
