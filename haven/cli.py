@@ -273,38 +273,11 @@ def maintenance_run(
         report = _run_here(name)
         typer.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
         return
-    import redis as redis_lib
-
     from haven.db.tables import JobState
     from haven.jobs import TERMINAL
-    from haven.maintenance import platform_jobs, request_run, send_run
-    from haven.maintenance_settings import MaintenanceSettings
-    from haven.queueing import create_celery
+    from haven.maintenance import platform_jobs
 
-    settings = StoreSettings()
-    with _platform_transaction() as session:
-        request = request_run(
-            session,
-            AuditLog(session, None, None),
-            name,
-            trigger="cli",
-            max_attempts=MaintenanceSettings().max_attempts,
-        )
-        job_id = request.job.id
-    client = redis_lib.Redis.from_url(settings.redis_url)
-    try:
-        if request.created:
-            send_run(
-                create_celery(settings),
-                client,
-                request.job,
-                expires_seconds=settings.task_expires_seconds,
-            )
-            typer.echo(f"queued {name}: job {job_id}")
-        else:
-            typer.echo(f"{name} is already {request.job.state.value}: job {job_id}")
-    finally:
-        client.close()
+    job_id = _queue(name, {})
     if not wait:
         return
     deadline = time.monotonic() + timeout
@@ -367,7 +340,9 @@ def _logs_to_stderr() -> None:
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
 
 
-def _run_here(name: str) -> dict[str, object]:
+def _run_here(name: str, params: dict[str, Any] | None = None) -> dict[str, object]:
+    """Run a maintenance task in this process, without a job or a worker (with the embedded
+    store, only while Haven is stopped)."""
     from haven.queueing import create_celery
     from haven.vectors import close_embedded
     from workers.maintenance.handler import run_here
@@ -381,6 +356,7 @@ def _run_here(name: str) -> dict[str, object]:
         return run_here(
             runtime,
             name,
+            params or {},
             progress=lambda done, total, label: typer.echo(f"  {label}: {done}/{total}", err=True),
         )
     finally:
@@ -553,28 +529,15 @@ def _queue_task(name: str, params: dict[str, Any], *, here: bool) -> None:
     import json
 
     if here:
-        from haven.queueing import create_celery
-        from haven.vectors import close_embedded
-        from workers.maintenance.handler import run_here
-        from workers.runtime import WorkerRuntime
-        from workers.settings import WorkerSettings
-
-        worker_settings = WorkerSettings()
-        runtime = WorkerRuntime(settings=worker_settings, celery=create_celery(worker_settings))
-        try:
-            report = run_here(
-                runtime,
-                name,
-                params,
-                progress=lambda done, total, label: typer.echo(
-                    f"  {label}: {done}/{total}", err=True
-                ),
-            )
-        finally:
-            if not worker_settings.qdrant_url:
-                close_embedded(worker_settings)
+        report = _run_here(name, params)
         typer.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
         return
+    _queue(name, params)
+
+
+def _queue(name: str, params: dict[str, Any]) -> uuid.UUID:
+    """Queue a run of ``name`` (as the schedule does) for a maintenance worker; while a run of
+    the task is queued or running, that run is the one answered. Its job id."""
     import redis as redis_lib
 
     from haven.maintenance import request_run, send_run
@@ -591,6 +554,7 @@ def _queue_task(name: str, params: dict[str, Any], *, here: bool) -> None:
             max_attempts=MaintenanceSettings().max_attempts,
             params=params,
         )
+        job_id = request.job.id
     client = redis_lib.Redis.from_url(settings.redis_url)
     try:
         if request.created:
@@ -600,11 +564,12 @@ def _queue_task(name: str, params: dict[str, Any], *, here: bool) -> None:
                 request.job,
                 expires_seconds=settings.task_expires_seconds,
             )
-            typer.echo(f"queued {name}: job {request.job.id} (haven maintenance list)")
+            typer.echo(f"queued {name}: job {job_id} (haven maintenance list)")
         else:
-            typer.echo(f"{name} is already {request.job.state.value}: job {request.job.id}")
+            typer.echo(f"{name} is already {request.job.state.value}: job {job_id}")
     finally:
         client.close()
+    return job_id
 
 
 @maintenance_app.command("re-index")
