@@ -1,6 +1,6 @@
 "use client";
 
-import { useCallback, useEffect, useState } from "react";
+import { type ReactNode, useCallback, useEffect, useState } from "react";
 import { api, messageOf, must, type Schemas } from "@/api/client";
 import type { Role } from "@/lib/auth";
 import { useAuth } from "@/lib/auth";
@@ -33,6 +33,34 @@ function useLoad<T>(load: () => Promise<T>) {
   }, [round]);
   const reload = useCallback(async () => setRound((r) => r + 1), []);
   return { data, error, setError, reload };
+}
+
+/** A scrollable table with its column headings; `children` are its rows. */
+function Table({
+  columns,
+  testId,
+  children,
+}: {
+  columns: string[];
+  testId?: string;
+  children: ReactNode;
+}) {
+  return (
+    <div className="table-wrap">
+      <table data-testid={testId}>
+        <thead>
+          <tr>
+            {columns.map((column) => (
+              <th key={column} scope="col">
+                {column}
+              </th>
+            ))}
+          </tr>
+        </thead>
+        <tbody>{children}</tbody>
+      </table>
+    </div>
+  );
 }
 
 function Problem({ text }: { text: string | null }) {
@@ -75,54 +103,42 @@ export function Users() {
     <div className="stack">
       <h2>Users</h2>
       <Problem text={error} />
-      <div className="table-wrap">
-        <table data-testid="users">
-          <thead>
-            <tr>
-              <th scope="col">Username</th>
-              <th scope="col">Role</th>
-              <th scope="col">Active</th>
-              <th scope="col">Created</th>
-            </tr>
-          </thead>
-          <tbody>
-            {data?.map((u) => (
-              <tr key={u.id}>
-                <td>{u.username}</td>
-                <td>
-                  <label className="sr-only" htmlFor={`role-${u.id}`}>
-                    Role of {u.username}
-                  </label>
-                  <select
-                    id={`role-${u.id}`}
-                    value={u.role}
-                    disabled={u.id === me?.subject_id || u.role === "admin"}
-                    onChange={(e) => void update(u.id, { role: e.target.value as Role })}
-                  >
-                    {(u.role === "admin" ? ["admin" as Role] : ROLES).map((r) => (
-                      <option key={r} value={r}>
-                        {r}
-                      </option>
-                    ))}
-                  </select>
-                </td>
-                <td>
-                  <button
-                    type="button"
-                    disabled={u.id === me?.subject_id}
-                    onClick={() => void update(u.id, { is_active: !u.is_active })}
-                    aria-label={`${u.is_active ? "Disable" : "Enable"} ${u.username}`}
-                  >
-                    {u.is_active ? "Disable" : "Enable"}
-                  </button>{" "}
-                  {u.is_active ? "active" : "disabled"}
-                </td>
-                <td>{when(u.created_at)}</td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
+      <Table testId="users" columns={["Username", "Role", "Active", "Created"]}>
+        {data?.map((u) => (
+          <tr key={u.id}>
+            <td>{u.username}</td>
+            <td>
+              <label className="sr-only" htmlFor={`role-${u.id}`}>
+                Role of {u.username}
+              </label>
+              <select
+                id={`role-${u.id}`}
+                value={u.role}
+                disabled={u.id === me?.subject_id || u.role === "admin"}
+                onChange={(e) => void update(u.id, { role: e.target.value as Role })}
+              >
+                {(u.role === "admin" ? ["admin" as Role] : ROLES).map((r) => (
+                  <option key={r} value={r}>
+                    {r}
+                  </option>
+                ))}
+              </select>
+            </td>
+            <td>
+              <button
+                type="button"
+                disabled={u.id === me?.subject_id}
+                onClick={() => void update(u.id, { is_active: !u.is_active })}
+                aria-label={`${u.is_active ? "Disable" : "Enable"} ${u.username}`}
+              >
+                {u.is_active ? "Disable" : "Enable"}
+              </button>{" "}
+              {u.is_active ? "active" : "disabled"}
+            </td>
+            <td>{when(u.created_at)}</td>
+          </tr>
+        ))}
+      </Table>
       <form onSubmit={(e) => void create(e)} className="card row filters">
         <h3 className="full">Add a user</h3>
         <label>
@@ -204,40 +220,27 @@ export function ApiKeys() {
           </div>
         </div>
       )}
-      <div className="table-wrap">
-        <table>
-          <thead>
-            <tr>
-              <th scope="col">Name</th>
-              <th scope="col">Prefix</th>
-              <th scope="col">Role</th>
-              <th scope="col">Last used</th>
-              <th scope="col">State</th>
-            </tr>
-          </thead>
-          <tbody>
-            {data?.map((k) => (
-              <tr key={k.id}>
-                <td>{k.name}</td>
-                <td>
-                  <code>{k.prefix}</code>
-                </td>
-                <td>{k.role}</td>
-                <td>{when(k.last_used_at)}</td>
-                <td>
-                  {k.revoked_at ? (
-                    `revoked ${when(k.revoked_at)}`
-                  ) : (
-                    <button type="button" className="danger" onClick={() => void revoke(k.id)} aria-label={`Revoke ${k.name}`}>
-                      Revoke
-                    </button>
-                  )}
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
+      <Table columns={["Name", "Prefix", "Role", "Last used", "State"]}>
+        {data?.map((k) => (
+          <tr key={k.id}>
+            <td>{k.name}</td>
+            <td>
+              <code>{k.prefix}</code>
+            </td>
+            <td>{k.role}</td>
+            <td>{when(k.last_used_at)}</td>
+            <td>
+              {k.revoked_at ? (
+                `revoked ${when(k.revoked_at)}`
+              ) : (
+                <button type="button" className="danger" onClick={() => void revoke(k.id)} aria-label={`Revoke ${k.name}`}>
+                  Revoke
+                </button>
+              )}
+            </td>
+          </tr>
+        ))}
+      </Table>
       <form onSubmit={(e) => void create(e)} className="card row filters">
         <label>
           Name
@@ -269,36 +272,23 @@ export function Audit() {
     <div className="stack">
       <h2>Audit log</h2>
       <Problem text={error} />
-      <div className="table-wrap">
-        <table data-testid="audit">
-          <thead>
-            <tr>
-              <th scope="col">When</th>
-              <th scope="col">Who</th>
-              <th scope="col">Action</th>
-              <th scope="col">Target</th>
-              <th scope="col">Request</th>
-            </tr>
-          </thead>
-          <tbody>
-            {data?.map((a) => (
-              <tr key={a.id}>
-                <td>{when(a.created_at)}</td>
-                <td>
-                  {a.actor_kind} {a.actor_id?.slice(0, 8)}
-                </td>
-                <td>{a.action}</td>
-                <td>
-                  {a.target_type} {a.target_id?.slice(0, 8)}
-                </td>
-                <td>
-                  <code>{a.request_id?.slice(0, 12)}</code>
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
+      <Table testId="audit" columns={["When", "Who", "Action", "Target", "Request"]}>
+        {data?.map((a) => (
+          <tr key={a.id}>
+            <td>{when(a.created_at)}</td>
+            <td>
+              {a.actor_kind} {a.actor_id?.slice(0, 8)}
+            </td>
+            <td>{a.action}</td>
+            <td>
+              {a.target_type} {a.target_id?.slice(0, 8)}
+            </td>
+            <td>
+              <code>{a.request_id?.slice(0, 12)}</code>
+            </td>
+          </tr>
+        ))}
+      </Table>
     </div>
   );
 }
@@ -430,28 +420,16 @@ export function Usage() {
               })}
             </ol>
           </figure>
-          <div className="table-wrap">
-            <table>
-              <thead>
-                <tr>
-                  <th scope="col">Who</th>
-                  <th scope="col">Answers</th>
-                  <th scope="col">Tokens</th>
-                  <th scope="col">Errors</th>
-                </tr>
-              </thead>
-              <tbody>
-                {usage.users.map((u) => (
-                  <tr key={`${u.user_id}-${u.api_key_id}`}>
-                    <td>{u.username ?? u.api_key_name ?? "–"}</td>
-                    <td>{u.requests}</td>
-                    <td>{u.prompt_tokens + u.completion_tokens}</td>
-                    <td>{u.errors}</td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
-          </div>
+          <Table columns={["Who", "Answers", "Tokens", "Errors"]}>
+            {usage.users.map((u) => (
+              <tr key={`${u.user_id}-${u.api_key_id}`}>
+                <td>{u.username ?? u.api_key_name ?? "–"}</td>
+                <td>{u.requests}</td>
+                <td>{u.prompt_tokens + u.completion_tokens}</td>
+                <td>{u.errors}</td>
+              </tr>
+            ))}
+          </Table>
         </>
       )}
     </div>
@@ -490,32 +468,20 @@ export function Tenants() {
     <div className="stack">
       <h2>Tenants</h2>
       <Problem text={error} />
-      <div className="table-wrap">
-        <table>
-          <thead>
-            <tr>
-              <th scope="col">Slug</th>
-              <th scope="col">Name</th>
-              <th scope="col">Budget</th>
-              <th scope="col">Active</th>
-            </tr>
-          </thead>
-          <tbody>
-            {data?.map((t) => (
-              <tr key={t.id}>
-                <td>{t.slug}</td>
-                <td>{t.name}</td>
-                <td>{t.token_budget ?? "unlimited"}</td>
-                <td>
-                  <button type="button" onClick={() => void toggle(t)} aria-label={`${t.is_active ? "Disable" : "Enable"} ${t.slug}`}>
-                    {t.is_active ? "Disable" : "Enable"}
-                  </button>
-                </td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
+      <Table columns={["Slug", "Name", "Budget", "Active"]}>
+        {data?.map((t) => (
+          <tr key={t.id}>
+            <td>{t.slug}</td>
+            <td>{t.name}</td>
+            <td>{t.token_budget ?? "unlimited"}</td>
+            <td>
+              <button type="button" onClick={() => void toggle(t)} aria-label={`${t.is_active ? "Disable" : "Enable"} ${t.slug}`}>
+                {t.is_active ? "Disable" : "Enable"}
+              </button>
+            </td>
+          </tr>
+        ))}
+      </Table>
       <form onSubmit={(e) => void create(e)} className="card row filters">
         <label>
           Slug
