@@ -49,6 +49,23 @@ class LoadedModel:
             slot.close()
 
 
+def warm_cache(settings: LlmSettings, refs: list[str]) -> list[str]:
+    """Download (and verify) these generation model versions into the local cache without
+    loading them, so a restart after an alias switch does not wait for the object store;
+    returns the refs. ``ValueError`` for a version that is not a generation model."""
+    registry = registry_from_settings(settings)
+    cache = ModelCache(registry, settings.cache_dir)
+    done = []
+    for ref in refs:
+        name, _, version = ref.partition("/")
+        manifest = registry.manifest(name, version)
+        if manifest.type != "llm":
+            raise ValueError(f"{ref} is a {manifest.type} model, not a generation model")
+        cache.fetch_version(manifest)
+        done.append(ref)
+    return done
+
+
 def load_model(settings: LlmSettings) -> LoadedModel:
     """Blocking: download (or reuse the cache), verify every checksum, then load.
 

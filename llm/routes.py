@@ -7,10 +7,11 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from haven.contracts.embeddings import WarmRequest
 from haven.contracts.llm import TokenizeRequest, TokenizeResponse
 from haven.contracts.openai import (
     ChatCompletionRequest,
@@ -22,7 +23,7 @@ from haven.contracts.openai import (
     new_id,
     now,
 )
-from llm.model import LoadedModel
+from llm.model import LoadedModel, warm_cache
 from llm.service import Generation, LlmService, NotReady, Prompt
 from llm.slots import ANONYMOUS, Overloaded, Priority
 from llm.streaming import (
@@ -36,6 +37,7 @@ from llm.streaming import (
     timeout_message,
     usage_of,
 )
+from models.registry import RegistryError
 
 # The fair queue's placement of a request (see ``llm.slots``), sent by the API and workers.
 TENANT_HEADER = "X-Haven-Tenant"
@@ -145,6 +147,17 @@ async def completions(body: CompletionRequest, request: Request, runtime: Runtim
     prompt = await asyncio.to_thread(service.completion_prompt, body)
     shape = TextShape(new_id("cmpl"), now(), service.settings.llm_alias)
     return await _generate(runtime, body, prompt, shape, request, arrived, deadline)
+
+
+@router.post("/warm", tags=["haven"])
+async def warm(body: WarmRequest, runtime: RuntimeDep) -> dict[str, Any]:
+    """Download these model versions into the cache (not loaded): after an alias switch the
+    next start finds them local (the ``warmup`` maintenance task)."""
+    try:
+        done = await asyncio.to_thread(warm_cache, runtime.service.settings, body.models)
+    except (RegistryError, ValueError) as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    return {"cached": done}
 
 
 @router.post("/tokenize", tags=["haven"])

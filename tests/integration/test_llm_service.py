@@ -279,6 +279,32 @@ def test_tampered_gguf_is_never_served(
     assert not list((tmp_path / "cache").rglob("*.gguf"))
 
 
+def test_warm_downloads_another_version_into_the_cache_without_serving_it(
+    shared_service: Service, tiny_model: TinyModel
+) -> None:
+    """The warmup task's call: after an alias switch, the next start finds the new version
+    local and verified instead of waiting for the object store."""
+    newer = publish_tiny_gguf(
+        shared_service.registry, tiny_model, alias="chat-next", version="2-warm"
+    )
+    folder = shared_service.settings.cache_dir / newer.name / newer.version
+    assert not folder.exists()
+    url = f"{shared_service.url}/warm"
+
+    response = httpx.post(url, json={"models": [newer.ref]}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"cached": [newer.ref]}
+    cached = folder / newer.files[0].path
+    assert sha256_file(cached) == newer.files[0].sha256
+    # Downloaded, not loaded: the service still answers with the version it started with.
+    assert shared_service.info()["version"] == shared_service.manifest.version
+
+    for refused in (["nope/1"], ["a\x00/1"], [shared_service.manifest.name]):
+        answer = httpx.post(url, json={"models": refused}, timeout=30)
+        assert answer.status_code == 404, (refused, answer.text)
+    assert httpx.post(url, json={"models": []}, timeout=30).status_code == 422
+
+
 # -- bad input -----------------------------------------------------------------------------
 
 

@@ -1,16 +1,18 @@
-"""The ``warmup`` task: every embedding alias's target (and every generation alias's) is
+"""The ``warmup`` task: every embedding alias's target and every generation alias's is
 downloaded into the model caches ahead of need, so that moving an alias, a re-index pinning
 the new version or a restart of a service does not wait for the object store.
 
 The worker's own cache gets the embedding models (the ingest tokenizer is read from it); emb
-is asked to fetch them into its cache (``POST /warm``, verified, not loaded). The generation
-service's cache is not reachable from here: it fetches its alias at start.
+is asked to fetch them into its cache and llm the generation models into its own (``POST
+/warm`` on each: downloaded and verified, not loaded). llm serves one alias and loads it at
+start, so after its alias moves the restart finds the new version local.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import structlog
 
 from haven.emb_client import EmbeddingRejected, EmbeddingUnavailable
@@ -45,4 +47,25 @@ def warmup(ctx: TaskContext) -> dict[str, Any]:
     except (EmbeddingUnavailable, EmbeddingRejected) as exc:
         log.warning("warmup.emb_failed", error=str(exc))
         report["emb_cache"] = {"error": str(exc)}
+    generation = sorted(
+        {
+            manifest.ref
+            for record in registry.aliases()
+            if (manifest := registry.manifest(record.name, record.version)).type == "llm"
+        }
+    )
+    report["llm_cache"] = _warm_llm(rt.settings.llm_url, generation) if generation else []
     return report
+
+
+def _warm_llm(llm_url: str, refs: list[str]) -> list[str] | dict[str, str]:
+    """llm's ``POST /warm``; a generation service that is down or refuses is reported, not
+    fatal (the next run tries again)."""
+    try:
+        # Downloading a model of a few GB from the object store takes a while.
+        response = httpx.post(f"{llm_url}/warm", json={"models": refs}, timeout=1800.0)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        log.warning("warmup.llm_failed", error=str(exc))
+        return {"error": str(exc)}
+    return [str(ref) for ref in response.json()["cached"]]

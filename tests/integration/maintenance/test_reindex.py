@@ -235,7 +235,8 @@ def test_warmup_fetches_the_aliases_targets_into_the_worker_and_emb_caches(
     cache = haven.rt.settings.model_cache_dir
     registry.set_alias(ALIAS, "tiny-b", "1")
     report = warmup(haven.context())
-    assert report == {"worker_cache": ["tiny-b/1"], "emb_cache": ["tiny-b/1"]}
+    # No generation alias in this registry: nothing for llm to fetch.
+    assert report == {"worker_cache": ["tiny-b/1"], "emb_cache": ["tiny-b/1"], "llm_cache": []}
     assert (cache / "tiny-b" / "1" / "manifest.json").is_file()
 
 
