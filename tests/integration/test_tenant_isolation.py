@@ -213,9 +213,11 @@ FACTORIES: dict[str, Factory] = {
     # DELETE /admin/run-access/{subject_kind}/{subject_id}: the kind is a word, not an id.
     "subject_kind": Factory(lambda w, o: "user", lambda w, o, i: True),
     "subject_id": Factory(_make_run_access, _run_access_untouched),
+    # POST /admin/maintenance/{name}/run: a task's name, platform-wide (not a tenant's).
+    "name": Factory(lambda w, o: "stale-uploads", lambda w, o, i: True),
 }
 # What an unknown object's path takes where a parameter is not an id.
-NOT_IDS: dict[str, str] = {"subject_kind": "user"}
+NOT_IDS: dict[str, str] = {"subject_kind": "user", "name": "no-such-task"}
 
 # Bodies valid for the route's schema, so that validation (422) cannot hide the 404.
 BODIES: dict[tuple[str, str], dict[str, object]] = {
@@ -233,6 +235,8 @@ PLATFORM_ONLY = {
     "/api/v1/admin/tenants/{tenant_id}",
     "/api/v1/admin/tenants/{tenant_id}/budget",
     "/api/v1/admin/tenants/{tenant_id}/limits",
+    "/api/v1/admin/maintenance/{name}/run",
+    "/api/v1/admin/maintenance/runs/{job_id}/cancel",
 }
 
 
