@@ -14,7 +14,6 @@ serialised by a transaction-scoped advisory lock. The worker's task lock
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +22,16 @@ from celery import Celery
 from sqlalchemy.orm import Session
 
 from haven.db.repositories import AuditLog, MaintenanceJobs
-from haven.db.tables import Job, JobKind
+from haven.db.tables import (
+    PLATFORM_TENANT_ID,
+    PLATFORM_TENANT_NAME,
+    PLATFORM_TENANT_SLUG,
+    Job,
+    JobKind,
+)
 from haven.queueing import send_job_once, task_for
 
-PLATFORM_TENANT_ID = uuid.UUID("00000000-0000-0000-0000-000000000001")
-PLATFORM_TENANT_SLUG = "_platform"  # no API-created slug starts with "_"
-PLATFORM_TENANT_NAME = "Platform (maintenance)"
+__all__ = ["PLATFORM_TENANT_ID", "PLATFORM_TENANT_NAME", "PLATFORM_TENANT_SLUG"]
 
 
 def platform_jobs(session: Session) -> MaintenanceJobs:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from haven.auth.principal import Principal
 from haven.db.tables import (
+    PLATFORM_TENANT_ID,
     Analysis,
     ApiKey,
     AuditEntry,
@@ -156,9 +157,13 @@ class PlatformRepository:
         self.session = session
 
     def tenants(self) -> Sequence[Tenant]:
-        return self.session.execute(select(Tenant).order_by(Tenant.created_at)).scalars().all()
+        """The customers' tenants (not the platform's own, which only owns maintenance)."""
+        stmt = select(Tenant).where(Tenant.id != PLATFORM_TENANT_ID).order_by(Tenant.created_at)
+        return self.session.execute(stmt).scalars().all()
 
     def tenant(self, tenant_id: uuid.UUID) -> Tenant | None:
+        if tenant_id == PLATFORM_TENANT_ID:
+            return None
         return self.session.get(Tenant, tenant_id)
 
     def tenant_by_slug(self, slug: str) -> Tenant | None:

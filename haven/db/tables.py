@@ -112,6 +112,14 @@ def _tenant_fk() -> Mapped[uuid.UUID]:
     return mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True, nullable=False)
 
 
+# The platform's own tenant: it owns the platform-wide maintenance jobs (every job belongs to a
+# tenant), is inactive and has no users; created by the ``0005_maintenance`` migration. It is
+# not a customer's tenant: ``PlatformRepository`` neither lists nor finds it.
+PLATFORM_TENANT_ID = uuid.UUID("00000000-0000-0000-0000-000000000001")
+PLATFORM_TENANT_SLUG = "_platform"  # no API-created slug starts with "_"
+PLATFORM_TENANT_NAME = "Platform (maintenance)"
+
+
 class Tenant(Timestamped, Base):
     __tablename__ = "tenants"
 

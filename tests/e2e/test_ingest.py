@@ -14,6 +14,7 @@ from transformers import AutoTokenizer
 
 from haven.db.engine import transaction
 from haven.db.tables import Chunk
+from haven.index_pointer import IndexPointers
 from haven.settings import StoreSettings
 from haven.vectors import close_embedded, make_index, make_qdrant
 from models.loader import ModelCache
@@ -118,13 +119,16 @@ def expected_chunks(stack: Stack, files: list[tuple[str, bytes]], tmp: Path) -> 
 
 def qdrant_points(stack: Stack, tenant_id: uuid.UUID) -> int:
     """Count the tenant's points with the API process stopped (the embedded store is
-    single-process)."""
+    single-process), in the collection the index pointer names live: the suite's modules
+    share one database, and its pointer keeps the collection of the first ingest."""
     settings = StoreSettings(
         qdrant_path=Path(stack.env["HAVEN_QDRANT_PATH"]),
         qdrant_collection=stack.env["HAVEN_QDRANT_COLLECTION"],
     )
+    with transaction(stack.session_factory) as session:
+        pointer = IndexPointers(session, settings.qdrant_collection).read()
     try:
-        return make_index(settings, make_qdrant(settings)).count(tenant_id)
+        return make_index(settings, make_qdrant(settings), pointer).count(tenant_id)
     finally:
         close_embedded(settings)
 

@@ -189,6 +189,27 @@ def test_only_platform_admins_reach_maintenance(
     assert unknown.status_code == 404
 
 
+def test_the_platform_tenant_that_owns_maintenance_is_no_customer_tenant(
+    api_client: TestClient, session_factory: sessionmaker[Session], platform_admin: Account
+) -> None:
+    """It exists (the migration made it) but is not listed, changed or deleted through the
+    API, and a fresh installation still counts as empty (``haven up`` creates its admin)."""
+    from haven.db.repositories import PlatformRepository
+    from haven.db.tables import Tenant
+
+    with transaction(session_factory) as session:
+        assert session.get(Tenant, PLATFORM_TENANT_ID) is not None
+        assert PLATFORM_TENANT_ID not in {t.id for t in PlatformRepository(session).tenants()}
+    headers = platform_admin.headers
+    listed = api_client.get("/api/v1/admin/tenants", headers=headers).json()
+    assert str(PLATFORM_TENANT_ID) not in {t["id"] for t in listed}
+    path = f"/api/v1/admin/tenants/{PLATFORM_TENANT_ID}"
+    assert api_client.patch(path, json={"is_active": True}, headers=headers).status_code == 404
+    assert api_client.delete(path, headers=headers).status_code == 404
+    with transaction(session_factory) as session:
+        assert session.get(Tenant, PLATFORM_TENANT_ID) is not None
+
+
 def test_a_second_request_returns_the_run_already_queued(
     store_overrides: dict[str, Any],
     store_settings: StoreSettings,
