@@ -63,6 +63,19 @@ function Table({
   );
 }
 
+/** A choice of the roles a tenant admin can give. */
+function RoleSelect({ value, onChange }: { value: Role; onChange: (role: Role) => void }) {
+  return (
+    <select value={value} onChange={(e) => onChange(e.target.value as Role)}>
+      {ROLES.map((r) => (
+        <option key={r} value={r}>
+          {r}
+        </option>
+      ))}
+    </select>
+  );
+}
+
 function Problem({ text }: { text: string | null }) {
   return text ? (
     <p role="alert" className="error">
@@ -158,13 +171,7 @@ export function Users() {
         </label>
         <label>
           Role
-          <select value={role} onChange={(e) => setRole(e.target.value as Role)}>
-            {ROLES.map((r) => (
-              <option key={r} value={r}>
-                {r}
-              </option>
-            ))}
-          </select>
+          <RoleSelect value={role} onChange={setRole} />
         </label>
         <button type="submit" className="primary">
           Add user
@@ -248,13 +255,7 @@ export function ApiKeys() {
         </label>
         <label>
           Role
-          <select value={role} onChange={(e) => setRole(e.target.value as Role)}>
-            {ROLES.map((r) => (
-              <option key={r} value={r}>
-                {r}
-              </option>
-            ))}
-          </select>
+          <RoleSelect value={role} onChange={setRole} />
         </label>
         <button type="submit" className="primary">
           Create key
