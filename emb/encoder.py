@@ -175,26 +175,34 @@ class OnnxEncoder:
         return Encoded(vectors, [min(n, window) for n in lengths], [n > window for n in lengths])
 
     def _forward(self, encodings: list[Any]) -> npt.NDArray[np.float32]:
-        window = self.max_seq_length
-        rows = [_truncated(e.ids, window) for e in encodings]
-        types = [_truncated(e.type_ids, window) for e in encodings]
-        width = max(len(r) for r in rows)
-        ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
-        type_ids = np.zeros((len(rows), width), dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for n, (row, type_row) in enumerate(zip(rows, types, strict=True)):
-            ids[n, : len(row)] = row
-            type_ids[n, : len(row)] = type_row
-            mask[n, : len(row)] = 1
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self._inputs:
-            feed["token_type_ids"] = type_ids
+        feed = token_feed(encodings, self.max_seq_length, self._pad_id, self._inputs)
         hidden = self.session.run([self._output], feed)[0]
-        pooled = pool(np.asarray(hidden, dtype=np.float32), mask, self.pooling)
+        pooled = pool(np.asarray(hidden, dtype=np.float32), feed["attention_mask"], self.pooling)
         if self.normalized:
             norms = np.linalg.norm(pooled, axis=1, keepdims=True)
             pooled = pooled / np.maximum(norms, 1e-12)
         return pooled
+
+
+def token_feed(
+    encodings: list[Any], window: int, pad_id: int, inputs: set[str]
+) -> dict[str, npt.NDArray[np.int64]]:
+    """An exported encoder's inputs for one pass: the tokenizer's ``encodings`` cut to the
+    window and padded to the longest of them (ids, attention mask, token types if taken)."""
+    rows = [_truncated(e.ids, window) for e in encodings]
+    types = [_truncated(e.type_ids, window) for e in encodings]
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    type_ids = np.zeros((len(rows), width), dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for n, (row, type_row) in enumerate(zip(rows, types, strict=True)):
+        ids[n, : len(row)] = row
+        type_ids[n, : len(row)] = type_row
+        mask[n, : len(row)] = 1
+    feed = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in inputs:
+        feed["token_type_ids"] = type_ids
+    return feed
 
 
 def _truncated(values: list[int], window: int) -> list[int]:

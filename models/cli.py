@@ -160,7 +160,15 @@ def optimize(
     ] = "ffn+attention",
     keep_last_layers: Annotated[
         int, typer.Option(help="last transformer layers left in fp32", min=0)
-    ] = 1,
+    ] = 0,
+    outlier_ratio: Annotated[
+        float,
+        typer.Option(
+            help="input channels peaking above this multiple of the median channel are kept"
+            " out of the int8 step (fp32 or rescaled); 0 quantises them with the rest",
+            min=0,
+        ),
+    ] = 4.0,
     per_channel: Annotated[bool, typer.Option(help="one weight scale per channel")] = True,
     reduce_range: Annotated[
         bool, typer.Option(help="7-bit weights (avoids saturation on CPUs without VNNI)")
@@ -207,6 +215,7 @@ def optimize(
             per_channel=per_channel,
             reduce_range=reduce_range,
             keep_last_layers=keep_last_layers,
+            outlier_ratio=outlier_ratio or None,
         )
         if quantize
         else None

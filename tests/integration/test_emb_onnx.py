@@ -4,6 +4,7 @@ to PyTorch's, and a tampered exported file keeps the service not ready."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from emb.encoder import DenseEncoder, OnnxEncoder
 from emb.main import create_app
 from haven.cli import app as haven_cli
 from models.loader import LocalModel, ModelCache
-from models.optimize import export
+from models.optimize import QuantizeOptions, export, split_outliers
 from models.registry import ModelRegistry
 from models.store import registry_from_settings
 from tests.integration.test_emb_service import cosines, emb_settings, flip_byte, wait_until_settled
@@ -126,6 +127,40 @@ def test_the_quantised_model_stays_within_the_quality_bar(
     local = ModelCache(registry, tmp_path).fetch("minilm-int8")
     vectors = encoder_of(local.path).encode(TEXTS).vectors
     assert cosines(vectors, reference.encode(TEXTS)).mean() >= 0.99
+
+
+def test_the_outlier_rewrite_changes_nothing_before_quantisation(
+    fp32_folder: Path, reference: SentenceTransformer, tmp_path: Path
+) -> None:
+    # The graph rewrite that keeps outlier channels out of the int8 step (an fp32 side path
+    # for the GELU outliers, rescaled layer-norm outliers) is exact arithmetic: on the fp32
+    # model it must give the same vectors.
+    folder = tmp_path / "rewritten"
+    shutil.copytree(fp32_folder, folder)
+    handled = split_outliers(
+        folder / "model.onnx", reference, folder / "tokenizer.json", QuantizeOptions()
+    )
+    assert handled > 0
+    before = encoder_of(fp32_folder).encode(TEXTS).vectors
+    after = encoder_of(folder).encode(TEXTS).vectors
+    assert cosines(after, before).min() >= 0.99999
+
+
+def test_keeping_outlier_channels_out_of_int8_halves_the_drift(
+    reference: SentenceTransformer, tmp_path: Path
+) -> None:
+    expected = reference.encode(TEXTS)
+    drift = {}
+    for name, options in (
+        ("plain", QuantizeOptions(outlier_ratio=None)),
+        ("split", QuantizeOptions()),
+    ):
+        exported = export(MODEL_DIR, tmp_path / name, quantize=options)
+        assert exported.quantization is not None
+        assert (exported.quantization["outliers"] > 0) == (name == "split")
+        drift[name] = 1 - cosines(encoder_of(exported.folder).encode(TEXTS).vectors, expected)
+    assert drift["split"].mean() <= 0.005
+    assert drift["split"].mean() < 0.6 * drift["plain"].mean()
 
 
 def test_optimize_refuses_to_publish_below_the_quality_floor(
