@@ -17,11 +17,13 @@ class EmbSettings(ModelStoreSettings):
     emb_aliases: Annotated[list[str], NoDecode] = [DEFAULT_EMBED_ALIAS]
     emb_device: str = "cpu"
     # Processes holding a copy of each model, taking batches from the model's one queue
-    # (emb.replica). On CPU, replicas sharing out the cores keep them busier than one replica
-    # spreading every operation over all of them: on 2 cores (bench/emb), 2 replicas of one
-    # thread served ~10% more texts/s than 1 of two threads, for one more copy in memory.
-    # On a GPU, 1.
-    emb_replicas: int = Field(default=2, ge=1)
+    # (emb.replica), the cores shared out among them. On 2 quiet cores (bench/emb/backends
+    # --settings, two runs) one replica of two threads beat two of one thread for both
+    # backends: ONNX int8 1.83x raw PyTorch on 256-token chunks and 1.46x on sentences
+    # against 1.65x and 1.10x; PyTorch 0.95x / 0.69x against 0.84x / 0.54x. Two replicas
+    # only won on a machine busy with other work, where a descheduled thread stalls the
+    # others of its operation. On a GPU, 1.
+    emb_replicas: int = Field(default=1, ge=1)
     # Intra-op threads per replica (torch's, or ONNX Runtime's for an `onnx` model); None
     # shares the cores out among the replicas.
     emb_torch_threads: int | None = Field(default=None, ge=1)
@@ -32,7 +34,9 @@ class EmbSettings(ModelStoreSettings):
     # Texts of one model call are sorted by length and run in forward passes of this size:
     # less padding than one pass over a mixed batch. On CPU a pass of 4 texts costs no more
     # per token than one of 32, so short passes win: 4 served ~5% more texts/s than 8 and
-    # ~25% more than 16 in bench/emb (sentences of 10-190 tokens). On a GPU, larger.
+    # ~25% more than 16 in bench/emb (sentences of 10-190 tokens); the same for ONNX Runtime
+    # (bench/emb/backends: on chunks 4 and 8 equal, 16 slower; on sentences 4 best). On a
+    # GPU, larger.
     emb_encode_batch_size: int = Field(default=4, ge=1)
     # Texts waiting per model beyond which requests are refused at once (503 + Retry-After).
     emb_max_queue: int = Field(default=1024, ge=1)
