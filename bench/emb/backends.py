@@ -11,6 +11,11 @@ ingestion). The quantised model's quality is reported as its vectors' cosine to 
 on the bench texts (the retrieval bench measures nDCG).
 
     .venv/bin/python -m bench.emb.backends [--rounds 5] [--texts 600] [--chunks 200]
+
+``--settings`` sweeps how the service runs (replicas x threads per replica, texts per forward
+pass), each setting with its own service and its own rounds against raw PyTorch:
+
+    .venv/bin/python -m bench.emb.backends --settings 2x1/4,1x2/4,2x1/16
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -100,6 +105,39 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return result
 
 
+@dataclass(frozen=True)
+class Setting:
+    """How the service runs: replicas x intra-op threads each, texts per forward pass."""
+
+    replicas: int
+    threads: int
+    encode_batch_size: int | None
+
+    @property
+    def label(self) -> str:
+        batch = f", pass {self.encode_batch_size}" if self.encode_batch_size else ""
+        return f"{self.replicas}x{self.threads}{batch}"
+
+
+def parse_settings(args: argparse.Namespace) -> list[Setting]:
+    """``--settings 2x1/4,1x2/4``, or the one setting of ``--replicas``/``--threads``."""
+    if not args.settings:
+        if args.threads % args.replicas:
+            raise SystemExit("--threads must be a multiple of --replicas (equal threads per side)")
+        return [Setting(args.replicas, args.threads // args.replicas, args.encode_batch_size)]
+    settings = []
+    for item in args.settings.split(","):
+        shape, _, batch = item.strip().partition("/")
+        replicas, _, threads = shape.partition("x")
+        if not (replicas.isdigit() and threads.isdigit() and (not batch or batch.isdigit())):
+            raise SystemExit(f"--settings: {item!r} is not REPLICASxTHREADS[/BATCH]")
+        setting = Setting(int(replicas), int(threads), int(batch) if batch else None)
+        if setting.replicas * setting.threads != args.threads:
+            raise SystemExit(f"--settings: {item!r} does not use --threads {args.threads} in all")
+        settings.append(setting)
+    return settings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -110,17 +148,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="total intra-op threads per side")
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--encode-batch-size", type=int, default=None)
+    parser.add_argument(
+        "--settings",
+        default=None,
+        help="a sweep: service settings REPLICASxTHREADS[/BATCH], comma-separated, each"
+        " measured against raw PyTorch in rounds of its own (e.g. 2x1/4,1x2/4,2x1/16)",
+    )
     parser.add_argument("--max-batch-size", type=int, default=None)
     parser.add_argument("--raw-batch-size", type=int, default=32)
     parser.add_argument(
         "--ops", default="ffn+attention", help="quantised part: ffn or ffn+attention"
     )
-    parser.add_argument("--keep-last-layers", type=int, default=1)
+    parser.add_argument("--keep-last-layers", type=int, default=None)
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
-    if args.threads % args.replicas:
-        raise SystemExit("--threads must be a multiple of --replicas (equal threads per side)")
+    settings = parse_settings(args)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     sets = {"short": scifact_sentences(args.texts), "chunks": scifact_chunks(args.chunks)}
     load_start = os.getloadavg()
@@ -130,6 +173,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     raw = SentenceTransformer(str(get_model_path()), device="cpu", local_files_only=True)
+    quantize = optimize.QuantizeOptions(ops=args.ops)
+    if args.keep_last_layers is not None:
+        quantize = replace(quantize, keep_last_layers=args.keep_last_layers)
+    args.keep_last_layers = quantize.keep_last_layers
 
     with tempfile.TemporaryDirectory(prefix="haven-bench-backends-") as tmp:
         s3 = start_moto(Path(tmp))
@@ -139,7 +186,6 @@ def main() -> None:
         registry.publish(
             get_model_path(), name="minilm", version="pt", type="embed", alias=SERVED["pytorch"]
         )
-        quantize = optimize.QuantizeOptions(ops=args.ops, keep_last_layers=args.keep_last_layers)
         for backend, options in (("onnx-fp32", None), ("onnx-int8", quantize)):
             if backend not in backends:
                 continue
@@ -154,99 +200,123 @@ def main() -> None:
                 alias=SERVED[backend],
             )
         served = [b for b in backends if b in SERVED]
-        env = {
+        base_env = {
             "HAVEN_ENV": "test",
             "HAVEN_S3_ENDPOINT": endpoint,
             "HAVEN_MODELS_BUCKET": bucket,
             "HAVEN_MODEL_CACHE_DIR": f"{tmp}/cache",
             "HAVEN_EMB_ALIASES": ",".join(SERVED[b] for b in served),
-            "HAVEN_EMB_REPLICAS": str(args.replicas),
-            "HAVEN_EMB_TORCH_THREADS": str(args.threads // args.replicas),
             "HAVEN_EMB_MAX_QUEUE": "4096",
             "HAVEN_EMB_MAX_ITEMS_PER_REQUEST": "256",
         }
-        if args.encode_batch_size:
-            env["HAVEN_EMB_ENCODE_BATCH_SIZE"] = str(args.encode_batch_size)
         if args.max_batch_size:
-            env["HAVEN_EMB_MAX_BATCH_SIZE"] = str(args.max_batch_size)
-        log_path = Path(tempfile.gettempdir()) / f"haven-bench-backends-{uuid.uuid4().hex[:6]}.log"
-        print(f"service log: {log_path}", flush=True)
-        rates: dict[tuple[str, str], list[float]] = {}
+            base_env["HAVEN_EMB_MAX_BATCH_SIZE"] = str(args.max_batch_size)
+        rates: dict[tuple[Setting, str, str], list[float]] = {}
         vectors: dict[tuple[str, str], np.ndarray] = {}
         try:
-            with emb_service(env, log_path) as (url, _pid):
-                per_request = {"short": 1, "chunks": args.chunk_request}
-
-                def measure(backend: str, kind: str) -> float:
-                    texts = sets[kind]
-                    if backend == "raw":
-                        started = time.perf_counter()
-                        out = raw.encode(texts, batch_size=args.raw_batch_size)
-                        rate = len(texts) / (time.perf_counter() - started)
-                        vectors[(backend, kind)] = np.asarray(out)
-                        return rate
-                    rate, got = asyncio.run(
-                        served_throughput(
-                            url, SERVED[backend], texts, args.clients, per_request[kind]
-                        )
-                    )
-                    vectors[(backend, kind)] = got
-                    return rate
-
-                for backend in backends:  # warm-up: first batches of every path
-                    for kind in sets:
-                        sets_kind = sets[kind]
-                        sets[kind] = sets_kind[:64]
-                        measure(backend, kind)
-                        sets[kind] = sets_kind
-                for n in range(args.rounds):
-                    order = backends[n % len(backends) :] + backends[: n % len(backends)]
-                    for kind in sets:
-                        for backend in order:
-                            rate = measure(backend, kind)
-                            rates.setdefault((backend, kind), []).append(rate)
-                            print(
-                                f"round {n + 1} {kind:6s} {backend:10s} {rate:7.1f} texts/s"
-                                f"  (load {os.getloadavg()[0]:.1f})",
-                                flush=True,
-                            )
+            for setting in settings:
+                env = {
+                    **base_env,
+                    "HAVEN_EMB_REPLICAS": str(setting.replicas),
+                    "HAVEN_EMB_TORCH_THREADS": str(setting.threads),
+                }
+                if setting.encode_batch_size:
+                    env["HAVEN_EMB_ENCODE_BATCH_SIZE"] = str(setting.encode_batch_size)
+                log_path = Path(tempfile.gettempdir()) / (
+                    f"haven-bench-backends-{uuid.uuid4().hex[:6]}.log"
+                )
+                print(f"{setting.label}: service log {log_path}", flush=True)
+                with emb_service(env, log_path) as (url, _pid):
+                    measure_setting(args, setting, url, raw, backends, sets, rates, vectors)
         finally:
             next(s3, None)
     load_end = os.getloadavg()
-    report = render(args, backends, sets, rates, vectors, load_start, load_end)
+    report = render(args, settings, backends, sets, rates, vectors, load_start, load_end)
     print(report)
     if not args.no_record:
         with RESULTS.open("a", encoding="utf-8") as results:
             results.write("\n" + report)
 
 
-def render(
+def measure_setting(
     args: argparse.Namespace,
+    setting: Setting,
+    url: str,
+    raw: Any,
     backends: list[str],
     sets: dict[str, list[str]],
-    rates: dict[tuple[str, str], list[float]],
+    rates: dict[tuple[Setting, str, str], list[float]],
+    vectors: dict[tuple[str, str], np.ndarray],
+) -> None:
+    """Rounds of every backend on both text sets against one running service, the order
+    rotating each round; raw PyTorch is measured in the same rounds."""
+    per_request = {"short": 1, "chunks": args.chunk_request}
+
+    def measure(backend: str, texts: list[str], kind: str) -> tuple[float, np.ndarray]:
+        if backend == "raw":
+            started = time.perf_counter()
+            out = raw.encode(texts, batch_size=args.raw_batch_size)
+            return len(texts) / (time.perf_counter() - started), np.asarray(out)
+        return asyncio.run(
+            served_throughput(url, SERVED[backend], texts, args.clients, per_request[kind])
+        )
+
+    for backend in backends:  # warm-up: first batches of every path
+        for kind, texts in sets.items():
+            measure(backend, texts[:64], kind)
+    for n in range(args.rounds):
+        order = backends[n % len(backends) :] + backends[: n % len(backends)]
+        for kind, texts in sets.items():
+            for backend in order:
+                rate, got = measure(backend, texts, kind)
+                vectors[(backend, kind)] = got
+                rates.setdefault((setting, backend, kind), []).append(rate)
+                print(
+                    f"{setting.label} round {n + 1} {kind:6s} {backend:10s} {rate:7.1f} texts/s"
+                    f"  (load {os.getloadavg()[0]:.1f})",
+                    flush=True,
+                )
+
+
+def render(
+    args: argparse.Namespace,
+    settings: list[Setting],
+    backends: list[str],
+    sets: dict[str, list[str]],
+    rates: dict[tuple[Setting, str, str], list[float]],
     vectors: dict[tuple[str, str], np.ndarray],
     load_start: tuple[float, float, float],
     load_end: tuple[float, float, float],
 ) -> str:
-    median: Callable[[str, str], float] = lambda b, k: statistics.median(rates[(b, k)])  # noqa: E731
-    rows = []
+    def median(setting: Setting, backend: str, kind: str) -> float:
+        return statistics.median(rates[(setting, backend, kind)])
+
+    quality: dict[str, str] = {"raw": "1 (reference)"}
     for backend in backends:
-        cells = []
-        for kind in sets:
-            cells.append(f"{median(backend, kind):.1f}")
-            cells.append(
-                f"{median(backend, kind) / median('raw', kind):.2f}x" if "raw" in backends else "-"
-            )
-        quality = "1 (reference)" if backend == "raw" else "-"
         if backend != "raw" and "raw" in backends:
             cos = np.concatenate(
                 [cosines(vectors[(backend, k)], vectors[("raw", k)]) for k in sets]
             )
-            quality = f"mean {cos.mean():.4f}, min {cos.min():.4f}"
-        rows.append(f"| {backend} | {' | '.join(cells)} | {quality} |")
+            quality[backend] = f"mean {cos.mean():.4f}, min {cos.min():.4f}"
+    rows = []
+    for setting in settings:
+        for backend in backends:
+            cells = []
+            for kind in sets:
+                value = median(setting, backend, kind)
+                cells.append(f"{value:.1f}")
+                cells.append(
+                    f"{value / median(setting, 'raw', kind):.2f}x" if "raw" in backends else "-"
+                )
+            where = "in-process" if backend == "raw" else setting.label
+            rows.append(
+                f"| {backend} | {where} | {' | '.join(cells)} | {quality.get(backend, '-')} |"
+            )
     spread = "; ".join(
-        f"{b}/{k}: " + ", ".join(f"{r:.1f}" for r in rates[(b, k)]) for b in backends for k in sets
+        f"{s.label} {b}/{k}: " + ", ".join(f"{r:.1f}" for r in rates[(s, b, k)])
+        for s in settings
+        for b in backends
+        for k in sets
     )
     command = "`.venv/bin/python -m bench.emb.backends " + " ".join(
         f"--{k.replace('_', '-')} {v}"
@@ -262,17 +332,19 @@ def render(
             f" {load_end[0]:.1f} at the end (shared machine: only the ratios within this run"
             " mean something)",
             f"- command: {command}`",
-            f"- {args.rounds} rounds, order rotating each round, median per backend;"
-            f" {len(sets['short'])} SciFact sentences (1 per request) and"
+            f"- {args.rounds} rounds per service setting, order rotating each round, median per"
+            f" backend; {len(sets['short'])} SciFact sentences (1 per request) and"
             f" {len(sets['chunks'])} 256-token chunks ({args.chunk_request} per request),"
             f" {args.clients} concurrent clients; every side {args.threads} intra-op threads"
-            f" (raw: torch in-process, batch {args.raw_batch_size}; emb:"
-            f" {args.replicas} replicas x {args.threads // args.replicas})",
+            f" (raw: torch in-process, batch {args.raw_batch_size}, measured in every"
+            " setting's rounds; emb: replicas x threads each, texts per forward pass"
+            f" {'as set' if any(s.encode_batch_size for s in settings) else 'default'})",
             f"- int8: dynamic, per-channel, 7-bit weights, MatMuls of {args.ops},"
             f" last {args.keep_last_layers} layer(s) fp32",
             "",
-            "| backend | short texts/s | vs raw | chunks texts/s | vs raw | cosine to PyTorch |",
-            "|---|---|---|---|---|---|",
+            "| backend | emb setting | short texts/s | vs raw | chunks texts/s | vs raw"
+            " | cosine to PyTorch |",
+            "|---|---|---|---|---|---|---|",
             *rows,
             "",
             f"- every round (texts/s): {spread}",

@@ -37,6 +37,30 @@ def cached(pattern: str) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
+def exact_ndcg(
+    docs: np.ndarray,
+    query_vectors: np.ndarray,
+    sources: list[str],
+    qids: list[str],
+    qrels: dict[str, dict[str, int]],
+) -> np.ndarray:
+    """nDCG@10 per judged query (in ``qids`` order) of exact cosine search over normalised
+    chunk vectors, a document ranked by its best chunk."""
+    similarity = query_vectors @ docs.T
+    per_query = []
+    for i, qid in enumerate(qids):
+        if qid not in qrels:
+            continue
+        ranked: list[str] = []
+        for j in np.argsort(-similarity[i]):
+            if sources[j] not in ranked:
+                ranked.append(sources[j])
+            if len(ranked) == 10:
+                break
+        per_query.append(retrieval.ndcg_at(ranked, qrels[qid]))
+    return np.array(per_query)
+
+
 def sign_test(better: int, worse: int) -> float:
     """Two-sided p of as lopsided a split under "no difference" (binomial, p = 1/2)."""
     n, k = better + worse, min(better, worse)
@@ -69,19 +93,10 @@ def main() -> None:
     base, other = sides[names[0]][0], sides[names[1]][0]
     cosine = (base * other).sum(axis=1)
     judged = [i for i, q in enumerate(qids) if q in qrels]
-    scores: dict[str, np.ndarray] = {}
-    for name, (docs, query_vectors) in sides.items():
-        similarity = query_vectors @ docs.T
-        per_query = []
-        for i in judged:
-            ranked: list[str] = []
-            for j in np.argsort(-similarity[i]):
-                if sources[j] not in ranked:
-                    ranked.append(sources[j])
-                if len(ranked) == 10:
-                    break
-            per_query.append(retrieval.ndcg_at(ranked, qrels[qids[i]]))
-        scores[name] = np.array(per_query)
+    scores = {
+        name: exact_ndcg(docs, query_vectors, sources, qids, qrels)
+        for name, (docs, query_vectors) in sides.items()
+    }
     diff = scores[names[1]] - scores[names[0]]
     better, worse = int((diff > 1e-9).sum()), int((diff < -1e-9).sum())
     report = "\n".join(
