@@ -17,13 +17,17 @@ class EmbSettings(ModelStoreSettings):
     emb_aliases: Annotated[list[str], NoDecode] = [DEFAULT_EMBED_ALIAS]
     emb_device: str = "cpu"
     # Processes holding a copy of each model, taking batches from the model's one queue
-    # (emb.replica), the cores shared out among them. On 2 quiet cores (bench/emb/backends
-    # --settings, two runs) one replica of two threads beat two of one thread for both
-    # backends: ONNX int8 1.83x raw PyTorch on 256-token chunks and 1.46x on sentences
-    # against 1.65x and 1.10x; PyTorch 0.95x / 0.69x against 0.84x / 0.54x. Two replicas
-    # only won on a machine busy with other work, where a descheduled thread stalls the
-    # others of its operation. On a GPU, 1.
-    emb_replicas: int = Field(default=1, ge=1)
+    # (emb.replica), the cores shared out among them. Measured on 2 cores, ONNX int8:
+    # - emb alone on quiet cores (bench/emb/backends --settings, two runs): one replica of
+    #   two threads beat two of one (1.83x raw PyTorch on 256-token chunks and 1.46x on
+    #   sentences, against 1.65x and 1.10x; PyTorch 0.95x / 0.69x against 0.84x / 0.54x);
+    # - ingesting, emb sharing the cores with the API, worker and stores (bench/ingest,
+    #   800 documents): two replicas of one thread spent 58.5 CPU-s in the model against
+    #   72.9 s for one of two (a descheduled thread stalls the others of its operation), and
+    #   ingest ran 1.01x raw encode end to end against 0.86x.
+    # Ingest and re-index are where emb's throughput matters, so 2; on a node of its own, 1
+    # replica with all cores. On a GPU, 1.
+    emb_replicas: int = Field(default=2, ge=1)
     # Intra-op threads per replica (torch's, or ONNX Runtime's for an `onnx` model); None
     # shares the cores out among the replicas.
     emb_torch_threads: int | None = Field(default=None, ge=1)
