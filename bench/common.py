@@ -1,4 +1,4 @@
-"""What every benchmark report states about the machine it ran on."""
+"""What every benchmark report states about the machine it ran on, and where it is kept."""
 
 from __future__ import annotations
 
@@ -7,6 +7,15 @@ import platform
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+# Every benchmark appends its report here, with the machine and the date.
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def record(report: str) -> None:
+    """Append ``report`` to bench/RESULTS.md as a section of its own."""
+    with RESULTS.open("a", encoding="utf-8") as results:
+        results.write("\n" + report)
 
 
 def machine() -> str:

@@ -34,7 +34,7 @@ from typing import Any
 import llama_cpp
 from sqlalchemy import select
 
-from bench.common import machine
+from bench.common import machine, record
 from haven.db.engine import make_engine, make_session_factory, transaction
 from haven.db.tables import UsageEntry
 from models.defaults import DEFAULT_LLM, publish_default_llm
@@ -43,7 +43,6 @@ from tests.fixtures.api import bootstrap_platform_admin, create_tenant_with_admi
 from tests.fixtures.rag_stack import rag_stack
 from tests.fixtures.services import drop_database, migrated_database, start_moto
 
-RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 CORPUS = Path("/work/shared/eval/scifact/corpus.jsonl")
 
 
@@ -256,8 +255,7 @@ def main() -> None:
     )
     print(report)
     if not args.no_record:
-        with RESULTS.open("a", encoding="utf-8") as out:
-            out.write("\n" + report)
+        record(report)
 
 
 if __name__ == "__main__":

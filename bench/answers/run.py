@@ -33,7 +33,7 @@ from typing import Any
 
 from api.chat.grounding import NOT_IN_SOURCES
 from bench.answers.dataset import DOCUMENTS, QUESTIONS, Question, contains_fact
-from bench.common import machine
+from bench.common import machine, record
 from haven.db.engine import make_engine, make_session_factory
 from models.defaults import BUNDLED_LLMS, DEFAULT_LLM_ALIAS, publish_bundled_llm
 from models.registry import ModelRegistry
@@ -44,7 +44,6 @@ from tests.fixtures.api import Account, bootstrap_platform_admin, create_tenant_
 from tests.fixtures.rag_stack import rag_stack
 from tests.fixtures.services import drop_database, migrated_database, start_moto
 
-RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 _FIGURE = re.compile(r"\d")
 
 
@@ -269,8 +268,7 @@ def main() -> None:
             encoding="utf-8",
         )
     if not args.no_record:
-        with RESULTS.open("a", encoding="utf-8") as out:
-            out.write("\n" + report)
+        record(report)
 
 
 if __name__ == "__main__":

@@ -36,15 +36,13 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import machine
+from bench.common import machine, record
 from haven.budget import TokenBudget
 from haven.db.engine import make_engine, make_session_factory, transaction
 from haven.db.tables import Tenant, UsageEntry
 from haven.settings import StoreSettings
 from tests.fixtures.quota_stack import QuotaStack, new_chat, quota_stack, sse_lines, stream_body
 from tests.fixtures.services import drop_database, migrated_database, start_moto
-
-RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -384,8 +382,7 @@ def main() -> None:
     )
     print(report)
     if not args.no_record:
-        with RESULTS.open("a", encoding="utf-8") as out:
-            out.write("\n" + report)
+        record(report)
 
 
 if __name__ == "__main__":

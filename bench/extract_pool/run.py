@@ -24,11 +24,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.common import machine, own_cpu_seconds
+from bench.common import machine, own_cpu_seconds, record
 from workers.ingest.extract import MARKDOWN, ExtractLimits, TextBlock, extract
 from workers.ingest.pool import ExtractorPool, PoolConfig
-
-RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 
 
 def corpus_files(limit: int) -> list[tuple[str, bytes]]:
@@ -157,8 +155,7 @@ def main() -> None:
     report = "\n".join([*lines, ""])
     print(report)
     if not args.no_record:
-        with RESULTS.open("a", encoding="utf-8") as results:
-            results.write("\n" + report)
+        record(report)
 
 
 if __name__ == "__main__":

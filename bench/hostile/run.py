@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import machine
+from bench.common import machine, record
 from bench.extract_pool.run import corpus_files
 from haven.db.engine import make_engine, make_session_factory
 from haven.settings import StoreSettings
@@ -51,7 +51,6 @@ from tests.fixtures.services import (
     start_moto,
 )
 
-RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 LIMITS = {
     "HAVEN_EXTRACT_TIMEOUT_SECONDS": "20",
     "HAVEN_EXTRACT_MEMORY_MB": "700",
@@ -268,8 +267,7 @@ def main() -> None:
     )
     print(report)
     if not args.no_record:
-        with RESULTS.open("a", encoding="utf-8") as results:
-            results.write("\n" + report)
+        record(report)
 
 
 if __name__ == "__main__":

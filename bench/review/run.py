@@ -20,7 +20,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.common import machine
+from bench.common import machine, record
 from haven.archives import extract, inspect
 from haven.review_settings import ReviewSettings
 from models.defaults import DEFAULT_LLM, publish_bundled_llm
@@ -32,8 +32,6 @@ from workers.review.diffing import diff_trees
 from workers.review.handler import llm_passes, log_pass
 from workers.review.linters import analyse
 from workers.review.llm import LlmSession
-
-RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 
 MODULE = '''"""Module {i}: inventory helpers."""
 import json
@@ -159,8 +157,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_record:
-        with RESULTS.open("a") as handle:
-            handle.write("\n" + text)
+        record(text)
 
 
 if __name__ == "__main__":

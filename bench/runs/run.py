@@ -20,11 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.common import machine
+from bench.common import machine, record
 from haven.sandbox import RunLimits, Sandbox, SandboxSettings
 
 SNIPPET = b"print(sum(i * i for i in range(1000)))\n"
-RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -107,8 +106,7 @@ def main() -> None:
     report = "\n".join(lines)
     print(report)
     if not args.no_record:
-        with RESULTS.open("a") as out:
-            out.write("\n" + report)
+        record(report)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from typing import Any
 import httpx
 import redis
 
-from bench.common import PeakRss, machine
+from bench.common import PeakRss, machine, record
 from haven.db.engine import make_engine, make_session_factory
 from haven.settings import StoreSettings
 from models.store import registry_from_settings
@@ -54,7 +54,6 @@ from tests.fixtures.services import (
 )
 from tests.fixtures.tiny_gguf import build_tiny_gguf, publish_tiny_gguf
 
-RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 # A Redis database of its own: the tests use 15.
 REDIS_URL = "redis://127.0.0.1:6379/13"
 
@@ -315,8 +314,7 @@ def main() -> None:
     )
     print(report)
     if not args.no_record:
-        with RESULTS.open("a", encoding="utf-8") as out:
-            out.write("\n" + report)
+        record(report)
 
 
 if __name__ == "__main__":
