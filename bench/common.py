@@ -12,10 +12,13 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
-def record(report: str) -> None:
-    """Append ``report`` to bench/RESULTS.md as a section of its own."""
-    with RESULTS.open("a", encoding="utf-8") as results:
-        results.write("\n" + report)
+def record(report: str, *, save: bool = True) -> None:
+    """Print ``report`` and, when ``save``, append it to bench/RESULTS.md as a section of
+    its own."""
+    print(report)
+    if save:
+        with RESULTS.open("a", encoding="utf-8") as results:
+            results.write("\n" + report)
 
 
 def machine() -> str:

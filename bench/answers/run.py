@@ -256,7 +256,6 @@ def main() -> None:
             "",
         ]
     )
-    print(report)
     if args.dump is not None:
         args.dump.parent.mkdir(parents=True, exist_ok=True)
         args.dump.write_text(
@@ -267,8 +266,7 @@ def main() -> None:
             ),
             encoding="utf-8",
         )
-    if not args.no_record:
-        record(report)
+    record(report, save=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -232,9 +232,7 @@ def main() -> None:
             next(s3, None)
     load_end = os.getloadavg()
     report = render(args, settings, backends, sets, rates, vectors, load_start, load_end)
-    print(report)
-    if not args.no_record:
-        record(report)
+    record(report, save=not args.no_record)
 
 
 def measure_setting(

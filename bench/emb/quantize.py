@@ -162,9 +162,7 @@ def main() -> None:
             flush=True,
         )
     report = render(args, passages, base, quality, rates, load_start)
-    print(report)
-    if not args.no_record:
-        record(report)
+    record(report, save=not args.no_record)
 
 
 def render(

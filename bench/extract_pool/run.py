@@ -153,9 +153,7 @@ def main() -> None:
         f"**{1000 * start_cpu / default.recycle_after:.2f} CPU-ms/doc amortised**"
     )
     report = "\n".join([*lines, ""])
-    print(report)
-    if not args.no_record:
-        record(report)
+    record(report, save=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -308,9 +308,8 @@ def main() -> None:
         llama.close()
         text = report(args, results, service_tokens, manifest.files[0].sha256, prompt_tokens)
         print()
-        print(text)
+        record(text, save=not args.no_write)
         if not args.no_write:
-            record(text)
             print(f"appended to {RESULTS}")
     finally:
         with contextlib.suppress(StopIteration):

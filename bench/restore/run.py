@@ -219,9 +219,7 @@ def main() -> None:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
-    if not args.no_record:
-        record(text)
+    record(text, save=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -114,9 +114,7 @@ def main() -> None:
             "",
         ]
     )
-    print(report)
-    if not args.no_record:
-        record(report)
+    record(report, save=not args.no_record)
 
 
 if __name__ == "__main__":

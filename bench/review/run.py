@@ -155,9 +155,7 @@ def main() -> None:
     for name, seconds in timings.items():
         lines.append(f"| {name} | {seconds:.2f} | {100 * seconds / wall:.0f} % |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_record:
-        record(text)
+    record(text, save=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -104,9 +104,7 @@ def main() -> None:
         "",
     ]
     report = "\n".join(lines)
-    print(report)
-    if not args.no_record:
-        record(report)
+    record(report, save=not args.no_record)
 
 
 if __name__ == "__main__":
