@@ -244,11 +244,16 @@ def _export_encoder(model: Any, path: Path) -> None:
 def _fuse(model: Any, path: Path) -> None:
     """ONNX Runtime's offline BERT fusions (Attention, EmbedLayerNormalization, BiasGelu,
     SkipLayerNormalization) for BERT-family encoders; other models stay as exported."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     config = model[0].auto_model.config
     if config.model_type != "bert":
         return
+    options = FusionOptions("bert")
+    # Residual Add + LayerNormalization stay two ops: see ``UNFUSED_OPTIMIZERS``.
+    options.enable_skip_layer_norm = False
+    options.enable_bias_skip_layer_norm = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fused = optimize_model(
@@ -256,6 +261,7 @@ def _fuse(model: Any, path: Path) -> None:
             model_type="bert",
             num_heads=int(config.num_attention_heads),
             hidden_size=int(config.hidden_size),
+            optimization_options=options,
             opt_level=0,
         )
     fused.save_model_to_file(str(path))
