@@ -34,6 +34,14 @@ class QueuedJobs:
             stmt = stmt.where(Job.tenant_id == tenant_id)
         return int(self.session.execute(stmt).scalar_one())
 
+    def tenant_and_total(self, kind: JobKind, tenant_id: uuid.UUID) -> tuple[int, int]:
+        """Waiting ``kind`` jobs of ``tenant_id`` and of all tenants, in one query."""
+        stmt = select(func.count().filter(Job.tenant_id == tenant_id), func.count()).where(
+            Job.kind == kind, Job.state == JobState.QUEUED
+        )
+        mine, everyone = self.session.execute(stmt).one()
+        return int(mine), int(everyone)
+
     def by_tenant(self) -> list[tuple[str, uuid.UUID, int]]:
         """(kind, tenant id, queued jobs) for every tenant with jobs waiting."""
         stmt = (
@@ -64,17 +72,20 @@ def check_queue_cap(
 ) -> None:
     """Refuse one more ``kind`` job for ``tenant_id`` when its queue is at a cap. A kind
     with no cap configured is not limited."""
-    jobs = QueuedJobs(session)
     tenant_cap = per_tenant.get(kind.value)
-    if tenant_cap is not None and jobs.count(kind, tenant_id) >= tenant_cap:
+    total_cap = total.get(kind.value)
+    if tenant_cap is None and total_cap is None:
+        return
+    # Both counts in one scan of the waiting jobs: this runs before every upload.
+    tenant_waiting, all_waiting = QueuedJobs(session).tenant_and_total(kind, tenant_id)
+    if tenant_cap is not None and tenant_waiting >= tenant_cap:
         raise LimitExceeded(
             f"{tenant_cap} {kind.value} jobs of your tenant are waiting already; "
             "try again once some have run",
             retry_after=retry_after,
             code="queue.tenant_full",
         )
-    total_cap = total.get(kind.value)
-    if total_cap is not None and jobs.count(kind) >= total_cap:
+    if total_cap is not None and all_waiting >= total_cap:
         raise Unavailable(
             f"the {kind.value} queue is full ({total_cap} jobs waiting); try again later",
             retry_after=retry_after,

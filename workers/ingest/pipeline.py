@@ -260,12 +260,13 @@ class IngestRun:
                 stale = chunks.delete_other_versions(s.document_id, s.version_id)
                 self.rt.index.activate_version(activated, stale)
                 self._activate_beside(activated, stale)
-            documents.mark_ready(s.document_id, s.version_id, s.version, current=current)
-            if current:
-                documents.set_language(
-                    s.document_id,
-                    main_language((self.langs[d.position], len(d.text)) for d in drafts),
-                )
+            documents.mark_ready(
+                s.document_id,
+                s.version_id,
+                s.version,
+                current=current,
+                lang=main_language((self.langs[d.position], len(d.text)) for d in drafts),
+            )
         if s.version > 1:  # answers that cited an earlier version are stale now
             invalidate_documents(self.rt.redis, s.principal.tenant_id, [s.document_id])
         log.info(
