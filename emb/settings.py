@@ -25,6 +25,9 @@ class EmbSettings(ModelStoreSettings):
     #   800 documents): two replicas of one thread spent 58.5 CPU-s in the model against
     #   72.9 s for one of two (a descheduled thread stalls the others of its operation), and
     #   ingest ran 1.01x raw encode end to end against 0.86x.
+    # The same on an AVX-512 Xeon with the unfused layer norms (emb/encoder.py): alone 2.14x
+    # (1x2) and 1.90x (2x1) on chunks; ingesting, 2x1 spent 37.5 CPU-s in the model against
+    # 45.4 s and ran 1.06x raw encode against 0.98x.
     # Ingest and re-index are where emb's throughput matters, so 2; on a node of its own, 1
     # replica with all cores. On a GPU, 1.
     emb_replicas: int = Field(default=2, ge=1)
