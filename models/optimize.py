@@ -242,8 +242,8 @@ def _export_encoder(model: Any, path: Path) -> None:
 
 
 def _fuse(model: Any, path: Path) -> None:
-    """ONNX Runtime's offline BERT fusions (Attention, EmbedLayerNormalization, BiasGelu,
-    SkipLayerNormalization) for BERT-family encoders; other models stay as exported."""
+    """ONNX Runtime's offline BERT fusions (Attention, EmbedLayerNormalization, BiasGelu)
+    for BERT-family encoders; other models stay as exported."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -251,7 +251,7 @@ def _fuse(model: Any, path: Path) -> None:
     if config.model_type != "bert":
         return
     options = FusionOptions("bert")
-    # Residual Add + LayerNormalization stay two ops: see ``UNFUSED_OPTIMIZERS``.
+    # Residual Add + LayerNormalization stay two ops: see ``emb.encoder.UNFUSED_OPTIMIZERS``.
     options.enable_skip_layer_norm = False
     options.enable_bias_skip_layer_norm = False
     with warnings.catch_warnings():

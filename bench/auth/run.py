@@ -17,12 +17,11 @@ import statistics
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import redis
 import redis.asyncio as aredis
 
-from bench.common import machine
+from bench.common import machine, record
 from haven.auth import accounts, state
 from haven.auth.passwords import hash_password, verify_password
 from haven.auth.principal import Principal
@@ -33,7 +32,6 @@ from haven.settings import StoreSettings
 from tests.fixtures.services import drop_database, migrated_database
 
 REDIS_URL = f"redis://127.0.0.1:6379/{os.environ.get('HAVEN_TEST_REDIS_DB', '15')}"
-RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 
 
 def per_call_us(samples: list[float]) -> tuple[float, float]:
@@ -104,9 +102,7 @@ def main() -> None:
 - **PostgreSQL / Redis: {pg_p50 / redis_p50:.1f}x** per request
 - one argon2 password check (for scale): {statistics.median(argon) * 1000:.0f} ms
 """
-    with RESULTS.open("a") as out:
-        out.write(section)
-    print(section)
+    record(section)
 
 
 if __name__ == "__main__":

