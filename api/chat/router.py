@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response, status
@@ -168,14 +168,17 @@ async def post_message(
     if not streaming:
         return await _json_answer(runtime, events, prepared, recorder, chat_id, request_id)
 
+    async def record() -> None:
+        await meter.measure()
+        await runtime.in_db_thread(recorder.save, time.perf_counter())
+
     async def store() -> None:
         try:
-            await meter.measure()
-            await runtime.in_db_thread(recorder.save, time.perf_counter())
+            await record()  # an answer cut short; one that ended was recorded already
         finally:
             await runtime.quotas.streams.close(lease)
 
-    content = _sse(events, prepared, recorder, chat_id, request_id)
+    content = _sse(events, prepared, recorder, record, chat_id, request_id)
     return AnswerStream(with_heartbeat(content, runtime.settings.chat_heartbeat_seconds), store)
 
 
@@ -183,9 +186,13 @@ async def _sse(
     events: AsyncIterator[AnswerToken | AnswerDone | AnswerFailed],
     prepared: PreparedAnswer,
     recorder: service.AnswerRecorder,
+    record: Callable[[], Awaitable[None]],
     chat_id: uuid.UUID,
     request_id: str | None,
 ) -> AsyncIterator[str]:
+    """The answer's events as SSE. An answer that ends is stored and charged before its last
+    event goes out, so a client that has read ``done`` (or ``error``) finds the message in the
+    chat and the usage in the ledger, even if the API process dies right after."""
     yield sse_event(
         "meta",
         {
@@ -201,6 +208,7 @@ async def _sse(
         if isinstance(event, AnswerToken):
             yield sse_event("token", {"text": event.text})
         elif isinstance(event, AnswerDone):
+            await record()
             yield sse_event(
                 "done",
                 {
@@ -214,6 +222,7 @@ async def _sse(
                 },
             )
         else:
+            await record()
             yield sse_event(
                 "error",
                 {

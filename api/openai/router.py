@@ -178,10 +178,13 @@ async def chat_completions(
     completion_id, created = new_id("chatcmpl"), now()
     done: AnswerDone | None = None
 
+    async def record() -> None:
+        await meter.measure()
+        await runtime.in_db_thread(settle, runtime.session_factory, meter, time.perf_counter())
+
     async def account() -> None:
         try:
-            await meter.measure()
-            await runtime.in_db_thread(settle, runtime.session_factory, meter, time.perf_counter())
+            await record()  # an answer cut short; one that ended was recorded already
         finally:
             await runtime.quotas.streams.close(lease)
 
@@ -224,6 +227,8 @@ async def chat_completions(
         return f"data: {payload.model_dump_json(exclude_none=True)}\n\n"
 
     async def stream() -> AsyncIterator[str]:
+        # An answer that ends is charged before its last chunk goes out: a client that has
+        # read the usage finds it in the ledger, even if the API process dies right after.
         nonlocal done
         yield chunk(ChatDelta(role="assistant", content=""))
         async for event in events:
@@ -231,6 +236,7 @@ async def chat_completions(
                 yield chunk(ChatDelta(content=event.text))
             elif isinstance(event, AnswerDone):
                 done = event
+                await record()
                 usage = (
                     Usage.of(event.usage.prompt_tokens, event.usage.completion_tokens)
                     if include_usage
@@ -240,6 +246,7 @@ async def chat_completions(
                     ChatDelta(), reason=_openai_finish(event), usage=usage, **_extras(event)
                 )
             else:
+                await record()
                 error = error_body(
                     event.reason,
                     type_="server_error",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,14 +61,28 @@ def new_chat(stack: Stack, who: Account) -> str:
     return str(response.json()["id"])
 
 
-def ask(stack: Stack, who: Account, chat_id: str, question: str, **extra: Any) -> list[Event]:
+def ask(
+    stack: Stack,
+    who: Account,
+    chat_id: str,
+    question: str,
+    on_done: Callable[[], None] | None = None,
+    **extra: Any,
+) -> list[Event]:
+    """The answer's events; ``on_done`` runs as soon as ``done`` is read, stream still open."""
     body = {"content": question, "max_tokens": 12, "seed": 7, **extra}
     with stack.client.stream(
         "POST", f"/api/v1/chats/{chat_id}/messages", json=body, headers=who.headers
     ) as response:
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
-        return [e for e in events_of(response) if e.name != "heartbeat"]
+        events = []
+        for event in events_of(response):
+            if event.name != "heartbeat":
+                events.append(event)
+            if event.name == "done" and on_done is not None:
+                on_done()
+        return events
 
 
 def llm_info(stack: Stack) -> dict[str, Any]:
@@ -97,7 +112,13 @@ def test_answer_streams_meta_tokens_done_with_the_tenants_sources(
 ) -> None:
     owner = library.owner
     chat_id = new_chat(stack, owner)
-    events = ask(stack, owner, chat_id, "Where is the copper wire stored?")
+    seen_at_done: list[dict[str, Any]] = []
+
+    def read_chat() -> None:
+        url = f"/api/v1/chats/{chat_id}/messages"
+        seen_at_done.append(stack.client.get(url, headers=owner.headers).json())
+
+    events = ask(stack, owner, chat_id, "Where is the copper wire stored?", on_done=read_chat)
 
     names = [e.name for e in events]
     assert names[0] == "meta" and names[-1] == "done", names
@@ -125,6 +146,8 @@ def test_answer_streams_meta_tokens_done_with_the_tenants_sources(
     # Both messages are stored: the question, and the answer with its citations and usage.
     answer = "".join(e.data["text"] for e in events if e.name == "token")
     stored = stack.client.get(f"/api/v1/chats/{chat_id}/messages", headers=owner.headers).json()
+    # Stored before ``done`` went out: a client that reloads the chat on ``done`` sees it.
+    assert seen_at_done == [stored]
     assert [m["role"] for m in stored["items"]] == ["user", "assistant"]
     assert stored["items"][0]["content"] == "Where is the copper wire stored?"
     assert stored["items"][1]["id"] == done["message_id"] == meta["message_id"]

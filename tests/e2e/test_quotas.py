@@ -210,42 +210,52 @@ def run_rounds(
         restart = threading.Thread(target=stack.apis[1].start)
         if kill:
             restart.start()
-        # The sweep (any live API process's keeper) releases what the killed one held.
-        wait_until(
-            lambda tid=owner.tenant_id: budget_row(stack, tid)[1] == 0,
-            "every reservation settled or swept",
-        )
-        watcher.stop()
-        assert watcher.seen_over == []
-        used, reserved, limit = budget_row(stack, owner.tenant_id)
-        assert limit is not None and used <= limit and reserved == 0
-        assert open_reservations(stack, owner.tenant_id) == 0
-        entries = ledger(stack, owner.tenant_id)
-        assert sum(e.prompt_tokens + e.completion_tokens for e in entries) == used
-        by_request = {e.request_id: e for e in entries}
-        refused = [o for o in outcomes if o.status == 429]
-        accepted = [o for o in outcomes if o.status == 200]
-        assert refused and accepted
-        assert (
-            len(refused) + len(accepted) + sum(o.broken and o.status is None for o in outcomes)
-            == 64
-        )
-        for o in refused:
-            assert o.events == []
-            assert int(o.headers["retry-after"]) >= 1
-            reason = o.body.get("reason") or o.body.get("error", {}).get("reason")
-            assert reason == "budget", o.body
-        for o in accepted:
-            if o.completed:
-                entry = by_request[o.request_id]
-                assert entry.error is None and entry.completion_tokens > 0
-            elif o.cancelled and o.request_id in by_request:
-                # Settled to what was generated: part of it, or all when the answer had
-                # already ended by the time the API noticed the hang-up.
-                assert by_request[o.request_id].error in (None, "interrupted")
-        if kill:
-            assert any(o.broken for o in outcomes)
-            restart.join()
+        try:
+            check_round(stack, owner.tenant_id, watcher, outcomes, kill)
+        finally:
+            if kill:
+                restart.join()  # the next test needs both API processes, whatever happened
+
+
+def check_round(
+    stack: QuotaStack,
+    tenant_id: uuid.UUID,
+    watcher: BudgetWatch,
+    outcomes: list[Outcome],
+    kill: bool,
+) -> None:
+    # The sweep (any live API process's keeper) releases what the killed one held.
+    wait_until(
+        lambda: budget_row(stack, tenant_id)[1] == 0,
+        "every reservation settled or swept",
+    )
+    watcher.stop()
+    assert watcher.seen_over == []
+    used, reserved, limit = budget_row(stack, tenant_id)
+    assert limit is not None and used <= limit and reserved == 0
+    assert open_reservations(stack, tenant_id) == 0
+    entries = ledger(stack, tenant_id)
+    assert sum(e.prompt_tokens + e.completion_tokens for e in entries) == used
+    by_request = {e.request_id: e for e in entries}
+    refused = [o for o in outcomes if o.status == 429]
+    accepted = [o for o in outcomes if o.status == 200]
+    assert refused and accepted
+    assert len(refused) + len(accepted) + sum(o.broken and o.status is None for o in outcomes) == 64
+    for o in refused:
+        assert o.events == []
+        assert int(o.headers["retry-after"]) >= 1
+        reason = o.body.get("reason") or o.body.get("error", {}).get("reason")
+        assert reason == "budget", o.body
+    for o in accepted:
+        if o.completed:
+            entry = by_request[o.request_id]
+            assert entry.error is None and entry.completion_tokens > 0
+        elif o.cancelled and o.request_id in by_request:
+            # Settled to what was generated: part of it, or all when the answer had
+            # already ended by the time the API noticed the hang-up.
+            assert by_request[o.request_id].error in (None, "interrupted")
+    if kill:
+        assert any(o.broken for o in outcomes)
 
 
 def test_over_the_stream_cap_exactly_one_is_refused_and_a_hang_up_frees_a_place(
