@@ -170,7 +170,7 @@ def create_worker_app(settings: WorkerSettings) -> Celery:
         _serve_runner_health(app, settings)
         if settings.worker_metrics_port:
             start_http_server(settings.worker_metrics_port, registry=WORKER_METRICS.registry)
-        try:  # load the chunking tokenizer now rather than inside the first job
+        try:  # load the tokenizer and language models now rather than inside the first job
             if "ingest" not in settings.worker_queues:  # e.g. the runner: no chunking here
                 hearing = runtime_for(app).cancels  # its subscriber thread starts here
                 del hearing

@@ -162,9 +162,11 @@ class WorkerRuntime:
         return Sandbox(self.settings.sandbox)
 
     def warm(self) -> None:
-        """Load what the first job would otherwise wait for, and start hearing cancels."""
+        """Load what the first job would otherwise wait for (the chunking tokenizer, the
+        language models), and start hearing cancels."""
         _ = self.cancels
         _ = self.tokenizer
+        _ = self.detector
 
     @cached_property
     def dimensions(self) -> dict[str, int]:
